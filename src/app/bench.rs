@@ -1,0 +1,301 @@
+//! `rppg-agent bench` (and `cargo bench`): per-stage cost and end-to-end
+//! throughput, as medians over repeated runs, plus peak memory.
+//!
+//! Owns: the benchmark workloads. Frames are generated once and kept in
+//! memory (a short loop re-timestamped), so generation cost is reported
+//! separately and does not count as pipeline time. Everything runs on one
+//! thread: the figures are per core.
+
+use super::AppError;
+use crate::capture::synthetic::{SyntheticParams, SyntheticSource};
+use crate::capture::y4m::Y4mSource;
+use crate::capture::{Frame, FrameSource};
+use crate::config::Config;
+use crate::events::{Event, Stamper};
+use crate::measurement::{Intermediate, Measurement, Update};
+use crate::signal::{SignalConfig, Traces, VitalsEstimator};
+use crate::vision::detector::FaceDetector;
+use crate::vision::roi::{downscale_gray, PixelRect};
+use crate::vision::FaceRoiExtractor;
+use std::io::Write;
+use std::time::Instant;
+
+/// Frames kept in memory per resolution (looped).
+const LOOP_FRAMES: usize = 60;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+/// Median over `runs` of the mean time per item (microseconds) of `f`, which processes `items` items.
+fn time_per_item(runs: usize, items: usize, mut f: impl FnMut()) -> f64 {
+    median(
+        (0..runs)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64() * 1e6 / items as f64
+            })
+            .collect(),
+    )
+}
+
+/// Peak resident memory of this process (VmHWM), in MiB, where the OS tells.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    format!(
+        "{cpu}, {cores} cores visible, one used; {} {}",
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    )
+}
+
+/// One resolution's figures (microseconds unless noted).
+struct Row {
+    label: String,
+    generate_us: f64,
+    decode_us: f64,
+    detect_search_us: f64,
+    detect_track_us: f64,
+    vision_us: f64,
+    end_to_end_fps: f64,
+    with_decode_fps: f64,
+}
+
+fn bench_resolution(width: u32, height: u32, frames: usize, runs: usize) -> Result<Row, AppError> {
+    let params = SyntheticParams {
+        width,
+        height,
+        seconds: LOOP_FRAMES as f64 / 30.0,
+        ..Default::default()
+    };
+    let mut source = SyntheticSource::new(params)?;
+    let mut frame_loop = Vec::with_capacity(LOOP_FRAMES);
+    let t = Instant::now();
+    let mut f = Frame::default();
+    while source.next_frame(&mut f)? {
+        frame_loop.push(f.clone());
+    }
+    let generate_us = t.elapsed().as_secs_f64() * 1e6 / frame_loop.len() as f64;
+
+    let y4m = crate::capture::y4m::encode_420(&frame_loop, 30);
+    let decode_us = time_per_item(runs, LOOP_FRAMES, || {
+        let mut src = Y4mSource::new(Box::new(std::io::Cursor::new(y4m.clone())), "bench".into())
+            .expect("valid y4m");
+        let mut f = Frame::default();
+        while src.next_frame(&mut f).expect("valid frame") {}
+    });
+
+    let config = Config::default_config();
+    let vcfg = config.vision();
+    let mut detector = FaceDetector::builtin()?;
+    let mut gray = Vec::new();
+    let whole = PixelRect {
+        x0: 0,
+        y0: 0,
+        x1: width,
+        y1: height,
+    };
+    let out_w = vcfg.search_width_px.min(width);
+    let out_h = height * out_w / width;
+    let detect_search_us = time_per_item(runs, 5, || {
+        for _ in 0..5 {
+            downscale_gray(&frame_loop[0], &whole, out_w, out_h, &mut gray);
+            std::hint::black_box(detector.detect(&gray, out_w, out_h));
+        }
+    });
+    let face = detector
+        .detect(&gray, out_w, out_h)
+        .first()
+        .map(|(b, _)| *b)
+        .ok_or_else(|| AppError::Usage("benchmark frame has no face".into()))?;
+    let scale = width as f64 / out_w as f64;
+    let crop = PixelRect::clipped(
+        &crate::vision::FaceBox {
+            x: (face.x - 0.5 * face.w) * scale,
+            y: (face.y - 0.5 * face.h) * scale,
+            w: 2.0 * face.w * scale,
+            h: 2.0 * face.h * scale,
+        },
+        width,
+        height,
+    );
+    let crop_w =
+        (crop.width() as f64 * vcfg.track_face_px as f64 / (face.w * scale)).round() as u32;
+    let crop_h = crop.height() * crop_w / crop.width().max(1);
+    let detect_track_us = time_per_item(runs, 5, || {
+        for _ in 0..5 {
+            downscale_gray(&frame_loop[0], &crop, crop_w, crop_h, &mut gray);
+            std::hint::black_box(detector.detect(&gray, crop_w, crop_h));
+        }
+    });
+
+    // Vision alone (tracking, scheduled detections, ROI) per frame.
+    let vision_us = time_per_item(runs, frames, || {
+        let mut vision =
+            FaceRoiExtractor::new(FaceDetector::builtin().expect("model"), config.vision());
+        let mut f = frame_loop[0].clone();
+        for i in 0..frames {
+            f.rgb.copy_from_slice(&frame_loop[i % LOOP_FRAMES].rgb);
+            f.t_s = i as f64 / 30.0;
+            std::hint::black_box(vision.process(&f));
+        }
+    });
+
+    // Everything after capture: vision, measurement (intermediates every
+    // second, final vitals), events stamped and serialised.
+    let mcfg = crate::measurement::MeasurementConfig {
+        duration_s: frames as f64 / 30.0 + 10.0,
+        min_duration_s: 2.0,
+        ..config.measurement()
+    };
+    let per_frame_us = time_per_item(runs, frames, || {
+        let mut vision =
+            FaceRoiExtractor::new(FaceDetector::builtin().expect("model"), config.vision());
+        let mut updates = Vec::new();
+        let mut m =
+            Measurement::new(mcfg.clone(), config.signal(), &mut updates).expect("valid config");
+        let mut stamper = Stamper::new("bench", "ses_bench");
+        let mut f = frame_loop[0].clone();
+        for i in 0..frames {
+            f.rgb.copy_from_slice(&frame_loop[i % LOOP_FRAMES].rgb);
+            f.t_s = i as f64 / 30.0;
+            let obs = vision.process(&f);
+            m.push(&obs, &mut updates);
+            for u in updates.drain(..) {
+                std::hint::black_box(stamper.stamp(
+                    &Event::from_update(&u, "msr", 30.0, 0),
+                    i as u64,
+                    i as u128,
+                ));
+            }
+        }
+        m.end_of_input(&mut updates);
+    });
+    Ok(Row {
+        label: format!("{width}x{height}"),
+        generate_us,
+        decode_us,
+        detect_search_us,
+        detect_track_us,
+        vision_us,
+        end_to_end_fps: 1e6 / per_frame_us,
+        with_decode_fps: 1e6 / (per_frame_us + decode_us),
+    })
+}
+
+/// Runs all benchmarks and prints a Markdown report to `out`.
+pub fn run(frames: usize, runs: usize, out: &mut impl Write) -> Result<(), AppError> {
+    writeln!(out, "# rppg-agent bench\n")?;
+    writeln!(out, "Machine: {}", machine())?;
+    writeln!(out, "Medians of {runs} runs, {frames} frames per run.\n")?;
+    writeln!(
+        out,
+        "| frames | synthetic generation | y4m decode | detect (search) | detect (track crop) | vision per frame | vision → events | y4m decode → events |"
+    )?;
+    writeln!(out, "|---|---|---|---|---|---|---|---|")?;
+    for (w, h) in [(320, 240), (640, 480)] {
+        let r = bench_resolution(w, h, frames, runs)?;
+        writeln!(
+            out,
+            "| {} | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs | **{:.0} frames/s** | **{:.0} frames/s** |",
+            r.label,
+            r.generate_us,
+            r.decode_us,
+            r.detect_search_us,
+            r.detect_track_us,
+            r.vision_us,
+            r.end_to_end_fps,
+            r.with_decode_fps
+        )?;
+        out.flush()?;
+    }
+
+    // The signal stage alone on 30 s of traces.
+    let cfg = SignalConfig::default();
+    let n = 900;
+    let rgb = ndarray::Array2::from_shape_fn((n, 3), |(i, c)| {
+        let t = i as f64 / 30.0;
+        [170.0, 120.0, 100.0][c] * (1.0 - 0.003 * (2.0 * std::f64::consts::PI * 1.2 * t).sin())
+            + ((i * 7 + c * 13) % 11) as f64 * 0.01
+    });
+    let traces = Traces {
+        fs_hz: 30.0,
+        rgb,
+        vertical_px: Some(vec![0.0; n]),
+    };
+    let mut est = VitalsEstimator::new(SignalConfig {
+        max_window_s: 31.0,
+        ..cfg
+    })?;
+    let live_us = time_per_item(runs, 20, || {
+        for _ in 0..20 {
+            std::hint::black_box(est.heart_rate(&traces));
+        }
+    });
+    let final_us = time_per_item(runs, 5, || {
+        for _ in 0..5 {
+            std::hint::black_box(est.vitals(&traces));
+        }
+    });
+    let mut stamper = Stamper::new("bench", "ses_bench");
+    let ev = Event::from_update(
+        &Update::Intermediate(Intermediate {
+            index: 3,
+            elapsed_s: 9.0,
+            hr_bpm: Some(72.0),
+            snr_db: 4.0,
+            confidence: 0.9,
+            rr_bpm: None,
+            rr_confidence: 0.0,
+        }),
+        "msr",
+        30.0,
+        0,
+    );
+    let stamp_us = time_per_item(runs, 10_000, || {
+        for i in 0..10_000u64 {
+            std::hint::black_box(stamper.stamp(&ev, i, i as u128));
+        }
+    });
+    writeln!(out, "\n| signal / events | median |")?;
+    writeln!(out, "|---|---|")?;
+    writeln!(
+        out,
+        "| live HR estimate (10 s window, each second) | {live_us:.0} µs |"
+    )?;
+    writeln!(
+        out,
+        "| final vitals (30 s: HR, SNR, beats, HRV, RR fusion) | {final_us:.0} µs |"
+    )?;
+    writeln!(out, "| event stamp + serialise | {stamp_us:.2} µs |")?;
+    if let Some(mib) = peak_rss_mib() {
+        writeln!(
+            out,
+            "\nPeak RSS of this process: {mib:.1} MiB (includes {LOOP_FRAMES} pre-generated frames per resolution held in memory)."
+        )?;
+    }
+    Ok(())
+}

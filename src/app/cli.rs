@@ -1,0 +1,150 @@
+//! Command-line interface: arguments as typed data (clap), nothing else.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Heart and breathing rate from a camera, on the device, with lifecycle events.
+///
+/// rppg-agent measures heart rate (HR), respiratory rate (RR) and HRV from
+/// video of a face (remote photoplethysmography): face detection, skin
+/// colour of forehead and cheeks, POS pulse extraction, spectral HR with an
+/// SNR-based confidence, and RR from four fused respiratory signals. While
+/// it measures it emits WMS-style lifecycle events (CAMERA_STARTED ...
+/// SCAN_COMPLETED). No frame is ever written to disk or sent anywhere.
+///
+/// Start with `rppg-agent demo`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "rppg-agent",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Watch a complete scan of the built-in synthetic face, with live events.
+    ///
+    /// The video is a real (public-domain) face photo with a known pulse and
+    /// breathing added, so the summary shows measured against true values.
+    /// Runs in real time; --fast runs as fast as the machine can.
+    Demo(DemoArgs),
+    /// Measure once from a video source and report the result.
+    ///
+    /// Events are printed to stdout as JSON Lines while the scan runs (and
+    /// appended to --events FILE); with --json, stdout is instead exactly one
+    /// result object at the end. Exit codes: 0 completed, 3 cancelled
+    /// (LOW_SNR, FACE_LOST, NO_FACE, TOO_DARK, TOO_MUCH_MOTION, INPUT_ENDED),
+    /// 2 bad usage, configuration or input, 1 anything else.
+    ///
+    /// Examples:
+    ///   rppg-agent scan --input synthetic:hr=88,rr=12 --json
+    ///   ffmpeg -i face.mp4 -f yuv4mpegpipe - | rppg-agent scan --input - --json
+    ///   rppg-agent scan --input frames:./shots,fps=15 --events scan.jsonl
+    #[command(verbatim_doc_comment)]
+    Scan(ScanArgs),
+    /// Run the signal stage alone on per-frame mean RGB traces (CSV).
+    ///
+    /// The CSV has a header row with R, G and B columns (any case, any
+    /// order) and optionally `time` in milliseconds; without it give --fps.
+    /// Irregular timestamps (dropped frames, jitter) are resampled. Prints
+    /// the same JSON object as `scan --json`. Exit codes as for scan.
+    Analyze(AnalyzeArgs),
+    /// Print the default configuration, or check a configuration file.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Measure the speed of every pipeline stage (medians) and peak memory.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// True heart rate of the synthetic face, beats per minute (30-240).
+    #[arg(long, default_value_t = 72.0)]
+    pub hr: f64,
+    /// True breathing rate, breaths per minute (3-60).
+    #[arg(long, default_value_t = 15.0)]
+    pub rr: f64,
+    /// Scan length in seconds.
+    #[arg(long, default_value_t = 30.0)]
+    pub seconds: f64,
+    /// Seed of the synthetic video (noise, beat-to-beat variation).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Do not pace frames in real time.
+    #[arg(long)]
+    pub fast: bool,
+    /// Configuration file (see `rppg-agent config default`).
+    #[arg(long, env = "RPPG_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ScanArgs {
+    /// Video source: synthetic[:k=v,...] | FILE.y4m | - (YUV4MPEG2 on stdin) | frames:DIR[,fps=30] | camera[:N].
+    ///
+    /// synthetic options: hr, rr, seconds, seed, width, height, fps, noise
+    /// (σ, 8-bit levels), motion (px), light (relative drift), pulse (% of
+    /// green, 0 = no pulse), rsa, brightness, face (0 = empty scene).
+    #[arg(long, short)]
+    pub input: String,
+    /// Scan length in seconds (overrides scan.duration_s).
+    #[arg(long)]
+    pub seconds: Option<f64>,
+    /// Print exactly one JSON result object on stdout at the end, instead of events.
+    #[arg(long)]
+    pub json: bool,
+    /// Also append every event to this JSON Lines file.
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub events: Option<PathBuf>,
+    /// Configuration file (see `rppg-agent config default`).
+    #[arg(long, env = "RPPG_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// No progress line on stderr.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AnalyzeArgs {
+    /// CSV of per-frame mean R, G, B (and optionally time in ms); - for stdin.
+    #[arg(long, value_name = "FILE")]
+    pub rgb_csv: PathBuf,
+    /// Frame rate, when the CSV has no time column.
+    #[arg(long)]
+    pub fps: Option<f64>,
+    /// Projection (overrides signal.method): pos, chrom, green, or red for
+    /// finger-on-lens (contact) recordings.
+    #[arg(long, value_enum)]
+    pub method: Option<crate::signal::Method>,
+    /// Configuration file (see `rppg-agent config default`).
+    #[arg(long, env = "RPPG_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// Print the built-in configuration: every key, its default and what it does.
+    Default,
+    /// Validate a configuration file (plus RPPG_* variables) and explain every problem.
+    Check {
+        /// The file to check.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Frames per measurement (more: steadier medians, longer run).
+    #[arg(long, default_value_t = 300)]
+    pub frames: usize,
+    /// Repetitions per measurement; medians are reported.
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+}

@@ -1,0 +1,427 @@
+//! App: the commands, wired from the pipeline stages, with all the I/O.
+//!
+//! Owns: configuration loading from files and the environment, the
+//! per-command flow ([`scan`], [`analyze`], `config`, [`bench`]), terminal
+//! output (events, progress line, summaries), exit codes, and the edges of
+//! the pure core — the wall clock and randomness ([`unix_ms`],
+//! [`random_u128`]).
+//!
+//! Exit codes: 0 completed, 3 cancelled by the measurement, 2 usage /
+//! configuration / input errors, 1 anything else (see [`AppError::exit_code`]).
+
+pub mod analyze;
+pub mod bench;
+pub mod cli;
+pub mod scan;
+pub mod sinks;
+
+use crate::capture::{synthetic::SyntheticParams, CaptureError, SourceSpec};
+use crate::config::{Config, ConfigError, DEFAULT_TOML};
+use crate::events::{EventSink, SinkError, StampedEvent};
+use crate::signal::SignalError;
+use crate::vision::VisionError;
+use cli::{Cli, Command, ConfigAction};
+use scan::{Progress, ScanOptions, ScanReport};
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+
+/// Everything a command can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot read configuration file {path}: {source}")]
+    ConfigFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
+    #[error(transparent)]
+    Vision(#[from] VisionError),
+    #[error("cannot read face model {path}: {source} (set vision.model_path to the vendored models/seeta_fd_frontal_v1.0.bin, or leave it empty for the built-in model)")]
+    Model {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Signal(#[from] SignalError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error("cannot open events file {path}: {source}")]
+    EventsFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Output(#[from] std::io::Error),
+}
+
+impl AppError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            AppError::Usage(_)
+            | AppError::Config(_)
+            | AppError::ConfigFile { .. }
+            | AppError::Capture(_)
+            | AppError::Vision(_)
+            | AppError::Model { .. }
+            | AppError::Signal(_)
+            | AppError::EventsFile { .. } => 2,
+            AppError::Sink(_) | AppError::Output(_) => 1,
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch (the one wall-clock read for events).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// 128 random bits from the operating system (ids).
+pub fn random_u128() -> u128 {
+    let mut b = [0u8; 16];
+    if getrandom::fill(&mut b).is_err() {
+        // No OS entropy: fall back to time and address bits; ids stay unique
+        // per process because the stamper increments within a millisecond.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        return t ^ ((&b as *const _ as usize as u128) << 64);
+    }
+    u128::from_le_bytes(b)
+}
+
+/// Loads the configuration: defaults, then `path` (if any), then `RPPG_*` variables.
+pub fn load_config(path: Option<&Path>) -> Result<Config, AppError> {
+    let text = match path {
+        Some(p) => Some(
+            std::fs::read_to_string(p).map_err(|source| AppError::ConfigFile {
+                path: p.display().to_string(),
+                source,
+            })?,
+        ),
+        None => None,
+    };
+    let name = path.map(|p| p.display().to_string()).unwrap_or_default();
+    Ok(Config::load(
+        text.as_deref().map(|t| (name.as_str(), t)),
+        std::env::vars(),
+    )?)
+}
+
+/// The device id: configured, else the host name.
+fn device_id(config: &Config) -> String {
+    if !config.device.id.is_empty() {
+        return config.device.id.clone();
+    }
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "rppg-device".to_string())
+}
+
+/// Runs a parsed command line; returns the process exit code.
+pub fn run(cli: Cli) -> Result<i32, AppError> {
+    match cli.command {
+        Command::Demo(a) => demo(a),
+        Command::Scan(a) => scan_command(a),
+        Command::Analyze(a) => {
+            let mut config = load_config(a.config.as_deref())?;
+            if let Some(m) = a.method {
+                config.signal.method = m;
+            }
+            if let Some(f) = a.fps {
+                if !(f.is_finite() && f > 0.0 && f <= 1000.0) {
+                    return Err(AppError::Usage(format!(
+                        "--fps {f} must be a frame rate in 0..1000"
+                    )));
+                }
+            }
+            let result = analyze::analyze_file(&a.rgb_csv, a.fps, &config)?;
+            println!("{}", result.to_json());
+            Ok(if result.low_snr { 3 } else { 0 })
+        }
+        Command::Config { action } => match action {
+            ConfigAction::Default => {
+                print!("{DEFAULT_TOML}");
+                Ok(0)
+            }
+            ConfigAction::Check { file } => {
+                let config = load_config(Some(&file))?;
+                println!(
+                    "{}: valid. Scan {} s, method {}, device id {:?}.",
+                    file.display(),
+                    config.scan.duration_s,
+                    config.signal.method,
+                    device_id(&config)
+                );
+                Ok(0)
+            }
+        },
+        Command::Bench(a) => {
+            if a.frames < 30 || a.runs == 0 {
+                return Err(AppError::Usage(
+                    "bench needs --frames >= 30 and --runs >= 1".into(),
+                ));
+            }
+            bench::run(a.frames, a.runs, &mut std::io::stdout())?;
+            Ok(0)
+        }
+    }
+}
+
+fn check_seconds(seconds: f64) -> Result<(), AppError> {
+    if seconds.is_finite() && (5.0..=3600.0).contains(&seconds) {
+        Ok(())
+    } else {
+        Err(AppError::Usage(format!(
+            "--seconds {seconds} must be between 5 and 3600"
+        )))
+    }
+}
+
+/// Applies `--seconds` to the config; a synthetic source without an explicit
+/// length lasts as long as the scan (plus a second).
+fn scan_length(
+    config: &mut Config,
+    spec: &mut SourceSpec,
+    input: &str,
+    seconds: Option<f64>,
+) -> Result<(), AppError> {
+    if let Some(s) = seconds {
+        check_seconds(s)?;
+        config.scan.duration_s = s;
+        config.scan.min_duration_s = config.scan.min_duration_s.min(s);
+    }
+    if let SourceSpec::Synthetic(p) = spec {
+        if !input.contains("seconds=") {
+            p.seconds = config.scan.duration_s + 1.0;
+        }
+    }
+    Ok(())
+}
+
+/// A one-line live status on stderr: rewritten in place on a terminal,
+/// printed every 5 s of video otherwise.
+struct ProgressLine {
+    tty: bool,
+    shown_t: f64,
+    width: usize,
+}
+
+impl ProgressLine {
+    fn new() -> Self {
+        ProgressLine {
+            tty: std::io::stderr().is_terminal(),
+            shown_t: -1.0,
+            width: 0,
+        }
+    }
+
+    fn update(&mut self, p: &Progress) {
+        let step = if self.tty { 0.2 } else { 5.0 };
+        if p.frame_t_s - self.shown_t < step {
+            return;
+        }
+        self.shown_t = p.frame_t_s;
+        let hr = p.hr_bpm.map_or("--".to_string(), |h| format!("{h:.1}"));
+        let snr = p.snr_db.map_or("--".to_string(), |s| format!("{s:+.1}"));
+        let face = if p.face { "face locked" } else { "no face    " };
+        let line = format!("  {:5.1} s  {face}  HR {hr} bpm  SNR {snr} dB", p.frame_t_s);
+        if self.tty {
+            eprint!("\r{line:<w$}", w = self.width);
+            self.width = line.len();
+        } else {
+            eprintln!("{line}");
+        }
+    }
+
+    fn clear(&mut self) {
+        if self.tty && self.width > 0 {
+            eprint!("\r{:w$}\r", "", w = self.width);
+            self.width = 0;
+        }
+    }
+}
+
+fn scan_command(a: cli::ScanArgs) -> Result<i32, AppError> {
+    let mut config = load_config(a.config.as_deref())?;
+    let mut spec: SourceSpec = a.input.parse()?;
+    scan_length(&mut config, &mut spec, &a.input, a.seconds)?;
+    let mut file_sink = match &a.events {
+        Some(p) => Some(
+            sinks::JsonlFile::open(p).map_err(|source| AppError::EventsFile {
+                path: p.display().to_string(),
+                source,
+            })?,
+        ),
+        None => None,
+    };
+    let mut stdout_sink = sinks::StdoutJsonl;
+    let mut sinks: Vec<&mut dyn EventSink> = Vec::new();
+    if !a.json {
+        sinks.push(&mut stdout_sink);
+    }
+    if let Some(f) = file_sink.as_mut() {
+        sinks.push(f);
+    }
+    let mut line = ProgressLine::new();
+    let quiet = a.quiet;
+    let opts = ScanOptions {
+        source: spec,
+        device_id: device_id(&config),
+        config,
+        realtime: false,
+    };
+    let report = scan::run_scan(opts, &mut sinks, &mut |p, e| {
+        if e.is_some() {
+            line.clear();
+        } else if !quiet {
+            line.update(p);
+        }
+    });
+    line.clear();
+    let report = report?;
+    if a.json {
+        println!("{}", report.to_json());
+    } else if !quiet {
+        eprintln!("{}", summary_line(&report));
+    }
+    Ok(if report.cancelled.is_some() { 3 } else { 0 })
+}
+
+fn summary_line(r: &ScanReport) -> String {
+    match r.cancelled {
+        Some(reason) => format!(
+            "cancelled: {} after {:.1} s ({} frames)",
+            reason.code(),
+            r.result.duration_s,
+            r.result.frames
+        ),
+        None => format!(
+            "completed: HR {} bpm (confidence {:.2}), RR {} /min (confidence {:.2}), RMSSD {} ms, SNR {} dB, {:.1} s, {} frames",
+            fmt_opt(r.result.hr_bpm, 1),
+            r.result.confidence,
+            fmt_opt(r.result.rr_bpm, 1),
+            r.result.rr_confidence,
+            fmt_opt(r.result.rmssd_ms, 0),
+            fmt_opt(r.result.snr_db, 1),
+            r.result.duration_s,
+            r.result.frames
+        ),
+    }
+}
+
+fn fmt_opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or("--".to_string(), |x| format!("{x:.digits$}"))
+}
+
+/// Prints one event for a person: name, severity, sequence, payload.
+fn print_event(out: &mut impl Write, e: &StampedEvent) -> std::io::Result<()> {
+    let env = e.envelope();
+    writeln!(
+        out,
+        "  #{:<3} {:<24} {:<5} {}",
+        e.sequence,
+        e.kind.name(),
+        env["severity"].as_str().unwrap_or(""),
+        env["payload"]
+    )
+}
+
+fn demo(a: cli::DemoArgs) -> Result<i32, AppError> {
+    check_seconds(a.seconds)?;
+    let mut config = load_config(a.config.as_deref())?;
+    let input = format!("synthetic:hr={},rr={},seed={}", a.hr, a.rr, a.seed);
+    let params = SyntheticParams::parse(&input, &input[10..])?;
+    let mut spec = SourceSpec::Synthetic(params);
+    scan_length(&mut config, &mut spec, &input, Some(a.seconds))?;
+    let mut out = std::io::stdout();
+    writeln!(
+        out,
+        "rppg-agent demo: a {:.0} s scan of the built-in synthetic face (true HR {} bpm, RR {} /min, seed {}){}",
+        a.seconds,
+        a.hr,
+        a.rr,
+        a.seed,
+        if a.fast { "" } else { " in real time; --fast to skip waiting" }
+    )?;
+    writeln!(out, "Events as the kiosk backend would receive them:")?;
+    let mut collected = sinks::Collect::default();
+    let mut line = ProgressLine::new();
+    let opts = ScanOptions {
+        source: spec,
+        device_id: device_id(&config),
+        config,
+        realtime: !a.fast,
+    };
+    let mut print_error = None;
+    let report = scan::run_scan(opts, &mut [&mut collected], &mut |p, e| match e {
+        Some(e) => {
+            line.clear();
+            if let Err(err) = print_event(&mut std::io::stdout(), e) {
+                print_error.get_or_insert(err);
+            }
+        }
+        None => line.update(p),
+    });
+    line.clear();
+    if let Some(err) = print_error {
+        return Err(err.into());
+    }
+    let report = report?;
+    let truth = report.source.truth;
+    let r = &report.result;
+    writeln!(out)?;
+    match report.cancelled {
+        Some(reason) => writeln!(out, "Result: cancelled ({})", reason.code())?,
+        None => writeln!(out, "Result: completed")?,
+    }
+    let t = |f: fn(&crate::capture::Truth) -> f64, d: usize| {
+        truth.map_or("--".into(), |t| format!("{:.d$}", f(&t)))
+    };
+    writeln!(out, "                     measured     true")?;
+    writeln!(
+        out,
+        "  heart rate        {:>7} bpm  {:>6}    confidence {:.2}, SNR {} dB",
+        fmt_opt(r.hr_bpm, 1),
+        t(|t| t.hr_bpm, 1),
+        r.confidence,
+        fmt_opt(r.snr_db, 1)
+    )?;
+    writeln!(
+        out,
+        "  respiratory rate  {:>7} /min {:>6}    confidence {:.2}",
+        fmt_opt(r.rr_bpm, 1),
+        t(|t| t.rr_bpm, 1),
+        r.rr_confidence
+    )?;
+    writeln!(
+        out,
+        "  HRV (RMSSD)       {:>7} ms   {:>6}",
+        fmt_opt(r.rmssd_ms, 0),
+        t(|t| t.rmssd_ms, 0)
+    )?;
+    let fps = r.frames as f64 / (report.processing_time_ms.max(1) as f64 / 1000.0);
+    writeln!(
+        out,
+        "  {:.1} s of signal, {} frames, {} events, processing {} ms ({:.0} frames/s, {:.0}x real time)",
+        r.duration_s,
+        r.frames,
+        report.events,
+        report.processing_time_ms,
+        fps,
+        fps / report.source.fps
+    )?;
+    Ok(if report.cancelled.is_some() { 3 } else { 0 })
+}

@@ -1,0 +1,229 @@
+//! One scan end to end: source -> vision -> measurement -> events -> sinks.
+//!
+//! Owns: the per-frame loop and everything in it that touches the outside
+//! world — reading frames, the wall clock (event time stamps, real-time
+//! pacing, processing time), id entropy, and writing events.
+//!
+//! Invariants: every update becomes exactly one event, stamped and written
+//! to every sink before the next frame is processed; an input failure
+//! mid-scan still ends the measurement (GENERAL_ERROR, then
+//! MEASUREMENT_CANCELED) before the error is returned; frames are reused
+//! buffers in memory and are never written anywhere.
+
+use super::{random_u128, unix_ms, AppError};
+use crate::capture::{self, Frame, SourceInfo, SourceSpec};
+use crate::config::Config;
+use crate::events::{ulid, Event, EventSink, StampedEvent, Stamper};
+use crate::measurement::{CancelReason, Measurement, ScanResult, Update};
+use crate::vision::detector::FaceDetector;
+use crate::vision::FaceRoiExtractor;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+/// What to scan and how.
+pub struct ScanOptions {
+    pub source: SourceSpec,
+    pub config: Config,
+    pub device_id: String,
+    /// Pace frames at their timestamps (a live demo) instead of as fast as possible.
+    pub realtime: bool,
+}
+
+/// Live state, reported after every frame.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    pub frame_t_s: f64,
+    pub face: bool,
+    pub hr_bpm: Option<f64>,
+    pub snr_db: Option<f64>,
+}
+
+/// How a scan ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScanReport {
+    pub session_id: String,
+    pub measurement_id: String,
+    pub source: SourceInfo,
+    /// `None` when completed.
+    pub cancelled: Option<CancelReason>,
+    pub result: ScanResult,
+    pub frames_dropped: u64,
+    pub processing_time_ms: u64,
+    pub events: u64,
+}
+
+impl ScanReport {
+    /// The `scan --json` object (exact keys; null where not available).
+    pub fn to_json(&self) -> Value {
+        let r = &self.result;
+        let num = |v: Option<f64>, d: i32| {
+            let k = 10f64.powi(d);
+            v.filter(|x| x.is_finite())
+                .map_or(Value::Null, |x| json!((x * k).round() / k))
+        };
+        json!({
+            "sessionId": self.session_id,
+            "measurementId": self.measurement_id,
+            "status": if self.cancelled.is_some() { "cancelled" } else { "completed" },
+            "reason": self.cancelled.map(|c| c.code()),
+            "heart_rate_bpm": num(r.hr_bpm, 1),
+            "respiratory_rate_bpm": num(r.rr_bpm, 1),
+            "hrv_rmssd_ms": num(r.rmssd_ms, 1),
+            "snr_db": num(r.snr_db, 2),
+            "confidence": num(Some(r.confidence), 3),
+            "rr_confidence": num(Some(r.rr_confidence), 3),
+            "duration_s": num(Some(r.duration_s), 2),
+            "frames": r.frames,
+            "frames_dropped": self.frames_dropped,
+            "processing_time_ms": self.processing_time_ms,
+        })
+    }
+}
+
+/// Stamps and fans events out to the sinks.
+struct Emitter<'a, 'b> {
+    stamper: Stamper,
+    sinks: &'a mut [&'b mut dyn EventSink],
+    count: u64,
+}
+
+impl Emitter<'_, '_> {
+    fn emit(&mut self, event: &Event) -> Result<StampedEvent, AppError> {
+        let stamped = self.stamper.stamp(event, unix_ms(), random_u128());
+        for sink in self.sinks.iter_mut() {
+            sink.accept(&stamped)?;
+        }
+        self.count += 1;
+        Ok(stamped)
+    }
+}
+
+/// Loads the face detector named by the config (built-in when empty).
+pub fn load_detector(config: &Config) -> Result<FaceDetector, AppError> {
+    let path = &config.vision.model_path;
+    if path.is_empty() {
+        return Ok(FaceDetector::builtin()?);
+    }
+    let bytes = std::fs::read(path).map_err(|source| AppError::Model {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(FaceDetector::from_bytes(&bytes, path)?)
+}
+
+/// Runs one scan, writing every event to `sinks` and reporting progress.
+pub fn run_scan(
+    opts: ScanOptions,
+    sinks: &mut [&mut dyn EventSink],
+    progress: &mut dyn FnMut(&Progress, Option<&StampedEvent>),
+) -> Result<ScanReport, AppError> {
+    let session_id = format!("ses_{}", ulid(unix_ms(), random_u128()));
+    let measurement_id = format!("msr_{}", ulid(unix_ms(), random_u128()));
+    let mut emitter = Emitter {
+        stamper: Stamper::new(opts.device_id.clone(), session_id.clone()),
+        sinks,
+        count: 0,
+    };
+    let detector = load_detector(&opts.config)?;
+    let mut source = match capture::open(&opts.source) {
+        Ok(s) => s,
+        Err(e) => {
+            let details = if matches!(opts.source, SourceSpec::Camera(_)) {
+                "CAMERA_START_ERROR"
+            } else {
+                "INPUT_ERROR"
+            };
+            emitter.emit(&Event::general_error(details, &e.to_string()))?;
+            return Err(e.into());
+        }
+    };
+    let info = source.info().clone();
+    let e = emitter.emit(&Event::camera_started(&info))?;
+    progress(&idle(), Some(&e));
+
+    let mut vision = FaceRoiExtractor::new(detector, opts.config.vision());
+    let planned = opts.config.scan.duration_s;
+    let mut updates = Vec::new();
+    let mut measurement = Measurement::new(
+        opts.config.measurement(),
+        opts.config.signal(),
+        &mut updates,
+    )?;
+    let mut frame = Frame::default();
+    let mut busy = Duration::ZERO;
+    let started = Instant::now();
+    let mut live = idle();
+    let mut failure = None;
+    let mut ended = None;
+
+    loop {
+        for u in updates.drain(..) {
+            if let Update::Intermediate(r) = &u {
+                live.hr_bpm = r.hr_bpm;
+                live.snr_db = Some(r.snr_db);
+            }
+            match &u {
+                Update::Completed(r) => ended = Some((None, r.clone())),
+                Update::Cancelled { reason, result } => {
+                    ended = Some((Some(*reason), result.clone()))
+                }
+                _ => {}
+            }
+            let event = Event::from_update(&u, &measurement_id, planned, busy.as_millis() as u64);
+            let stamped = emitter.emit(&event)?;
+            progress(&live, Some(&stamped));
+        }
+        if ended.is_some() || failure.is_some() {
+            break;
+        }
+        match source.next_frame(&mut frame) {
+            Ok(true) => {}
+            Ok(false) => {
+                measurement.end_of_input(&mut updates);
+                continue;
+            }
+            Err(e) => {
+                emitter.emit(&Event::general_error("INPUT_ERROR", &e.to_string()))?;
+                measurement.cancel(CancelReason::InputError, &mut updates);
+                failure = Some(e);
+                continue;
+            }
+        }
+        if opts.realtime {
+            let due = Duration::from_secs_f64(frame.t_s.max(0.0));
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        let t0 = Instant::now();
+        let obs = vision.process(&frame);
+        measurement.push(&obs, &mut updates);
+        busy += t0.elapsed();
+        live.frame_t_s = frame.t_s;
+        live.face = obs.face.is_some();
+        progress(&live, None);
+    }
+    if let Some(e) = failure {
+        return Err(e.into());
+    }
+    let (cancelled, result) = ended.expect("the loop ends only with a terminal update");
+    Ok(ScanReport {
+        session_id,
+        measurement_id,
+        source: info,
+        cancelled,
+        result,
+        frames_dropped: source.frames_dropped(),
+        processing_time_ms: busy.as_millis() as u64,
+        events: emitter.count,
+    })
+}
+
+fn idle() -> Progress {
+    Progress {
+        frame_t_s: 0.0,
+        face: false,
+        hr_bpm: None,
+        snr_db: None,
+    }
+}

@@ -1,0 +1,85 @@
+//! Event sinks with I/O: JSON Lines to a file or to standard output.
+//!
+//! Invariants: each event is written as its stamped bytes plus `\n` and
+//! flushed before `accept` returns, so a crash loses at most the event being
+//! written; files are opened for append (an existing log is never truncated).
+
+use crate::events::{EventSink, SinkError, StampedEvent};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Appends events to a JSON Lines file.
+pub struct JsonlFile {
+    path: PathBuf,
+    file: File,
+}
+
+impl JsonlFile {
+    pub fn open(path: &Path) -> std::io::Result<Self> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(JsonlFile {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+}
+
+fn write_line(out: &mut dyn Write, event: &StampedEvent, sink: &str) -> Result<(), SinkError> {
+    let err = |source| SinkError {
+        sink: sink.to_string(),
+        event_id: event.id.clone(),
+        source,
+    };
+    out.write_all(&event.bytes).map_err(err)?;
+    out.write_all(b"\n").map_err(err)?;
+    out.flush().map_err(err)
+}
+
+impl EventSink for JsonlFile {
+    fn accept(&mut self, event: &StampedEvent) -> Result<(), SinkError> {
+        let name = self.path.display().to_string();
+        write_line(&mut self.file, event, &name)
+    }
+}
+
+/// Writes events to standard output as JSON Lines.
+pub struct StdoutJsonl;
+
+impl EventSink for StdoutJsonl {
+    fn accept(&mut self, event: &StampedEvent) -> Result<(), SinkError> {
+        write_line(&mut std::io::stdout().lock(), event, "stdout")
+    }
+}
+
+/// Keeps events in memory (for the demo summary and for tests).
+#[derive(Debug, Default)]
+pub struct Collect(pub Vec<StampedEvent>);
+
+impl EventSink for Collect {
+    fn accept(&mut self, event: &StampedEvent) -> Result<(), SinkError> {
+        self.0.push(event.clone());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{Event, Stamper};
+
+    #[test]
+    fn the_jsonl_file_appends_exactly_the_stamped_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        std::fs::write(&path, "{\"earlier\":true}\n").unwrap();
+        let mut stamper = Stamper::new("d", "s");
+        let e = stamper.stamp(&Event::general_error("X", "m"), 1, 2);
+        JsonlFile::open(&path).unwrap().accept(&e).unwrap();
+        let text = std::fs::read(&path).unwrap();
+        let mut want = b"{\"earlier\":true}\n".to_vec();
+        want.extend_from_slice(&e.bytes);
+        want.push(b'\n');
+        assert_eq!(text, want);
+    }
+}

@@ -1,0 +1,309 @@
+//! Capture stage: where frames come from.
+//!
+//! Owns: the [`FrameSource`] seam and its implementations — the seeded
+//! synthetic face video ([`synthetic`]), YUV4MPEG2 files and pipes ([`y4m`]),
+//! directories of PNG/JPEG frames ([`frames_dir`]) — plus the parser for
+//! `--input` specs and the per-frame RGB trace CSV reader ([`rgb_csv`]) used
+//! by `analyze`. The webcam (nokhwa) drops in behind the same trait.
+//!
+//! Invariants:
+//! - Frames are packed RGB8, `width * height * 3` bytes, timestamps in
+//!   seconds from the first frame, strictly increasing.
+//! - The caller owns the frame buffer (`next_frame(&mut Frame)`), so a source
+//!   reuses one allocation for the whole scan.
+//! - Frames live only in memory: nothing here writes a frame anywhere.
+//! - Every bad input is a [`CaptureError`] that names the input and what is
+//!   wrong (and the frame index when a frame is bad), never a panic.
+
+pub mod frames_dir;
+pub mod rgb_csv;
+pub mod synthetic;
+pub mod y4m;
+
+use std::path::PathBuf;
+
+/// One video frame, packed RGB8.
+#[derive(Debug, Clone, Default)]
+pub struct Frame {
+    pub width: u32,
+    pub height: u32,
+    /// Seconds since the source's first frame.
+    pub t_s: f64,
+    /// 0-based index in the source.
+    pub index: u64,
+    pub rgb: Vec<u8>,
+}
+
+impl Frame {
+    /// Resizes the buffer for `width x height` (reusing its allocation).
+    pub fn reshape(&mut self, width: u32, height: u32) {
+        self.width = width;
+        self.height = height;
+        self.rgb.resize(width as usize * height as usize * 3, 0);
+    }
+
+    /// The RGB triple at `(x, y)`.
+    #[inline]
+    pub fn pixel(&self, x: u32, y: u32) -> [u8; 3] {
+        let i = (y as usize * self.width as usize + x as usize) * 3;
+        [self.rgb[i], self.rgb[i + 1], self.rgb[i + 2]]
+    }
+}
+
+/// What a source is, reported in CAMERA_STARTED.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceInfo {
+    /// `synthetic`, `y4m`, `frames` or `camera`.
+    pub kind: &'static str,
+    /// Human description (path, device, or synthetic parameters).
+    pub description: String,
+    pub width: u32,
+    pub height: u32,
+    pub fps: f64,
+    /// Known truth, for synthetic sources only.
+    pub truth: Option<Truth>,
+}
+
+/// Ground truth of a synthetic video.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Truth {
+    pub hr_bpm: f64,
+    pub rr_bpm: f64,
+    pub rmssd_ms: f64,
+}
+
+/// A source of frames: synthetic, file, pipe or camera.
+pub trait FrameSource: Send {
+    fn info(&self) -> &SourceInfo;
+    /// Fills `frame` with the next frame; `Ok(false)` at the end of the input.
+    fn next_frame(&mut self, frame: &mut Frame) -> Result<bool, CaptureError>;
+    /// Frames the source had to drop because the consumer was behind.
+    fn frames_dropped(&self) -> u64 {
+        0
+    }
+}
+
+/// Everything that can go wrong getting frames or traces.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("cannot open input {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read input {input}: {source}")]
+    Read {
+        input: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid --input {spec:?}: {problem}")]
+    Spec { spec: String, problem: String },
+    #[error("{input}: bad header: {problem}")]
+    BadHeader { input: String, problem: String },
+    #[error("{input}: unsupported colour space {colour_space:?}; supported: 420jpeg, 420paldv, 420mpeg2, 420, 422, 444, mono (8-bit)")]
+    UnsupportedColourSpace { input: String, colour_space: String },
+    #[error("{input}: frame {index} is truncated: expected {expected} bytes, got {got}")]
+    Truncated {
+        input: String,
+        index: u64,
+        expected: usize,
+        got: usize,
+    },
+    #[error("{input}: frame {index}: {problem}")]
+    BadFrame {
+        input: String,
+        index: u64,
+        problem: String,
+    },
+    #[error("{input}: zero-size frames ({width}x{height})")]
+    ZeroSize {
+        input: String,
+        width: u32,
+        height: u32,
+    },
+    #[error("{input}: {problem}")]
+    BadCsv { input: String, problem: String },
+    #[error("camera input is not available in this build: {0}")]
+    CameraUnavailable(String),
+}
+
+/// A parsed `--input` value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceSpec {
+    Synthetic(synthetic::SyntheticParams),
+    /// A YUV4MPEG2 file, or standard input when the path is `-`.
+    Y4m(PathBuf),
+    Frames {
+        dir: PathBuf,
+        fps: f64,
+    },
+    Camera(String),
+}
+
+/// Splits `k=v,k=v` into pairs, rejecting malformed items.
+pub(crate) fn parse_pairs<'a>(
+    spec: &str,
+    list: &'a str,
+) -> Result<Vec<(&'a str, &'a str)>, CaptureError> {
+    list.split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|item| {
+            item.split_once('=')
+                .map(|(k, v)| (k.trim(), v.trim()))
+                .ok_or_else(|| CaptureError::Spec {
+                    spec: spec.to_string(),
+                    problem: format!("{item:?} is not key=value"),
+                })
+        })
+        .collect()
+}
+
+/// Parses a numeric `key=value` for `spec`, checking `range`.
+pub(crate) fn parse_number(
+    spec: &str,
+    key: &str,
+    value: &str,
+    range: std::ops::RangeInclusive<f64>,
+) -> Result<f64, CaptureError> {
+    let v: f64 = value.parse().map_err(|_| CaptureError::Spec {
+        spec: spec.to_string(),
+        problem: format!("{key}={value:?} is not a number"),
+    })?;
+    if !v.is_finite() || !range.contains(&v) {
+        return Err(CaptureError::Spec {
+            spec: spec.to_string(),
+            problem: format!(
+                "{key}={value} is outside {}..={}",
+                range.start(),
+                range.end()
+            ),
+        });
+    }
+    Ok(v)
+}
+
+impl std::str::FromStr for SourceSpec {
+    type Err = CaptureError;
+
+    fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        let (head, rest) = spec.split_once(':').unwrap_or((spec, ""));
+        match head {
+            "synthetic" => Ok(SourceSpec::Synthetic(synthetic::SyntheticParams::parse(
+                spec, rest,
+            )?)),
+            "frames" => {
+                let mut parts = rest.splitn(2, ',');
+                let dir = parts.next().unwrap_or("").trim();
+                if dir.is_empty() {
+                    return Err(CaptureError::Spec {
+                        spec: spec.to_string(),
+                        problem: "expected frames:DIR[,fps=30]".into(),
+                    });
+                }
+                let mut fps = 30.0;
+                for (k, v) in parse_pairs(spec, parts.next().unwrap_or(""))? {
+                    match k {
+                        "fps" => fps = parse_number(spec, k, v, 1.0..=240.0)?,
+                        other => {
+                            return Err(CaptureError::Spec {
+                                spec: spec.to_string(),
+                                problem: format!("unknown option {other:?}; frames: takes fps"),
+                            })
+                        }
+                    }
+                }
+                Ok(SourceSpec::Frames {
+                    dir: PathBuf::from(dir),
+                    fps,
+                })
+            }
+            "camera" => Ok(SourceSpec::Camera(rest.to_string())),
+            "" => Err(CaptureError::Spec {
+                spec: spec.to_string(),
+                problem: "empty input; try synthetic, a .y4m file, - for stdin, or frames:DIR"
+                    .into(),
+            }),
+            _ => Ok(SourceSpec::Y4m(PathBuf::from(spec))),
+        }
+    }
+}
+
+/// Opens the source named by `spec`.
+pub fn open(spec: &SourceSpec) -> Result<Box<dyn FrameSource>, CaptureError> {
+    match spec {
+        SourceSpec::Synthetic(p) => Ok(Box::new(synthetic::SyntheticSource::new(p.clone())?)),
+        SourceSpec::Y4m(path) if path.as_os_str() == "-" => Ok(Box::new(y4m::Y4mSource::new(
+            Box::new(std::io::BufReader::with_capacity(1 << 20, std::io::stdin())),
+            "stdin".into(),
+        )?)),
+        SourceSpec::Y4m(path) => {
+            let file = std::fs::File::open(path).map_err(|source| CaptureError::Open {
+                path: path.clone(),
+                source,
+            })?;
+            Ok(Box::new(y4m::Y4mSource::new(
+                Box::new(std::io::BufReader::with_capacity(1 << 20, file)),
+                path.display().to_string(),
+            )?))
+        }
+        SourceSpec::Frames { dir, fps } => Ok(Box::new(frames_dir::FramesDirSource::new(dir, *fps)?)),
+        SourceSpec::Camera(_) => Err(CaptureError::CameraUnavailable(
+            "webcam capture (nokhwa, V4L2) is not implemented in this version yet; \
+             use a YUV4MPEG2 pipe meanwhile: ffmpeg -f v4l2 -i /dev/video0 -f yuv4mpegpipe - | rppg-agent scan --input -"
+                .into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_specs_parse_into_the_right_source_kind() {
+        assert!(matches!(
+            "synthetic".parse::<SourceSpec>().unwrap(),
+            SourceSpec::Synthetic(_)
+        ));
+        assert!(matches!(
+            "clip.y4m".parse::<SourceSpec>().unwrap(),
+            SourceSpec::Y4m(_)
+        ));
+        assert!(matches!(
+            "-".parse::<SourceSpec>().unwrap(),
+            SourceSpec::Y4m(_)
+        ));
+        assert_eq!(
+            "frames:/tmp/x,fps=15".parse::<SourceSpec>().unwrap(),
+            SourceSpec::Frames {
+                dir: "/tmp/x".into(),
+                fps: 15.0
+            }
+        );
+    }
+
+    #[test]
+    fn malformed_specs_say_what_is_wrong() {
+        for (spec, needle) in [
+            ("frames:", "frames:DIR"),
+            ("frames:/x,fps=0", "outside"),
+            ("frames:/x,speed=2", "unknown option"),
+            ("frames:/x,fps", "key=value"),
+            ("", "empty input"),
+        ] {
+            let err = spec.parse::<SourceSpec>().unwrap_err().to_string();
+            assert!(err.contains(needle), "{spec:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn camera_requests_explain_how_to_get_frames_meanwhile() {
+        let err = open(&"camera:0".parse().unwrap())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("yuv4mpegpipe"), "{err}");
+    }
+}

@@ -1,0 +1,550 @@
+//! The built-in synthetic face video: a real face with a known pulse and breathing.
+//!
+//! Owns: a deterministic (seeded) video generator used by `demo`, the tests
+//! and the benchmarks, so that the whole pipeline can be checked against
+//! ground truth on any machine with nothing to download.
+//!
+//! The scene is the public-domain NASA portrait of Eileen Collins
+//! (`models/astronaut.png`, see models/README.md), framed like a kiosk shot.
+//! Each frame adds, on skin pixels only (Kovac et al. RGB skin rule applied
+//! to the photo), a blood-volume pulse in the physiological colour direction
+//! `[0.33, 0.77, 0.53]` (de Haan & van Leest 2014): blood darkens the skin, by
+//! `pulse` percent peak-to-peak in green. The beat sequence is built beat by
+//! beat with respiratory sinus arrhythmia (`rsa`, relative HR swing) and
+//! random beat-to-beat jitter, so the true RMSSD is known. Breathing shows as
+//! a 0.3 % brightness swing and a vertical head motion of `height / 320` px.
+//! Then optional smooth head `motion` (px), lighting `light` drift (relative),
+//! a global `brightness` factor, Gaussian sensor `noise` (σ in 8-bit levels)
+//! and uint8 quantisation. `face=0` renders an empty wall instead.
+//!
+//! Invariants: the same parameters give the same bytes on every machine;
+//! frame `i` has timestamp `i / fps`; the source ends after `seconds`.
+
+use super::{parse_number, parse_pairs, CaptureError, Frame, FrameSource, SourceInfo, Truth};
+use std::f64::consts::PI;
+
+/// The public-domain face photo (512x512 PNG), embedded so the demo needs no files.
+pub const ASTRONAUT_PNG: &[u8] = include_bytes!("../../models/astronaut.png");
+
+/// Face box of the photo at its native 512x512 size, as rustface finds it.
+const FACE_BOX_512: (f64, f64, f64) = (173.0, 68.0, 99.0);
+
+/// Blood-volume pulse direction in RGB.
+const PBV: [f64; 3] = [0.33, 0.77, 0.53];
+
+/// Parameters of a synthetic video (`synthetic:hr=72,rr=15,...`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyntheticParams {
+    pub hr_bpm: f64,
+    pub rr_bpm: f64,
+    pub seconds: f64,
+    pub seed: u64,
+    pub width: u32,
+    pub height: u32,
+    pub fps: f64,
+    /// Sensor noise σ in 8-bit levels.
+    pub noise: f64,
+    /// Smooth head motion amplitude in pixels.
+    pub motion: f64,
+    /// Lighting drift amplitude (relative, 0.1 = ±10 %).
+    pub light: f64,
+    /// Pulse amplitude in percent of green intensity, peak to peak.
+    pub pulse: f64,
+    /// Respiratory sinus arrhythmia: relative HR swing over a breath.
+    pub rsa: f64,
+    /// Global brightness factor (0.1 = a very dark room).
+    pub brightness: f64,
+    /// Whether there is a face in the scene.
+    pub face: bool,
+}
+
+impl Default for SyntheticParams {
+    fn default() -> Self {
+        SyntheticParams {
+            hr_bpm: 72.0,
+            rr_bpm: 15.0,
+            seconds: 30.0,
+            seed: 1,
+            width: 640,
+            height: 480,
+            fps: 30.0,
+            noise: 2.0,
+            motion: 0.0,
+            light: 0.0,
+            pulse: 0.3,
+            rsa: 0.05,
+            brightness: 1.0,
+            face: true,
+        }
+    }
+}
+
+impl SyntheticParams {
+    /// Parses the part after `synthetic:`; `spec` is the whole value for messages.
+    pub fn parse(spec: &str, list: &str) -> Result<Self, CaptureError> {
+        let mut p = SyntheticParams::default();
+        for (k, v) in parse_pairs(spec, list)? {
+            let num = |range| parse_number(spec, k, v, range);
+            match k {
+                "hr" => p.hr_bpm = num(30.0..=240.0)?,
+                "rr" => p.rr_bpm = num(3.0..=60.0)?,
+                "seconds" => p.seconds = num(0.1..=3600.0)?,
+                "seed" => p.seed = num(0.0..=u32::MAX as f64)? as u64,
+                "width" => p.width = num(32.0..=4096.0)? as u32,
+                "height" => p.height = num(32.0..=4096.0)? as u32,
+                "fps" => p.fps = num(1.0..=240.0)?,
+                "noise" => p.noise = num(0.0..=64.0)?,
+                "motion" => p.motion = num(0.0..=200.0)?,
+                "light" => p.light = num(0.0..=0.9)?,
+                "pulse" => p.pulse = num(0.0..=10.0)?,
+                "rsa" => p.rsa = num(0.0..=0.3)?,
+                "brightness" => p.brightness = num(0.0..=4.0)?,
+                "face" => p.face = num(0.0..=1.0)? >= 0.5,
+                other => {
+                    return Err(CaptureError::Spec {
+                        spec: spec.to_string(),
+                        problem: format!(
+                            "unknown option {other:?}; synthetic takes hr, rr, seconds, seed, width, height, \
+                             fps, noise, motion, light, pulse, rsa, brightness, face"
+                        ),
+                    })
+                }
+            }
+        }
+        Ok(p)
+    }
+
+    /// The canonical spec string for these parameters.
+    pub fn to_spec(&self) -> String {
+        format!(
+            "synthetic:hr={},rr={},seconds={},seed={},width={},height={},fps={},noise={},motion={},light={},pulse={},rsa={},brightness={},face={}",
+            self.hr_bpm, self.rr_bpm, self.seconds, self.seed, self.width, self.height, self.fps,
+            self.noise, self.motion, self.light, self.pulse, self.rsa, self.brightness, u8::from(self.face)
+        )
+    }
+}
+
+/// SplitMix64: tiny, fast, seedable, identical on every platform.
+#[derive(Debug, Clone)]
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Standard normal (Box-Muller), for the few per-beat draws.
+    fn normal(&mut self) -> f64 {
+        let u1 = self.uniform().max(1e-300);
+        let u2 = self.uniform();
+        (-2.0 * u1.ln()).sqrt() * (2.0 * PI * u2).cos()
+    }
+}
+
+/// Unit-variance approximately Gaussian samples, four per `u64` (Irwin-Hall of
+/// four 16-bit uniforms): cheap enough for every pixel of every frame.
+#[inline]
+fn fast_gaussians(bits: u64) -> [f32; 4] {
+    // Sum of 4 uniforms on [0,1) has mean 2 and variance 1/3.
+    const SCALE: f32 = 1.732_050_8 / 65536.0;
+    let mut out = [0.0f32; 4];
+    for (i, slot) in out.iter_mut().enumerate() {
+        let b = bits.rotate_left(16 * i as u32);
+        let s = (b & 0xFFFF) + ((b >> 16) & 0xFFFF) + ((b >> 32) & 0xFFFF) + ((b >> 48) & 0xFFFF);
+        *slot = (s as f32 - 2.0 * 65536.0) * SCALE;
+    }
+    out
+}
+
+/// Pulse waveform over one beat, phase in `0..1`, normalised to `0..=1`:
+/// a systolic peak and a smaller diastolic wave.
+fn beat_shape(phase: f64) -> f64 {
+    let g = |mu: f64, sigma: f64| (-((phase - mu) / sigma).powi(2) / 2.0).exp();
+    let raw = g(0.2, 0.08) + 0.4 * g(0.5, 0.1) + g(1.2, 0.08);
+    // Range of `raw` over a beat, found numerically once.
+    const LO: f64 = 0.000_614_3;
+    const HI: f64 = 1.004_502;
+    ((raw - LO) / (HI - LO)).clamp(0.0, 1.0)
+}
+
+/// Beat onset times over `0..seconds` (plus one before and after).
+fn beat_times(p: &SyntheticParams, rng: &mut Rng) -> Vec<f64> {
+    let mut t = -rng.uniform() * 60.0 / p.hr_bpm;
+    let mut beats = vec![t];
+    let f_r = p.rr_bpm / 60.0;
+    while t <= p.seconds + 2.0 {
+        let hr = p.hr_bpm * (1.0 + p.rsa * (2.0 * PI * f_r * t).sin());
+        let jitter = 0.012 * rng.normal();
+        t += (60.0 / hr + jitter).max(0.25);
+        beats.push(t);
+    }
+    beats
+}
+
+/// A seeded synthetic face video.
+pub struct SyntheticSource {
+    params: SyntheticParams,
+    info: SourceInfo,
+    /// Framed photo, RGB as f32, `width * height * 3`.
+    base: Vec<f32>,
+    /// 1.0 on skin, 0.0 elsewhere.
+    skin: Vec<f32>,
+    beats: Vec<f64>,
+    motion_phases: [f64; 6],
+    rng: Rng,
+    index: u64,
+}
+
+impl std::fmt::Debug for SyntheticSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyntheticSource")
+            .field("params", &self.params)
+            .finish()
+    }
+}
+
+/// Kovac, Peer & Solina (2003) daylight skin rule.
+fn is_skin(r: f32, g: f32, b: f32) -> bool {
+    let max = r.max(g).max(b);
+    let min = r.min(g).min(b);
+    r > 95.0 && g > 40.0 && b > 20.0 && max - min > 15.0 && (r - g).abs() > 15.0 && r > g && r > b
+}
+
+/// Where the face is in a framed photo: centre x, centre y, face width (pixels).
+type FacePlace = (f64, f64, f64);
+
+/// The photo framed for a `width x height` kiosk shot, and where its face is
+/// (centre x, centre y, face width) in frame pixels.
+fn framed_photo(width: u32, height: u32) -> Result<(Vec<f32>, FacePlace), CaptureError> {
+    let photo = image::load_from_memory_with_format(ASTRONAUT_PNG, image::ImageFormat::Png)
+        .map_err(|e| CaptureError::Spec {
+            spec: "synthetic".into(),
+            problem: format!("embedded face photo failed to decode: {e}"),
+        })?
+        .to_rgb8();
+    // Crop so the face spans ~1/3 of the frame width, upper middle, at the frame's aspect.
+    let (fx, fy, fw) = FACE_BOX_512;
+    let crop_w = (3.0 * fw).min(512.0);
+    let crop_h = (crop_w * height as f64 / width as f64).min(512.0);
+    let crop_w = crop_h * width as f64 / height as f64;
+    let x0 = (fx + fw / 2.0 - crop_w / 2.0)
+        .clamp(0.0, 512.0 - crop_w)
+        .floor();
+    let y0 = (fy + fw / 2.0 - 0.45 * crop_h)
+        .clamp(0.0, 512.0 - crop_h)
+        .floor();
+    let cropped =
+        image::imageops::crop_imm(&photo, x0 as u32, y0 as u32, crop_w as u32, crop_h as u32)
+            .to_image();
+    let framed = image::imageops::resize(
+        &cropped,
+        width,
+        height,
+        image::imageops::FilterType::Triangle,
+    );
+    let scale = width as f64 / crop_w.floor();
+    let face = (
+        (fx + fw / 2.0 - x0) * scale,
+        (fy + fw / 2.0 - y0) * scale,
+        fw * scale,
+    );
+    Ok((framed.into_raw().into_iter().map(f32::from).collect(), face))
+}
+
+/// Perfused skin: skin-coloured pixels inside an ellipse over face and neck
+/// (the beige wall behind the astronaut is skin-coloured, but not perfused).
+fn blood_mask(base: &[f32], width: u32, face: FacePlace) -> Vec<f32> {
+    let (cx, cy, fw) = face;
+    let (cy, rx, ry) = (cy + 0.25 * fw, 0.6 * fw, 0.9 * fw);
+    base.chunks_exact(3)
+        .enumerate()
+        .map(|(i, c)| {
+            let x = (i % width as usize) as f64;
+            let y = (i / width as usize) as f64;
+            let inside = ((x - cx) / rx).powi(2) + ((y - cy) / ry).powi(2) <= 1.0;
+            if inside && is_skin(c[0], c[1], c[2]) {
+                1.0
+            } else {
+                0.0
+            }
+        })
+        .collect()
+}
+
+fn empty_wall(width: u32, height: u32) -> Vec<f32> {
+    let mut out = Vec::with_capacity(width as usize * height as usize * 3);
+    for y in 0..height {
+        for x in 0..width {
+            let u = x as f32 / width as f32;
+            let v = y as f32 / height as f32;
+            let shade = 150.0 + 40.0 * u - 30.0 * v + 8.0 * (12.0 * u).sin() * (9.0 * v).cos();
+            out.extend_from_slice(&[shade * 0.92, shade * 0.97, shade]);
+        }
+    }
+    out
+}
+
+impl SyntheticSource {
+    pub fn new(params: SyntheticParams) -> Result<Self, CaptureError> {
+        let (w, h) = (params.width, params.height);
+        let (base, skin) = if params.face {
+            let (base, face) = framed_photo(w, h)?;
+            let skin = blood_mask(&base, w, face);
+            (base, skin)
+        } else {
+            let wall = empty_wall(w, h);
+            let none = vec![0.0; wall.len() / 3];
+            (wall, none)
+        };
+        let mut rng = Rng(params.seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0x5DEE_CE66);
+        let beats = beat_times(&params, &mut rng);
+        let motion_phases = std::array::from_fn(|_| 2.0 * PI * rng.uniform());
+        let info = SourceInfo {
+            kind: "synthetic",
+            description: params.to_spec(),
+            width: w,
+            height: h,
+            fps: params.fps,
+            truth: Some(truth(&params, &beats)),
+        };
+        Ok(SyntheticSource {
+            params,
+            info,
+            base,
+            skin,
+            beats,
+            motion_phases,
+            rng,
+            index: 0,
+        })
+    }
+
+    /// Blood-volume pulse (0..1) at time `t`.
+    fn bvp(&self, t: f64) -> f64 {
+        let k = self.beats.partition_point(|&b| b <= t);
+        if k == 0 || k >= self.beats.len() {
+            return 0.0;
+        }
+        let (a, b) = (self.beats[k - 1], self.beats[k]);
+        beat_shape((t - a) / (b - a))
+    }
+
+    /// Head displacement (dx, dy) in pixels at `t`.
+    fn displacement(&self, t: f64) -> (f64, f64) {
+        let p = &self.params;
+        let breath = (2.0 * PI * p.rr_bpm / 60.0 * t).sin();
+        let dy_breath = -(p.height as f64 / 320.0) * breath;
+        let ph = &self.motion_phases;
+        // Smooth wandering: three slow components per axis, peak ≈ `motion`.
+        let wander = |o: usize| {
+            p.motion
+                * (0.5 * (2.0 * PI * 0.11 * t + ph[o]).sin()
+                    + 0.3 * (2.0 * PI * 0.23 * t + ph[o + 1]).sin()
+                    + 0.2 * (2.0 * PI * 0.37 * t + ph[o + 2]).sin())
+        };
+        (wander(0), dy_breath + wander(3))
+    }
+}
+
+/// True HR (from the mean beat interval), RR and RMSSD over the video.
+fn truth(p: &SyntheticParams, beats: &[f64]) -> Truth {
+    let inside: Vec<f64> = beats
+        .iter()
+        .cloned()
+        .filter(|&b| (0.0..=p.seconds).contains(&b))
+        .collect();
+    let iv: Vec<f64> = inside.windows(2).map(|w| w[1] - w[0]).collect();
+    let hr = if iv.is_empty() {
+        p.hr_bpm
+    } else {
+        60.0 * iv.len() as f64 / iv.iter().sum::<f64>()
+    };
+    let sd: Vec<f64> = iv.windows(2).map(|w| (w[1] - w[0]) * 1000.0).collect();
+    let rmssd = if sd.is_empty() {
+        0.0
+    } else {
+        (sd.iter().map(|d| d * d).sum::<f64>() / sd.len() as f64).sqrt()
+    };
+    Truth {
+        hr_bpm: hr,
+        rr_bpm: p.rr_bpm,
+        rmssd_ms: rmssd,
+    }
+}
+
+impl FrameSource for SyntheticSource {
+    fn info(&self) -> &SourceInfo {
+        &self.info
+    }
+
+    fn next_frame(&mut self, frame: &mut Frame) -> Result<bool, CaptureError> {
+        let p = &self.params;
+        let t = self.index as f64 / p.fps;
+        if t >= p.seconds {
+            return Ok(false);
+        }
+        let (w, h) = (p.width as usize, p.height as usize);
+        frame.reshape(p.width, p.height);
+        frame.t_s = t;
+        frame.index = self.index;
+
+        let f_r = p.rr_bpm / 60.0;
+        let gain = p.brightness
+            * (1.0 + p.light * (2.0 * PI * t / 40.0).sin())
+            * (1.0 + 0.003 * (2.0 * PI * f_r * t).sin());
+        let pulse = p.pulse / 100.0 * (self.bvp(t) - 0.5);
+        let darken: [f32; 3] = std::array::from_fn(|c| (pulse * PBV[c] / PBV[1]) as f32);
+        let (dx, dy) = self.displacement(t);
+        // Output (x, y) samples the scene at (x - dx, y - dy), bilinearly.
+        let (sx, sy) = (-dx, -dy);
+        let (ix, iy) = (sx.floor(), sy.floor());
+        let (fx, fy) = ((sx - ix) as f32, (sy - iy) as f32);
+        let weights = [
+            (1.0 - fx) * (1.0 - fy),
+            fx * (1.0 - fy),
+            (1.0 - fx) * fy,
+            fx * fy,
+        ];
+        let (ix, iy) = (ix as isize, iy as isize);
+        let gain = gain as f32;
+        let sigma = p.noise as f32;
+        let clamp_x = |x: isize| x.clamp(0, w as isize - 1) as usize;
+        let clamp_y = |y: isize| y.clamp(0, h as isize - 1) as usize;
+        let mut noise = [0.0f32; 4];
+        let mut used = 4;
+        for y in 0..h {
+            let y0 = clamp_y(y as isize + iy);
+            let y1 = clamp_y(y as isize + iy + 1);
+            let row_out = &mut frame.rgb[y * w * 3..(y + 1) * w * 3];
+            for x in 0..w {
+                let x0 = clamp_x(x as isize + ix);
+                let x1 = clamp_x(x as isize + ix + 1);
+                let taps = [y0 * w + x0, y0 * w + x1, y1 * w + x0, y1 * w + x1];
+                let mut skin = 0.0;
+                let mut rgb = [0.0f32; 3];
+                for (tap, wt) in taps.iter().zip(weights) {
+                    skin += wt * self.skin[*tap];
+                    for (c, v) in rgb.iter_mut().enumerate() {
+                        *v += wt * self.base[tap * 3 + c];
+                    }
+                }
+                for c in 0..3 {
+                    if used == 4 {
+                        noise = fast_gaussians(self.rng.next_u64());
+                        used = 0;
+                    }
+                    let v = rgb[c] * gain * (1.0 - skin * darken[c]) + sigma * noise[used];
+                    used += 1;
+                    row_out[x * 3 + c] = v.round().clamp(0.0, 255.0) as u8;
+                }
+            }
+        }
+        self.index += 1;
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small(extra: &str) -> SyntheticSource {
+        let spec = format!("width=160,height=120,seconds=2{extra}");
+        SyntheticSource::new(SyntheticParams::parse("synthetic", &spec).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_bytes_and_another_seed_differs() {
+        let mut a = small(",seed=4");
+        let mut b = small(",seed=4");
+        let mut c = small(",seed=5");
+        let (mut fa, mut fb, mut fc) = (Frame::default(), Frame::default(), Frame::default());
+        for _ in 0..3 {
+            a.next_frame(&mut fa).unwrap();
+            b.next_frame(&mut fb).unwrap();
+            c.next_frame(&mut fc).unwrap();
+        }
+        assert_eq!(fa.rgb, fb.rgb);
+        assert_ne!(fa.rgb, fc.rgb);
+    }
+
+    #[test]
+    fn it_ends_after_the_requested_duration_with_uniform_timestamps() {
+        let mut s = small("");
+        let mut f = Frame::default();
+        let mut n = 0;
+        while s.next_frame(&mut f).unwrap() {
+            assert!((f.t_s - n as f64 / 30.0).abs() < 1e-12);
+            n += 1;
+        }
+        assert_eq!(n, 60);
+        assert_eq!(f.rgb.len(), 160 * 120 * 3);
+    }
+
+    #[test]
+    fn the_pulse_darkens_skin_in_the_blood_volume_direction() {
+        let p = SyntheticParams {
+            width: 160,
+            height: 120,
+            noise: 0.0,
+            pulse: 5.0,
+            rsa: 0.0,
+            rr_bpm: 60.0,
+            ..Default::default()
+        };
+        let s = SyntheticSource::new(p).unwrap();
+        // Compare the skin mean at a systolic peak and at a trough of the same breath phase.
+        let skin_px = s.skin.iter().filter(|&&v| v > 0.5).count();
+        assert!(skin_px > 1000, "the photo must contain skin: {skin_px}");
+        let shape: Vec<f64> = (0..100).map(|i| beat_shape(i as f64 / 100.0)).collect();
+        let max = shape.iter().cloned().fold(0.0, f64::max);
+        let min = shape.iter().cloned().fold(1.0, f64::min);
+        assert!(
+            max > 0.99 && min < 0.01,
+            "waveform spans 0..1: {min}..{max}"
+        );
+    }
+
+    #[test]
+    fn truth_reports_the_mean_rate_and_a_physiological_rmssd() {
+        let s = SyntheticSource::new(SyntheticParams::default()).unwrap();
+        let t = s.info().truth.unwrap();
+        assert!((t.hr_bpm - 72.0).abs() < 1.5, "{t:?}");
+        assert!((10.0..80.0).contains(&t.rmssd_ms), "{t:?}");
+    }
+
+    #[test]
+    fn unknown_or_out_of_range_options_are_rejected_clearly() {
+        let e = SyntheticParams::parse("synthetic:hz=3", "hz=3")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown option \"hz\""), "{e}");
+        let e = SyntheticParams::parse("synthetic:hr=500", "hr=500")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("outside"), "{e}");
+    }
+
+    #[test]
+    fn fast_gaussians_have_unit_variance() {
+        let mut rng = Rng(3);
+        let (mut s, mut s2, mut n) = (0.0f64, 0.0f64, 0.0f64);
+        for _ in 0..20_000 {
+            for v in fast_gaussians(rng.next_u64()) {
+                s += v as f64;
+                s2 += (v * v) as f64;
+                n += 1.0;
+            }
+        }
+        assert!((s / n).abs() < 0.02);
+        assert!((s2 / n - 1.0).abs() < 0.03);
+    }
+}

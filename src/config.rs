@@ -1,0 +1,675 @@
+//! The one typed configuration.
+//!
+//! Owns: the layering (embedded `config/default.toml`, then a file, then
+//! `RPPG_<SECTION>_<KEY>` environment variables), validation, and the
+//! conversion into each stage's settings.
+//!
+//! Invariants: every key exists in `config/default.toml` with a comment; a
+//! key that is not there is an error (with a suggestion), never ignored; a
+//! value of the wrong type or out of range is an error that names the key,
+//! the problem and the fix; all problems are reported at once; loading
+//! never panics. Loading is pure: the file text and the environment are
+//! passed in.
+
+use crate::measurement::MeasurementConfig;
+use crate::signal::{Method, SignalConfig};
+use crate::vision::VisionConfig;
+use serde::Deserialize;
+use std::fmt;
+use toml::{Table, Value};
+
+/// The embedded, commented defaults.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Environment variables that are not config keys.
+const NON_KEY_ENV: [&str; 2] = ["RPPG_CONFIG", "RPPG_LOG"];
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub device: DeviceConfig,
+    pub scan: ScanConfig,
+    pub vision: VisionSection,
+    pub signal: SignalSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    pub id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScanConfig {
+    pub duration_s: f64,
+    pub min_duration_s: f64,
+    pub face_init_timeout_s: f64,
+    pub face_lost_timeout_s: f64,
+    pub min_skin_pixels: u32,
+    pub dark_luma: f64,
+    pub dark_timeout_s: f64,
+    pub max_motion_face_widths_per_s: f64,
+    pub motion_timeout_s: f64,
+    pub low_snr_db: f64,
+    pub low_snr_timeout_s: f64,
+    pub intermediate_interval_s: f64,
+    pub first_result_after_s: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VisionSection {
+    pub model_path: String,
+    pub detect_interval_s: f64,
+    pub search_width_px: u32,
+    pub track_face_px: u32,
+    pub correction_time_s: f64,
+    pub redetect_tolerance: f64,
+    pub max_missed_detections: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignalSection {
+    pub method: Method,
+    pub resample_hz: f64,
+    pub projection_window_s: f64,
+    pub hr_band_hz: [f64; 2],
+    pub rr_band_hz: [f64; 2],
+    pub filter_order: usize,
+    pub hr_window_s: f64,
+    pub rr_min_window_s: f64,
+    pub confidence_mid_db: f64,
+    pub confidence_slope_db: f64,
+    pub hrv_min_confidence: f64,
+}
+
+/// One thing wrong with the configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    /// Dotted key, e.g. `scan.duration_s`.
+    pub key: String,
+    /// Where the value came from (file name or environment variable).
+    pub origin: String,
+    pub problem: String,
+    pub fix: String,
+}
+
+/// Every problem found while loading.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub struct ConfigError {
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        write!(
+            f,
+            "invalid configuration ({n} problem{}):",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            write!(
+                f,
+                "\n  {} ({}): {}\n    fix: {}",
+                p.key, p.origin, p.problem, p.fix
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::String(_) => "a string",
+        Value::Integer(_) => "an integer",
+        Value::Float(_) => "a number",
+        Value::Boolean(_) => "true or false",
+        Value::Datetime(_) => "a date",
+        Value::Array(_) => "an array",
+        Value::Table(_) => "a table",
+    }
+}
+
+/// Whether `user` may replace `default` (integers are accepted for floats).
+fn same_type(default: &Value, user: &Value) -> bool {
+    match (default, user) {
+        (Value::Float(_), Value::Integer(_)) => true,
+        (Value::Array(d), Value::Array(u)) => {
+            u.len() == d.len() && d.iter().zip(u).all(|(a, b)| same_type(a, b))
+        }
+        _ => std::mem::discriminant(default) == std::mem::discriminant(user),
+    }
+}
+
+/// Converts integers to floats where the default is a float.
+fn coerce(default: &Value, user: Value) -> Value {
+    match (default, user) {
+        (Value::Float(_), Value::Integer(i)) => Value::Float(i as f64),
+        (Value::Array(d), Value::Array(u)) => {
+            Value::Array(d.iter().zip(u).map(|(a, b)| coerce(a, b)).collect())
+        }
+        (_, u) => u,
+    }
+}
+
+/// Edit distance, for "did you mean".
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+fn suggest<'a>(name: &str, known: impl Iterator<Item = &'a String>) -> String {
+    let best = known.map(|k| (distance(name, k), k)).min();
+    match best {
+        Some((d, k)) if d <= 3 => format!("did you mean `{k}`? (see `rppg-agent config default`)"),
+        _ => "remove it; `rppg-agent config default` lists every key".to_string(),
+    }
+}
+
+fn defaults() -> Table {
+    DEFAULT_TOML
+        .parse()
+        .expect("config/default.toml is valid TOML (tested)")
+}
+
+/// Overlays `user` onto `merged`, recording unknown keys and type mismatches.
+fn overlay(
+    merged: &mut Table,
+    defaults: &Table,
+    user: Table,
+    origin: &str,
+    problems: &mut Vec<Problem>,
+) {
+    for (section, value) in user {
+        let Some(Value::Table(default_section)) = defaults.get(&section) else {
+            problems.push(Problem {
+                key: section.clone(),
+                origin: origin.into(),
+                problem: "unknown section".into(),
+                fix: suggest(&section, defaults.keys()),
+            });
+            continue;
+        };
+        let Value::Table(user_section) = value else {
+            problems.push(Problem {
+                key: section.clone(),
+                origin: origin.into(),
+                problem: format!("must be a table, found {}", type_name(&value)),
+                fix: format!("write it as [{section}] followed by its keys"),
+            });
+            continue;
+        };
+        for (key, v) in user_section {
+            let dotted = format!("{section}.{key}");
+            match default_section.get(&key) {
+                None => problems.push(Problem {
+                    key: dotted,
+                    origin: origin.into(),
+                    problem: "unknown key".into(),
+                    fix: suggest(&key, default_section.keys()),
+                }),
+                Some(d) if !same_type(d, &v) => problems.push(Problem {
+                    key: dotted,
+                    origin: origin.into(),
+                    problem: format!("must be {}, found {}", describe(d), describe(&v)),
+                    fix: format!("use a value like the default: {key} = {d}"),
+                }),
+                Some(d) => {
+                    if let Some(Value::Table(s)) = merged.get_mut(&section) {
+                        s.insert(key, coerce(d, v));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn describe(v: &Value) -> String {
+    match v {
+        Value::Array(a) => format!(
+            "an array of {} {}",
+            a.len(),
+            a.first().map_or("values", type_name)
+        ),
+        other => type_name(other).to_string(),
+    }
+}
+
+/// Parses an environment value as the type of `default`.
+fn env_value(default: &Value, raw: &str) -> Option<Value> {
+    match default {
+        Value::String(_) => Some(Value::String(raw.to_string())),
+        _ => format!("v = {raw}")
+            .parse::<Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v")),
+    }
+}
+
+impl Config {
+    /// The built-in defaults.
+    pub fn default_config() -> Config {
+        Config::load(None, std::iter::empty()).expect("defaults are valid (tested)")
+    }
+
+    /// Loads defaults, then `file` (`(name, text)`), then the `RPPG_*`
+    /// variables among `env`. All problems are collected into one error.
+    pub fn load(
+        file: Option<(&str, &str)>,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let defaults = defaults();
+        let mut merged = defaults.clone();
+        let mut problems = Vec::new();
+
+        if let Some((name, text)) = file {
+            match text.parse::<Table>() {
+                Ok(user) => overlay(&mut merged, &defaults, user, name, &mut problems),
+                Err(e) => problems.push(Problem {
+                    key: "(file)".into(),
+                    origin: name.into(),
+                    problem: format!("not valid TOML: {}", e.to_string().trim()),
+                    fix: "fix the syntax at the position shown; `rppg-agent config default` prints a valid file".into(),
+                }),
+            }
+        }
+
+        let mut env: Vec<(String, String)> = env.filter(|(k, _)| k.starts_with("RPPG_")).collect();
+        env.sort();
+        for (var, raw) in env {
+            if NON_KEY_ENV.contains(&var.as_str()) {
+                continue;
+            }
+            let rest = var["RPPG_".len()..].to_ascii_lowercase();
+            let found = defaults.iter().find_map(|(section, v)| {
+                let key = rest.strip_prefix(section.as_str())?.strip_prefix('_')?;
+                let d = v.as_table()?.get(key)?;
+                Some((section.clone(), key.to_string(), d.clone()))
+            });
+            let Some((section, key, d)) = found else {
+                problems.push(Problem {
+                    key: var.clone(),
+                    origin: "environment".into(),
+                    problem: "is not a configuration key".into(),
+                    fix: format!(
+                        "unset it, or name a key as RPPG_<SECTION>_<KEY> (e.g. RPPG_SCAN_DURATION_S); {}",
+                        "`rppg-agent config default` lists the keys"
+                    ),
+                });
+                continue;
+            };
+            let mut user = Table::new();
+            let mut section_table = Table::new();
+            match env_value(&d, &raw) {
+                Some(v) => {
+                    section_table.insert(key, v);
+                    user.insert(section, Value::Table(section_table));
+                    overlay(&mut merged, &defaults, user, &var, &mut problems);
+                }
+                None => problems.push(Problem {
+                    key: format!("{section}.{key}"),
+                    origin: var.clone(),
+                    problem: format!("{raw:?} is not {}", describe(&d)),
+                    fix: format!("set it like the default: {var}={d}"),
+                }),
+            }
+        }
+
+        let config: Config = match serde_path_to_error::deserialize(Value::Table(merged)) {
+            Ok(c) => c,
+            Err(e) => {
+                problems.push(Problem {
+                    key: e.path().to_string(),
+                    origin: "configuration".into(),
+                    problem: e.inner().to_string(),
+                    fix: "use one of the values listed".into(),
+                });
+                return Err(ConfigError { problems });
+            }
+        };
+        problems.extend(config.validate());
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+
+    /// Range and consistency checks (origin "configuration": the merged value).
+    fn validate(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut check = |ok: bool, key: &str, problem: String, fix: &str| {
+            if !ok {
+                out.push(Problem {
+                    key: key.into(),
+                    origin: "configuration".into(),
+                    problem,
+                    fix: fix.into(),
+                });
+            }
+        };
+        let s = &self.scan;
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        for (key, v) in [
+            ("scan.duration_s", s.duration_s),
+            ("scan.face_init_timeout_s", s.face_init_timeout_s),
+            ("scan.face_lost_timeout_s", s.face_lost_timeout_s),
+            ("scan.dark_timeout_s", s.dark_timeout_s),
+            (
+                "scan.max_motion_face_widths_per_s",
+                s.max_motion_face_widths_per_s,
+            ),
+            ("scan.motion_timeout_s", s.motion_timeout_s),
+            ("scan.low_snr_timeout_s", s.low_snr_timeout_s),
+            ("scan.intermediate_interval_s", s.intermediate_interval_s),
+            ("vision.detect_interval_s", self.vision.detect_interval_s),
+            ("signal.resample_hz", self.signal.resample_hz),
+            (
+                "signal.projection_window_s",
+                self.signal.projection_window_s,
+            ),
+            ("signal.hr_window_s", self.signal.hr_window_s),
+            ("signal.rr_min_window_s", self.signal.rr_min_window_s),
+            (
+                "signal.confidence_slope_db",
+                self.signal.confidence_slope_db,
+            ),
+        ] {
+            check(
+                positive(v),
+                key,
+                format!("must be greater than 0, found {v}"),
+                "use a positive number",
+            );
+        }
+        check(
+            s.duration_s <= 3600.0,
+            "scan.duration_s",
+            format!(
+                "{} s is longer than the 3600 s a scan may last",
+                s.duration_s
+            ),
+            "use 10-120 s; 30 s is typical",
+        );
+        check(
+            s.min_duration_s >= 2.0 && s.min_duration_s <= s.duration_s,
+            "scan.min_duration_s",
+            format!(
+                "{} s must be between 2 s and scan.duration_s ({} s)",
+                s.min_duration_s, s.duration_s
+            ),
+            "use about half of scan.duration_s",
+        );
+        check(
+            s.first_result_after_s >= 2.0,
+            "scan.first_result_after_s",
+            format!(
+                "{} s is too short to estimate a heart rate",
+                s.first_result_after_s
+            ),
+            "use 2 s or more",
+        );
+        check(
+            (0.0..=255.0).contains(&s.dark_luma),
+            "scan.dark_luma",
+            format!("must be within 0..255, found {}", s.dark_luma),
+            "use about 25",
+        );
+        check(
+            s.low_snr_db.is_finite() && (-30.0..=30.0).contains(&s.low_snr_db),
+            "scan.low_snr_db",
+            format!("must be within -30..30 dB, found {}", s.low_snr_db),
+            "use about 1 dB",
+        );
+        let v = &self.vision;
+        check(
+            (20..=1024).contains(&v.search_width_px),
+            "vision.search_width_px",
+            format!("must be within 20..1024, found {}", v.search_width_px),
+            "use 160 (faces down to 1/8 of the frame width) or 320 (down to 1/16)",
+        );
+        check(
+            (24..=256).contains(&v.track_face_px),
+            "vision.track_face_px",
+            format!("must be within 24..256, found {}", v.track_face_px),
+            "use 64",
+        );
+        check(
+            v.correction_time_s >= 0.0,
+            "vision.correction_time_s",
+            format!("must not be negative, found {}", v.correction_time_s),
+            "use 1.0, or 0 to apply corrections at once",
+        );
+        check(
+            (0.0..=0.5).contains(&v.redetect_tolerance),
+            "vision.redetect_tolerance",
+            format!("must be within 0..0.5, found {}", v.redetect_tolerance),
+            "use 0.1",
+        );
+        let g = &self.signal;
+        let nyquist = g.resample_hz / 2.0;
+        for (key, [lo, hi]) in [
+            ("signal.hr_band_hz", g.hr_band_hz),
+            ("signal.rr_band_hz", g.rr_band_hz),
+        ] {
+            check(
+                lo > 0.0 && lo < hi && hi * 1.15 < nyquist,
+                key,
+                format!("[{lo}, {hi}] must satisfy 0 < low < high and high x 1.15 < resample_hz / 2 ({nyquist} Hz)"),
+                "e.g. hr_band_hz = [0.7, 4.0], rr_band_hz = [0.1, 0.7] with resample_hz = 30",
+            );
+        }
+        check(
+            matches!(g.filter_order, 2 | 4 | 6 | 8),
+            "signal.filter_order",
+            format!("must be 2, 4, 6 or 8, found {}", g.filter_order),
+            "use 4",
+        );
+        check(
+            g.hr_window_s >= 4.0 && g.hr_window_s <= s.duration_s.max(4.0),
+            "signal.hr_window_s",
+            format!(
+                "{} s must be between 4 s and scan.duration_s",
+                g.hr_window_s
+            ),
+            "use 10 s",
+        );
+        check(
+            (0.0..=1.0).contains(&g.hrv_min_confidence),
+            "signal.hrv_min_confidence",
+            format!("must be within 0..1, found {}", g.hrv_min_confidence),
+            "use 0.7",
+        );
+        out
+    }
+
+    pub fn signal(&self) -> SignalConfig {
+        let g = &self.signal;
+        SignalConfig {
+            method: g.method,
+            resample_hz: g.resample_hz,
+            projection_window_s: g.projection_window_s,
+            hr_band_hz: (g.hr_band_hz[0], g.hr_band_hz[1]),
+            rr_band_hz: (g.rr_band_hz[0], g.rr_band_hz[1]),
+            filter_order: g.filter_order,
+            hr_window_s: g.hr_window_s,
+            rr_min_window_s: g.rr_min_window_s,
+            confidence_mid_db: g.confidence_mid_db,
+            confidence_slope_db: g.confidence_slope_db,
+            hrv_min_confidence: g.hrv_min_confidence,
+            max_window_s: self.scan.duration_s + 1.0,
+        }
+    }
+
+    pub fn measurement(&self) -> MeasurementConfig {
+        let s = &self.scan;
+        MeasurementConfig {
+            duration_s: s.duration_s,
+            min_duration_s: s.min_duration_s,
+            face_init_timeout_s: s.face_init_timeout_s,
+            face_lost_timeout_s: s.face_lost_timeout_s,
+            min_skin_pixels: s.min_skin_pixels,
+            dark_luma: s.dark_luma,
+            dark_timeout_s: s.dark_timeout_s,
+            max_motion_face_widths_per_s: s.max_motion_face_widths_per_s,
+            motion_timeout_s: s.motion_timeout_s,
+            low_snr_db: s.low_snr_db,
+            low_snr_timeout_s: s.low_snr_timeout_s,
+            intermediate_interval_s: s.intermediate_interval_s,
+            first_result_after_s: s.first_result_after_s,
+        }
+    }
+
+    pub fn vision(&self) -> VisionConfig {
+        let v = &self.vision;
+        VisionConfig {
+            detect_interval_s: v.detect_interval_s,
+            search_width_px: v.search_width_px,
+            track_face_px: v.track_face_px,
+            correction_time_s: v.correction_time_s,
+            redetect_tolerance: v.redetect_tolerance,
+            max_missed_detections: v.max_missed_detections,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    #[test]
+    fn the_embedded_defaults_load_and_match_each_stage_default() {
+        let c = Config::default_config();
+        assert_eq!(c.vision(), VisionConfig::default());
+        let m = c.measurement();
+        assert_eq!(m.duration_s, 30.0);
+        assert_eq!(c.signal().method, Method::Pos);
+    }
+
+    #[test]
+    fn every_default_key_has_a_comment_above_it_or_its_group() {
+        let mut prev = "";
+        for line in DEFAULT_TOML.lines().map(str::trim) {
+            let is_key = !line.is_empty() && !line.starts_with('#') && !line.starts_with('[');
+            if is_key {
+                assert!(
+                    !prev.is_empty() && !prev.starts_with('['),
+                    "{line:?} has no comment above it"
+                );
+            }
+            prev = line;
+        }
+    }
+
+    #[test]
+    fn a_file_overrides_defaults_and_integers_are_accepted_for_numbers() {
+        let c = Config::load(
+            Some((
+                "f.toml",
+                "[scan]\nduration_s = 45\n[signal]\nmethod = \"chrom\"\n",
+            )),
+            env(&[]),
+        )
+        .unwrap();
+        assert_eq!(c.scan.duration_s, 45.0);
+        assert_eq!(c.signal.method, Method::Chrom);
+        assert_eq!(c.scan.face_lost_timeout_s, 2.0);
+    }
+
+    #[test]
+    fn the_environment_overrides_the_file() {
+        let c = Config::load(
+            Some(("f.toml", "[scan]\nduration_s = 45\n")),
+            env(&[
+                ("RPPG_SCAN_DURATION_S", "20"),
+                ("RPPG_SIGNAL_HR_BAND_HZ", "[0.75, 3.5]"),
+                ("RPPG_DEVICE_ID", "kiosk 7"),
+                ("RPPG_CONFIG", "ignored.toml"),
+                ("HOME", "/root"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.scan.duration_s, 20.0);
+        assert_eq!(c.signal.hr_band_hz, [0.75, 3.5]);
+        assert_eq!(c.device.id, "kiosk 7");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_key_and_fix() {
+        let text = "[scan]\nduraton_s = 3\nface_lost_timeout_s = \"long\"\nlow_snr_db = 99\n[sigal]\nx = 1\n[signal]\nmethod = \"ica\"\n";
+        let err =
+            Config::load(Some(("bad.toml", text)), env(&[("RPPG_SCAN_NOPE", "1")])).unwrap_err();
+        let msg = err.to_string();
+        for needle in [
+            "scan.duraton_s (bad.toml): unknown key",
+            "did you mean `duration_s`",
+            "scan.face_lost_timeout_s (bad.toml): must be a number, found a string",
+            "sigal (bad.toml): unknown section",
+            "did you mean `signal`",
+            "RPPG_SCAN_NOPE (environment): is not a configuration key",
+        ] {
+            assert!(msg.contains(needle), "missing {needle:?} in:\n{msg}");
+        }
+        // The unknown method is a deserialisation error found after the key checks.
+        assert!(err.problems.len() >= 5, "{msg}");
+    }
+
+    #[test]
+    fn out_of_range_values_are_explained() {
+        let text = "[signal]\nhr_band_hz = [4.0, 0.7]\nfilter_order = 3\n[scan]\nlow_snr_db = 99\n[vision]\nsearch_width_px = 5\n";
+        let msg = Config::load(Some(("r.toml", text)), env(&[]))
+            .unwrap_err()
+            .to_string();
+        for needle in [
+            "signal.hr_band_hz",
+            "signal.filter_order",
+            "scan.low_snr_db",
+            "vision.search_width_px",
+        ] {
+            assert!(msg.contains(needle), "missing {needle} in:\n{msg}");
+        }
+        let msg = Config::load(Some(("m.toml", "[signal]\nmethod = \"ica\"\n")), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("signal.method") && msg.contains("pos"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn broken_toml_syntax_is_reported_not_panicked() {
+        let msg = Config::load(Some(("s.toml", "[scan\nduration_s = ")), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("not valid TOML"), "{msg}");
+        let msg = Config::load(None, env(&[("RPPG_SCAN_DURATION_S", "soon")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("RPPG_SCAN_DURATION_S") && msg.contains("not a number"),
+            "{msg}"
+        );
+    }
+}

@@ -1,0 +1,427 @@
+//! The whole signal chain: uniform skin traces to heart rate, SNR,
+//! confidence, respiratory rate and HRV.
+//!
+//! Owns: the order of the DSP steps and the confidence map.
+//! `traces -> projection (POS/CHROM/GREEN) -> band-pass (edges 20 % / 15 %
+//! outside the HR band, so the band is flat) -> spectrum ->
+//! HR peak + SNR -> confidence`, then `beats -> RMSSD` and
+//! `intensity + motion + beats -> respiration`.
+//!
+//! Confidence is the logistic map `1 / (1 + exp(-(snr_db - mid_db) / slope_db))`
+//! of the de Haan SNR: monotone, 0.5 at `mid_db`, and configurable.
+//!
+//! Invariants: plan once per configuration (filters and FFT plans live in
+//! the estimator); windows longer than `max_window_s` are truncated to their
+//! most recent part; no I/O, no clock.
+
+use super::beats::{detect_beats, intervals_s, rmssd_ms, Beat};
+use super::filter::Bandpass;
+use super::projection::{project, Method};
+use super::resample::resample_linear;
+use super::respiration::{RespirationEstimate, RespirationEstimator, RespirationInputs};
+use super::spectrum::{peak_in_band, snr_db, SpectrumEstimator};
+use super::SignalError;
+use ndarray::{Array2, ArrayView2};
+
+/// The HR filter's low edge is the band's low edge divided by this.
+const FILTER_MARGIN_LOW: f64 = 1.2;
+/// The HR filter's high edge is the band's high edge times this.
+const FILTER_MARGIN_HIGH: f64 = 1.15;
+
+/// Parameters of the signal chain (validated by the config loader).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SignalConfig {
+    pub method: Method,
+    /// Uniform rate the traces are resampled to.
+    pub resample_hz: f64,
+    /// Window of the POS/CHROM projection (1.6 s in the papers).
+    pub projection_window_s: f64,
+    pub hr_band_hz: (f64, f64),
+    pub rr_band_hz: (f64, f64),
+    /// Order of each band edge (even).
+    pub filter_order: usize,
+    /// Sliding window for live HR estimates.
+    pub hr_window_s: f64,
+    /// Shortest window over which respiration is estimated.
+    pub rr_min_window_s: f64,
+    /// SNR that maps to confidence 0.5.
+    pub confidence_mid_db: f64,
+    /// Logistic slope of the confidence map.
+    pub confidence_slope_db: f64,
+    /// HRV is reported only when HR confidence reaches this.
+    pub hrv_min_confidence: f64,
+    /// Longest window the estimator must handle (plans FFT sizes).
+    pub max_window_s: f64,
+}
+
+impl Default for SignalConfig {
+    fn default() -> Self {
+        SignalConfig {
+            method: Method::Pos,
+            resample_hz: 30.0,
+            projection_window_s: 1.6,
+            hr_band_hz: (0.7, 4.0),
+            rr_band_hz: (0.1, 0.7),
+            filter_order: 4,
+            hr_window_s: 10.0,
+            rr_min_window_s: 20.0,
+            confidence_mid_db: 0.0,
+            confidence_slope_db: 1.5,
+            hrv_min_confidence: 0.7,
+            max_window_s: 120.0,
+        }
+    }
+}
+
+/// Uniformly sampled inputs for one analysis.
+#[derive(Debug, Clone)]
+pub struct Traces {
+    pub fs_hz: f64,
+    /// `n x 3` mean skin `[R, G, B]`.
+    pub rgb: Array2<f64>,
+    /// Vertical face displacement in pixels, one per row, when measured.
+    pub vertical_px: Option<Vec<f64>>,
+}
+
+impl Traces {
+    /// Resamples irregular per-frame samples onto a uniform grid at `fs_hz`.
+    /// `vertical_px`, when given, has one value per timestamp.
+    pub fn from_irregular(
+        t_s: &[f64],
+        rgb: &[[f64; 3]],
+        vertical_px: Option<&[f64]>,
+        fs_hz: f64,
+    ) -> Traces {
+        let joined: Vec<[f64; 4]> = rgb
+            .iter()
+            .enumerate()
+            .map(|(i, c)| [c[0], c[1], c[2], vertical_px.map_or(0.0, |v| v[i])])
+            .collect();
+        let mut uniform = Vec::new();
+        let n = resample_linear(t_s, &joined, fs_hz, &mut uniform);
+        let rgb = Array2::from_shape_fn((n, 3), |(i, c)| uniform[i][c]);
+        Traces {
+            fs_hz,
+            rgb,
+            vertical_px: vertical_px.map(|_| uniform.iter().map(|v| v[3]).collect()),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.rgb.nrows()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn duration_s(&self) -> f64 {
+        self.len() as f64 / self.fs_hz
+    }
+}
+
+/// A heart-rate estimate over one window.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HeartRate {
+    /// `None` when the window is too short or holds no pulse power.
+    pub bpm: Option<f64>,
+    pub snr_db: f64,
+    pub confidence: f64,
+}
+
+/// Everything the signal stage can say about one scan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Vitals {
+    pub heart: HeartRate,
+    pub respiration: Option<RespirationEstimate>,
+    pub rmssd_ms: Option<f64>,
+    /// The band-passed pulse wave (uniform at `fs_hz`), for reports.
+    pub pulse: Vec<f64>,
+    pub beats: Vec<Beat>,
+}
+
+/// Plan-once estimator for one [`SignalConfig`].
+#[derive(Debug)]
+pub struct VitalsEstimator {
+    cfg: SignalConfig,
+    hr_band: Bandpass,
+    spec: SpectrumEstimator,
+    resp: RespirationEstimator,
+    projected: Vec<f64>,
+    filtered: Vec<f64>,
+}
+
+impl VitalsEstimator {
+    pub fn new(cfg: SignalConfig) -> Result<Self, SignalError> {
+        let fs = cfg.resample_hz;
+        let max_len = (cfg.max_window_s * fs).ceil() as usize + 1;
+        let hr_len = (cfg.hr_window_s * fs).ceil() as usize + 1;
+        // The filter's edges sit outside the search band so that the band
+        // itself is flat: with edges on the band, filtfilt halves the power
+        // of a 45 bpm pulse and its own harmonic out-votes it.
+        let hr_band = Bandpass::new(
+            cfg.hr_band_hz.0 / FILTER_MARGIN_LOW,
+            (cfg.hr_band_hz.1 * FILTER_MARGIN_HIGH).min(0.45 * fs),
+            fs,
+            cfg.filter_order,
+        )?;
+        Ok(VitalsEstimator {
+            hr_band,
+            // 0.005 Hz bins (0.3 bpm) before parabolic refinement.
+            spec: SpectrumEstimator::new(fs, 0.005, hr_len),
+            resp: RespirationEstimator::new(fs, cfg.rr_band_hz.0, cfg.rr_band_hz.1, 2, max_len)?,
+            projected: Vec::new(),
+            filtered: Vec::new(),
+            cfg,
+        })
+    }
+
+    pub fn config(&self) -> &SignalConfig {
+        &self.cfg
+    }
+
+    /// Logistic map from SNR (dB) to a 0..1 confidence.
+    pub fn confidence(&self, snr_db: f64) -> f64 {
+        1.0 / (1.0 + (-(snr_db - self.cfg.confidence_mid_db) / self.cfg.confidence_slope_db).exp())
+    }
+
+    fn pulse_wave(&mut self, rgb: ArrayView2<f64>) {
+        project(
+            self.cfg.method,
+            rgb,
+            self.cfg.resample_hz,
+            self.cfg.projection_window_s,
+            &mut self.projected,
+        );
+        self.hr_band.filtfilt(&self.projected, &mut self.filtered);
+    }
+
+    fn heart_from_power(&self, power: &[f64]) -> HeartRate {
+        let (lo, hi) = self.cfg.hr_band_hz;
+        let df = self.spec.df_hz();
+        match peak_in_band(power, df, lo, hi) {
+            Some(peak) => {
+                let snr = snr_db(power, df, peak.freq_hz, lo, hi);
+                HeartRate {
+                    bpm: Some(peak.freq_hz * 60.0),
+                    snr_db: snr,
+                    confidence: self.confidence(snr),
+                }
+            }
+            None => HeartRate {
+                bpm: None,
+                snr_db: -100.0,
+                confidence: 0.0,
+            },
+        }
+    }
+
+    /// Heart rate over the most recent `hr_window_s` of `traces` (a live estimate).
+    pub fn heart_rate(&mut self, traces: &Traces) -> HeartRate {
+        let n = traces.len();
+        let len = ((self.cfg.hr_window_s * traces.fs_hz).round() as usize).min(n);
+        if len < (2.0 * traces.fs_hz) as usize {
+            return HeartRate {
+                bpm: None,
+                snr_db: -100.0,
+                confidence: 0.0,
+            };
+        }
+        self.pulse_wave(traces.rgb.slice(ndarray::s![n - len.., ..]));
+        let power = self.spec.periodogram(&self.filtered).to_vec();
+        self.heart_from_power(&power)
+    }
+
+    /// All vitals over the whole of `traces` (the final result of a scan).
+    /// The HR spectrum is a Welch average of `hr_window_s` segments stepping
+    /// by 1 s, which tolerates the heart rate wandering during the scan.
+    pub fn vitals(&mut self, traces: &Traces) -> Vitals {
+        let fs = traces.fs_hz;
+        let n = traces.len();
+        let max_len = (self.cfg.max_window_s * fs) as usize;
+        let start = n.saturating_sub(max_len);
+        let rgb = traces.rgb.slice(ndarray::s![start.., ..]);
+        if rgb.nrows() < (2.0 * fs) as usize {
+            return Vitals {
+                heart: HeartRate {
+                    bpm: None,
+                    snr_db: -100.0,
+                    confidence: 0.0,
+                },
+                respiration: None,
+                rmssd_ms: None,
+                pulse: Vec::new(),
+                beats: Vec::new(),
+            };
+        }
+        self.pulse_wave(rgb);
+        let seg = ((self.cfg.hr_window_s * fs).round() as usize).max(2);
+        let hop = (fs.round() as usize).max(1);
+        let power = self.spec.welch(&self.filtered, seg, hop).to_vec();
+        let heart = self.heart_from_power(&power);
+
+        let beats = heart
+            .bpm
+            .map(|bpm| detect_beats(&self.filtered, fs, bpm / 60.0))
+            .unwrap_or_default();
+        let rmssd_ms = if heart.confidence >= self.cfg.hrv_min_confidence {
+            rmssd_ms(&intervals_s(&beats), 10)
+        } else {
+            None
+        };
+
+        let respiration = if rgb.nrows() as f64 / fs + 1e-9 >= self.cfg.rr_min_window_s {
+            let intensity: Vec<f64> = rgb.rows().into_iter().map(|r| r.sum() / 3.0).collect();
+            let vertical = traces.vertical_px.as_ref().map(|v| &v[start..]);
+            self.resp.estimate(RespirationInputs {
+                intensity: &intensity,
+                vertical_px: vertical,
+                beats: &beats,
+            })
+        } else {
+            None
+        };
+
+        Vitals {
+            heart,
+            respiration,
+            rmssd_ms,
+            pulse: self.filtered.clone(),
+            beats,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::f64::consts::PI;
+
+    fn noise(seed: u64) -> impl FnMut() -> f64 {
+        let mut s = seed;
+        move || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (s >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+        }
+    }
+
+    /// Skin traces with a pulse, breathing in intensity, and sensor noise.
+    fn traces(hr_bpm: f64, rr_bpm: f64, pulse_pct: f64, seconds: f64, seed: u64) -> Traces {
+        let fs = 30.0;
+        let n = (seconds * fs) as usize;
+        let mut rnd = noise(seed);
+        let skin = [170.0, 120.0, 100.0];
+        let pbv = [0.33, 0.77, 0.53];
+        let rgb = Array2::from_shape_fn((n, 3), |(i, c)| {
+            let t = i as f64 / fs;
+            let breath = 1.0 + 0.002 * (2.0 * PI * rr_bpm / 60.0 * t).sin();
+            let pulse = pulse_pct / 100.0 * pbv[c] / pbv[1] * (2.0 * PI * hr_bpm / 60.0 * t).sin();
+            skin[c] * breath * (1.0 - pulse) + 0.05 * rnd()
+        });
+        Traces {
+            fs_hz: fs,
+            rgb,
+            vertical_px: None,
+        }
+    }
+
+    #[test]
+    fn whole_scan_vitals_recover_heart_and_breathing_rates() {
+        let mut est = VitalsEstimator::new(SignalConfig::default()).unwrap();
+        for (hr, rr) in [(48.0, 8.0), (72.0, 15.0), (120.0, 22.0), (175.0, 28.0)] {
+            let v = est.vitals(&traces(hr, rr, 0.3, 30.0, 1));
+            let got = v.heart.bpm.unwrap();
+            assert!((got - hr).abs() < 1.0, "HR {hr}: {got}");
+            assert!(
+                v.heart.confidence > 0.9,
+                "HR {hr}: confidence {}",
+                v.heart.confidence
+            );
+            let r = v.respiration.unwrap();
+            assert!((r.rate_bpm - rr).abs() < 1.5, "RR {rr}: {}", r.rate_bpm);
+        }
+    }
+
+    #[test]
+    fn live_heart_rate_uses_only_the_recent_window() {
+        let mut est = VitalsEstimator::new(SignalConfig::default()).unwrap();
+        // 20 s at 60 bpm then 10 s at 90 bpm: the live estimate follows the latest 10 s.
+        let a = traces(60.0, 15.0, 0.3, 20.0, 2);
+        let b = traces(90.0, 15.0, 0.3, 10.0, 3);
+        let rgb = ndarray::concatenate(ndarray::Axis(0), &[a.rgb.view(), b.rgb.view()]).unwrap();
+        let t = Traces {
+            fs_hz: 30.0,
+            rgb,
+            vertical_px: None,
+        };
+        let hr = est.heart_rate(&t).bpm.unwrap();
+        assert!((hr - 90.0).abs() < 3.0, "got {hr}");
+    }
+
+    #[test]
+    fn no_pulse_means_low_snr_and_low_confidence() {
+        let mut est = VitalsEstimator::new(SignalConfig::default()).unwrap();
+        for seed in 0..5 {
+            let v = est.vitals(&traces(72.0, 15.0, 0.0, 30.0, seed));
+            assert!(v.heart.confidence < 0.3, "seed {seed}: {:?}", v.heart);
+            assert!(v.rmssd_ms.is_none());
+        }
+    }
+
+    #[test]
+    fn too_short_input_has_no_estimate_rather_than_a_guess() {
+        let mut est = VitalsEstimator::new(SignalConfig::default()).unwrap();
+        let v = est.vitals(&traces(72.0, 15.0, 0.3, 1.0, 1));
+        assert_eq!(v.heart.bpm, None);
+        assert!(v.respiration.is_none());
+        let short = traces(72.0, 15.0, 0.3, 15.0, 1);
+        assert!(
+            est.vitals(&short).respiration.is_none(),
+            "respiration needs 20 s"
+        );
+    }
+
+    #[test]
+    fn confidence_is_monotone_in_snr() {
+        let est = VitalsEstimator::new(SignalConfig::default()).unwrap();
+        let mut last = 0.0;
+        for snr in -20..20 {
+            let c = est.confidence(snr as f64);
+            assert!(c >= last && (0.0..=1.0).contains(&c));
+            last = c;
+        }
+        assert!((est.confidence(0.0) - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn irregular_timestamps_are_resampled_before_analysis() {
+        // 72 bpm sampled with heavy jitter and a dropped-frame gap.
+        let mut rnd = noise(9);
+        let mut t = Vec::new();
+        let mut x = 0.0;
+        while x < 30.0 {
+            t.push(x);
+            x += 1.0 / 30.0 * (1.0 + 0.6 * rnd());
+            if (10.0..10.04).contains(&x) {
+                x += 0.4;
+            }
+        }
+        let rgb: Vec<[f64; 3]> = t
+            .iter()
+            .map(|&s| {
+                let p = 0.003 * (2.0 * PI * 1.2 * s).sin();
+                [
+                    170.0 * (1.0 + 0.43 * p),
+                    120.0 * (1.0 + p),
+                    100.0 * (1.0 + 0.69 * p),
+                ]
+            })
+            .collect();
+        let tr = Traces::from_irregular(&t, &rgb, None, 30.0);
+        let mut est = VitalsEstimator::new(SignalConfig::default()).unwrap();
+        let hr = est.vitals(&tr).heart.bpm.unwrap();
+        assert!((hr - 72.0).abs() < 1.0, "got {hr}");
+    }
+}

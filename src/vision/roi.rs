@@ -1,0 +1,348 @@
+//! Image math on one frame: skin-masked ROI means, face-box profiles,
+//! grayscale downscaling for the detector, frame brightness.
+//!
+//! Owns: the skin rule, the ROI geometry inside a face box, and every
+//! per-pixel loop of the vision stage (so that is where to look for cost).
+//!
+//! Skin rule: YCbCr (BT.601 full range, integer) with Cr in 133..=173 and Cb
+//! in 77..=127 (Chai & Ngan 1999), luma in 30..=245 so clipped highlights and
+//! deep shadows, which carry no pulse, are excluded.
+//!
+//! ROI: forehead plus both cheeks, as fractions of the face box (SeetaFace
+//! boxes run from the brows to the chin): these areas are thin-skinned,
+//! well perfused and free of eyes, brows, nostrils and lips.
+
+use super::FaceBox;
+use crate::capture::Frame;
+
+/// ROI rectangles as `(x0, y0, x1, y1)` fractions of the face box.
+pub const ROI_REGIONS: [(f64, f64, f64, f64); 3] = [
+    (0.28, 0.02, 0.72, 0.16), // forehead
+    (0.14, 0.50, 0.36, 0.72), // left cheek
+    (0.64, 0.50, 0.86, 0.72), // right cheek
+];
+
+/// Integer box inside the frame: `[x0, x1) x [y0, y1)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PixelRect {
+    pub x0: u32,
+    pub y0: u32,
+    pub x1: u32,
+    pub y1: u32,
+}
+
+impl PixelRect {
+    /// Rounds `b` to pixels and clips it to a `width x height` frame.
+    pub fn clipped(b: &FaceBox, width: u32, height: u32) -> PixelRect {
+        let c = |v: f64, max: u32| v.round().clamp(0.0, max as f64) as u32;
+        PixelRect {
+            x0: c(b.x, width),
+            y0: c(b.y, height),
+            x1: c(b.x + b.w, width),
+            y1: c(b.y + b.h, height),
+        }
+    }
+
+    pub fn width(&self) -> u32 {
+        self.x1.saturating_sub(self.x0)
+    }
+
+    pub fn height(&self) -> u32 {
+        self.y1.saturating_sub(self.y0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.width() == 0 || self.height() == 0
+    }
+}
+
+#[inline]
+fn luma(r: u8, g: u8, b: u8) -> u32 {
+    (r as u32 + 2 * g as u32 + b as u32) >> 2
+}
+
+/// The skin rule on one pixel.
+#[inline]
+pub fn is_skin(r: u8, g: u8, b: u8) -> bool {
+    let (r, g, b) = (r as i32, g as i32, b as i32);
+    let y = (77 * r + 150 * g + 29 * b) >> 8;
+    let cr = ((128 * r - 107 * g - 21 * b) >> 8) + 128;
+    let cb = ((-43 * r - 85 * g + 128 * b) >> 8) + 128;
+    (30..=245).contains(&y) && (133..=173).contains(&cr) && (77..=127).contains(&cb)
+}
+
+/// Mean colour of the skin pixels in the ROI of a face box.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct RoiStats {
+    pub mean_rgb: [f64; 3],
+    pub skin_pixels: u32,
+    pub roi_pixels: u32,
+}
+
+/// Coverage of pixel `i` (spanning `[i, i + 1)`) by the interval `[lo, hi)`.
+#[inline]
+fn coverage(i: u32, lo: f64, hi: f64) -> f64 {
+    let a = (i as f64).max(lo);
+    let b = (i as f64 + 1.0).min(hi);
+    (b - a).max(0.0)
+}
+
+/// Skin-masked mean RGB over the forehead and cheek regions of `face`.
+///
+/// Region edges are sub-pixel: an edge pixel counts with the fraction of it
+/// that the region covers, so the mean is a continuous function of the box
+/// position. (With whole pixels, a box tracked at sub-pixel precision would
+/// snap by a pixel now and then, and each snap is a broadband step that
+/// lands in the heart-rate band.)
+pub fn roi_stats(frame: &Frame, face: &FaceBox) -> RoiStats {
+    let mut sum = [0f64; 3];
+    let mut skin = 0f64;
+    let mut total = 0f64;
+    let (fw, fh) = (frame.width as f64, frame.height as f64);
+    let mut col_weight = Vec::new();
+    for (fx0, fy0, fx1, fy1) in ROI_REGIONS {
+        let x0 = (face.x + fx0 * face.w).clamp(0.0, fw);
+        let x1 = (face.x + fx1 * face.w).clamp(0.0, fw);
+        let y0 = (face.y + fy0 * face.h).clamp(0.0, fh);
+        let y1 = (face.y + fy1 * face.h).clamp(0.0, fh);
+        if x1 <= x0 || y1 <= y0 {
+            continue;
+        }
+        let (px0, px1) = (x0.floor() as u32, (x1.ceil() as u32).min(frame.width));
+        let (py0, py1) = (y0.floor() as u32, (y1.ceil() as u32).min(frame.height));
+        col_weight.clear();
+        col_weight.extend((px0..px1).map(|x| coverage(x, x0, x1)));
+        for y in py0..py1 {
+            let wy = coverage(y, y0, y1);
+            let row = (y as usize * frame.width as usize) * 3;
+            let px = &frame.rgb[row + px0 as usize * 3..row + px1 as usize * 3];
+            let mut row_sum = [0f64; 3];
+            let mut row_skin = 0f64;
+            for (p, &wx) in px.chunks_exact(3).zip(&col_weight) {
+                if is_skin(p[0], p[1], p[2]) {
+                    row_sum[0] += wx * p[0] as f64;
+                    row_sum[1] += wx * p[1] as f64;
+                    row_sum[2] += wx * p[2] as f64;
+                    row_skin += wx;
+                }
+            }
+            for c in 0..3 {
+                sum[c] += wy * row_sum[c];
+            }
+            skin += wy * row_skin;
+            total += wy * (x1 - x0);
+        }
+    }
+    let mean = |s: f64| if skin > 0.0 { s / skin } else { 0.0 };
+    RoiStats {
+        mean_rgb: [mean(sum[0]), mean(sum[1]), mean(sum[2])],
+        skin_pixels: skin.round() as u32,
+        roi_pixels: total.round() as u32,
+    }
+}
+
+/// Row and column mean-luma profiles of `rect` (one pass), and its mean luma.
+pub fn profiles(frame: &Frame, rect: &PixelRect, rows: &mut Vec<f64>, cols: &mut Vec<f64>) -> f64 {
+    rows.clear();
+    cols.clear();
+    if rect.is_empty() {
+        return 0.0;
+    }
+    let (w, h) = (rect.width() as usize, rect.height() as usize);
+    let mut col_sum = vec![0u32; w];
+    let mut total = 0u64;
+    for y in rect.y0..rect.y1 {
+        let row = (y as usize * frame.width as usize + rect.x0 as usize) * 3;
+        let px = &frame.rgb[row..row + w * 3];
+        let mut row_sum = 0u32;
+        for (c, p) in px.chunks_exact(3).enumerate() {
+            let l = luma(p[0], p[1], p[2]);
+            row_sum += l;
+            col_sum[c] += l;
+        }
+        total += row_sum as u64;
+        rows.push(row_sum as f64 / w as f64);
+    }
+    cols.extend(col_sum.iter().map(|&s| s as f64 / h as f64));
+    total as f64 / (w * h) as f64
+}
+
+/// Mean luma of the frame from a sparse grid (every 8th pixel each way).
+pub fn frame_luma(frame: &Frame) -> f64 {
+    let (mut sum, mut n) = (0u64, 0u64);
+    for y in (0..frame.height).step_by(8) {
+        for x in (0..frame.width).step_by(8) {
+            let [r, g, b] = frame.pixel(x, y);
+            sum += luma(r, g, b) as u64;
+            n += 1;
+        }
+    }
+    if n == 0 {
+        0.0
+    } else {
+        sum as f64 / n as f64
+    }
+}
+
+/// Area-averaged grayscale of `rect` scaled to `out_w x out_h`, into `out`.
+pub fn downscale_gray(frame: &Frame, rect: &PixelRect, out_w: u32, out_h: u32, out: &mut Vec<u8>) {
+    out.clear();
+    let (rw, rh) = (rect.width() as usize, rect.height() as usize);
+    let (ow, oh) = (out_w as usize, out_h as usize);
+    if rw == 0 || rh == 0 || ow == 0 || oh == 0 {
+        return;
+    }
+    out.reserve(ow * oh);
+    let fw = frame.width as usize;
+    for oy in 0..oh {
+        let sy0 = rect.y0 as usize + oy * rh / oh;
+        let sy1 = (rect.y0 as usize + ((oy + 1) * rh).div_ceil(oh)).max(sy0 + 1);
+        for ox in 0..ow {
+            let sx0 = rect.x0 as usize + ox * rw / ow;
+            let sx1 = (rect.x0 as usize + ((ox + 1) * rw).div_ceil(ow)).max(sx0 + 1);
+            let mut sum = 0u32;
+            for y in sy0..sy1 {
+                let row = &frame.rgb[(y * fw + sx0) * 3..(y * fw + sx1) * 3];
+                for p in row.chunks_exact(3) {
+                    sum += luma(p[0], p[1], p[2]);
+                }
+            }
+            out.push((sum / ((sy1 - sy0) * (sx1 - sx0)) as u32) as u8);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(w: u32, h: u32, f: impl Fn(u32, u32) -> [u8; 3]) -> Frame {
+        let mut fr = Frame::default();
+        fr.reshape(w, h);
+        for y in 0..h {
+            for x in 0..w {
+                let i = ((y * w + x) * 3) as usize;
+                fr.rgb[i..i + 3].copy_from_slice(&f(x, y));
+            }
+        }
+        fr
+    }
+
+    #[test]
+    fn the_skin_rule_accepts_skin_tones_and_rejects_other_colours() {
+        for skin in [
+            [224, 172, 140],
+            [198, 134, 66],
+            [141, 85, 36],
+            [255, 219, 172],
+            [120, 70, 50],
+        ] {
+            assert!(is_skin(skin[0], skin[1], skin[2]), "{skin:?}");
+        }
+        for other in [
+            [0, 0, 0],
+            [255, 255, 255],
+            [40, 90, 200],
+            [30, 160, 60],
+            [128, 128, 128],
+            [250, 10, 10],
+        ] {
+            assert!(!is_skin(other[0], other[1], other[2]), "{other:?}");
+        }
+    }
+
+    #[test]
+    fn roi_mean_counts_only_skin_pixels() {
+        // Left half skin, right half blue: the cheeks straddle both.
+        let fr = frame(100, 100, |x, _| {
+            if x < 50 {
+                [200, 150, 120]
+            } else {
+                [20, 40, 200]
+            }
+        });
+        let face = FaceBox {
+            x: 0.0,
+            y: 0.0,
+            w: 100.0,
+            h: 100.0,
+        };
+        let s = roi_stats(&fr, &face);
+        assert_eq!(s.mean_rgb, [200.0, 150.0, 120.0]);
+        assert!(s.skin_pixels > 0 && s.skin_pixels < s.roi_pixels);
+    }
+
+    #[test]
+    fn a_box_outside_the_frame_has_no_pixels_not_a_panic() {
+        let fr = frame(10, 10, |_, _| [200, 150, 120]);
+        let face = FaceBox {
+            x: 50.0,
+            y: -80.0,
+            w: 30.0,
+            h: 30.0,
+        };
+        assert_eq!(roi_stats(&fr, &face).skin_pixels, 0);
+        let r = PixelRect::clipped(&face, 10, 10);
+        assert!(r.is_empty());
+        let (mut rows, mut cols) = (Vec::new(), Vec::new());
+        assert_eq!(profiles(&fr, &r, &mut rows, &mut cols), 0.0);
+    }
+
+    #[test]
+    fn a_sub_pixel_box_move_changes_the_mean_continuously() {
+        // A vertical colour gradient: moving the box by 0.1 px must move the mean a little, not jump.
+        let fr = frame(200, 200, |_, y| [150 + (y / 4) as u8, 110, 90]);
+        let at = |x: f64| {
+            let face = FaceBox {
+                x,
+                y: x,
+                w: 120.0,
+                h: 120.0,
+            };
+            roi_stats(&fr, &face).mean_rgb[0]
+        };
+        let steps: Vec<f64> = (0..20)
+            .map(|i| at(30.0 + 0.1 * (i + 1) as f64) - at(30.0 + 0.1 * i as f64))
+            .collect();
+        let max = steps.iter().cloned().fold(0.0, f64::max);
+        let mean = steps.iter().sum::<f64>() / steps.len() as f64;
+        assert!(max < 3.0 * mean.abs() + 1e-9, "steps {steps:?}");
+    }
+
+    #[test]
+    fn downscaling_averages_areas() {
+        let fr = frame(4, 2, |x, _| if x < 2 { [0, 0, 0] } else { [200, 200, 200] });
+        let mut out = Vec::new();
+        let all = PixelRect {
+            x0: 0,
+            y0: 0,
+            x1: 4,
+            y1: 2,
+        };
+        downscale_gray(&fr, &all, 2, 1, &mut out);
+        assert_eq!(out, vec![0, 200]);
+        downscale_gray(&fr, &all, 1, 1, &mut out);
+        assert_eq!(out, vec![100]);
+    }
+
+    #[test]
+    fn profiles_and_frame_luma_measure_brightness() {
+        let fr = frame(
+            16,
+            16,
+            |_, y| if y < 8 { [40, 40, 40] } else { [120, 120, 120] },
+        );
+        let r = PixelRect {
+            x0: 0,
+            y0: 0,
+            x1: 16,
+            y1: 16,
+        };
+        let (mut rows, mut cols) = (Vec::new(), Vec::new());
+        assert_eq!(profiles(&fr, &r, &mut rows, &mut cols), 80.0);
+        assert_eq!(rows[0], 40.0);
+        assert_eq!(rows[15], 120.0);
+        assert!(cols.iter().all(|&c| c == 80.0));
+        assert_eq!(frame_luma(&fr), 80.0);
+    }
+}

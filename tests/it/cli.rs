@@ -1,0 +1,438 @@
+//! The real binary: output contracts, exit codes, and every bad input's message.
+
+use crate::util::{run_bin, synthetic_frames, MINUTE};
+use rppg_agent::capture::y4m::encode_420;
+use serde_json::Value;
+
+const JSON_KEYS: [&str; 14] = [
+    "sessionId",
+    "measurementId",
+    "status",
+    "reason",
+    "heart_rate_bpm",
+    "respiratory_rate_bpm",
+    "hrv_rmssd_ms",
+    "snr_db",
+    "confidence",
+    "rr_confidence",
+    "duration_s",
+    "frames",
+    "frames_dropped",
+    "processing_time_ms",
+];
+
+fn one_json_object(stdout: &str) -> Value {
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "stdout must be exactly one JSON object: {stdout}"
+    );
+    let v: Value = serde_json::from_str(lines[0]).unwrap();
+    let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    let mut want = JSON_KEYS.to_vec();
+    want.sort();
+    let mut got = keys.clone();
+    got.sort();
+    assert_eq!(got, want, "exact key set");
+    v
+}
+
+#[test]
+fn scan_json_prints_exactly_one_object_with_the_documented_keys_and_exits_0() {
+    let r = run_bin(
+        &[
+            "scan",
+            "--input",
+            "synthetic:hr=84,width=320,height=240",
+            "--seconds",
+            "20",
+            "--json",
+        ],
+        None,
+        MINUTE,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v = one_json_object(&r.stdout);
+    assert_eq!(v["status"], "completed");
+    assert!(v["reason"].is_null());
+    assert!(
+        (v["heart_rate_bpm"].as_f64().unwrap() - 84.0).abs() < 2.5,
+        "{v}"
+    );
+    assert!(v["sessionId"].as_str().unwrap().starts_with("ses_"));
+    assert!(v["measurementId"].as_str().unwrap().starts_with("msr_"));
+    assert!(v["frames"].as_u64().unwrap() >= 600);
+}
+
+#[test]
+fn scan_without_json_streams_events_as_json_lines_and_appends_them_to_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("events.jsonl");
+    std::fs::write(&log, "").unwrap();
+    let path = log.to_str().unwrap();
+    let args = [
+        "scan",
+        "-q",
+        "--input",
+        "synthetic:face=0,width=160,height=120",
+        "--events",
+        path,
+    ];
+    let r = run_bin(&args, None, MINUTE);
+    assert_eq!(
+        r.code, 3,
+        "a scene without a face is a cancelled scan: {}",
+        r.stderr
+    );
+    let streamed: Vec<Value> = r
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let names: Vec<&str> = streamed
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.last(), Some(&"MEASUREMENT_CANCELED"));
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        r.stdout,
+        "the file holds the same bytes"
+    );
+    let again = run_bin(&args, None, MINUTE);
+    let lines = std::fs::read_to_string(&log).unwrap().lines().count();
+    assert_eq!(
+        lines,
+        2 * again.stdout.lines().count(),
+        "appended, never truncated"
+    );
+}
+
+#[test]
+fn a_face_without_pulse_exits_3_with_reason_low_snr() {
+    let r = run_bin(
+        &[
+            "scan",
+            "--input",
+            "synthetic:pulse=0,width=320,height=240",
+            "--json",
+        ],
+        None,
+        MINUTE,
+    );
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    let v = one_json_object(&r.stdout);
+    assert_eq!(v["status"], "cancelled");
+    assert_eq!(v["reason"], "LOW_SNR");
+    assert!(v["heart_rate_bpm"].is_null());
+}
+
+#[test]
+fn ffmpeg_style_y4m_on_stdin_is_measured() {
+    let frames = synthetic_frames("hr=96,width=320,height=240,fps=15,seconds=17");
+    let bytes = encode_420(&frames, 15);
+    let r = run_bin(&["scan", "--input", "-", "--json"], Some(bytes), MINUTE);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v = one_json_object(&r.stdout);
+    assert!(
+        (v["heart_rate_bpm"].as_f64().unwrap() - 96.0).abs() < 3.0,
+        "{v}"
+    );
+    assert!(
+        (v["duration_s"].as_f64().unwrap() - 17.0).abs() < 0.5,
+        "input ended early: {v}"
+    );
+}
+
+#[test]
+fn a_directory_of_png_frames_is_measured() {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, f) in synthetic_frames("hr=70,width=320,height=240,fps=15,seconds=16")
+        .iter()
+        .enumerate()
+    {
+        image::RgbImage::from_raw(f.width, f.height, f.rgb.clone())
+            .unwrap()
+            .save(dir.path().join(format!("{i:05}.png")))
+            .unwrap();
+    }
+    let input = format!("frames:{},fps=15", dir.path().display());
+    let r = run_bin(&["scan", "--input", &input, "--json"], None, MINUTE);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v = one_json_object(&r.stdout);
+    assert!(
+        (v["heart_rate_bpm"].as_f64().unwrap() - 70.0).abs() < 3.0,
+        "{v}"
+    );
+}
+
+#[test]
+fn analyze_resamples_irregular_timestamps_from_a_trace_csv() {
+    // 72 bpm in the blood-volume direction, frames at jittered times with a gap.
+    let mut csv = String::from("time,R,G,B\n");
+    let (mut t, mut state) = (0.0f64, 9u64);
+    while t < 40_000.0 {
+        let p = 0.004 * (2.0 * std::f64::consts::PI * 1.2 * t / 1000.0).sin();
+        csv += &format!(
+            "{t:.0},{:.4},{:.4},{:.4}\n",
+            180.0 * (1.0 - 0.43 * p),
+            120.0 * (1.0 - p),
+            100.0 * (1.0 - 0.69 * p)
+        );
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        t += 20.0
+            + ((state >> 33) % 30) as f64
+            + if (20_000.0..20_040.0).contains(&t) {
+                500.0
+            } else {
+                0.0
+            };
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("trace.csv");
+    std::fs::write(&path, csv).unwrap();
+    let r = run_bin(
+        &["analyze", "--rgb-csv", path.to_str().unwrap()],
+        None,
+        MINUTE,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v = one_json_object(&r.stdout);
+    assert!(
+        (v["heart_rate_bpm"].as_f64().unwrap() - 72.0).abs() < 1.0,
+        "{v}"
+    );
+}
+
+#[test]
+fn config_default_prints_a_file_that_config_check_accepts() {
+    let r = run_bin(&["config", "default"], None, MINUTE);
+    assert_eq!(r.code, 0);
+    assert!(r.stdout.contains("[signal]") && r.stdout.contains("# "));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("default.toml");
+    std::fs::write(&path, &r.stdout).unwrap();
+    let check = run_bin(&["config", "check", path.to_str().unwrap()], None, MINUTE);
+    assert_eq!(check.code, 0, "{}", check.stderr);
+    assert!(check.stdout.contains("valid"));
+}
+
+#[test]
+fn config_check_explains_every_problem_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[scan]\nduraton_s = 30\n[signal]\nfilter_order = 5\n",
+    )
+    .unwrap();
+    let r = run_bin(&["config", "check", path.to_str().unwrap()], None, MINUTE);
+    assert_eq!(r.code, 2);
+    for needle in [
+        "scan.duraton_s",
+        "did you mean `duration_s`",
+        "signal.filter_order",
+        "fix:",
+    ] {
+        assert!(
+            r.stderr.contains(needle),
+            "missing {needle:?} in {}",
+            r.stderr
+        );
+    }
+}
+
+/// Writes `bytes` to a temp file and scans it; returns (exit code, stderr).
+fn scan_file(name: &str, bytes: &[u8]) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, bytes).unwrap();
+    let r = run_bin(
+        &["scan", "--input", path.to_str().unwrap(), "--json"],
+        None,
+        MINUTE,
+    );
+    assert!(
+        r.stdout.is_empty(),
+        "no result object on an input error: {}",
+        r.stdout
+    );
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+    (r.code, r.stderr)
+}
+
+#[test]
+fn bad_inputs_exit_2_with_a_message_that_says_what_is_wrong() {
+    let good = encode_420(&synthetic_frames("width=64,height=48,seconds=0.2"), 30);
+    let mut truncated = good.clone();
+    truncated.truncate(good.len() - 100);
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "bad.y4m",
+            b"RIFF....WAVE".to_vec(),
+            "not a YUV4MPEG2 stream",
+        ),
+        (
+            "hdr.y4m",
+            b"YUV4MPEG2 W64 H48\n".to_vec(),
+            "missing F (frame rate)",
+        ),
+        (
+            "p10.y4m",
+            b"YUV4MPEG2 W64 H48 F30:1 C420p10\n".to_vec(),
+            "unsupported colour space \"420p10\"",
+        ),
+        (
+            "zero.y4m",
+            b"YUV4MPEG2 W0 H48 F30:1\n".to_vec(),
+            "zero-size frames",
+        ),
+        ("trunc.y4m", truncated, "frame 5 is truncated"),
+    ];
+    for (name, bytes, needle) in cases {
+        let (code, stderr) = scan_file(name, &bytes);
+        assert_eq!(code, 2, "{name}: {stderr}");
+        assert!(stderr.contains(needle), "{name}: {stderr}");
+    }
+    let r = run_bin(
+        &["scan", "--input", "/nonexistent/clip.y4m", "--json"],
+        None,
+        MINUTE,
+    );
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("cannot open input /nonexistent/clip.y4m"),
+        "{}",
+        r.stderr
+    );
+    let r = run_bin(&["scan", "--input", "synthetic:hr=500"], None, MINUTE);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("hr=500 is outside 30..=240"),
+        "{}",
+        r.stderr
+    );
+    let r = run_bin(&["scan", "--input", "camera:0"], None, MINUTE);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("camera input is not available"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn a_csv_without_rgb_columns_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.csv");
+    std::fs::write(&path, "time,red,green\n0,1,2\n").unwrap();
+    let r = run_bin(
+        &["analyze", "--rgb-csv", path.to_str().unwrap()],
+        None,
+        MINUTE,
+    );
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("lacks an R, G or B column"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn a_model_file_with_the_wrong_checksum_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model.bin");
+    std::fs::write(&model, b"not the model").unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!("[vision]\nmodel_path = {:?}\n", model.to_str().unwrap()),
+    )
+    .unwrap();
+    let args = [
+        "scan",
+        "--input",
+        "synthetic",
+        "--config",
+        config.to_str().unwrap(),
+    ];
+    let r = run_bin(&args, None, MINUTE);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("failed its integrity check"),
+        "{}",
+        r.stderr
+    );
+    std::fs::remove_file(&model).unwrap();
+    let r = run_bin(&args, None, MINUTE);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("cannot read face model"), "{}", r.stderr);
+}
+
+#[test]
+fn the_demo_runs_a_complete_scan_and_shows_measured_against_true_values() {
+    let r = run_bin(
+        &["demo", "--fast", "--seconds", "20", "--hr", "66"],
+        None,
+        MINUTE,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for needle in [
+        "CAMERA_STARTED",
+        "MEASUREMENT_STARTED",
+        "INTERMEDIATE_RESULTS",
+        "SCAN_COMPLETED",
+        "Result: completed",
+        "measured     true",
+    ] {
+        assert!(
+            r.stdout.contains(needle),
+            "missing {needle:?}:\n{}",
+            r.stdout
+        );
+    }
+}
+
+#[test]
+fn help_teaches_the_inputs_and_exit_codes() {
+    let r = run_bin(&["scan", "--help"], None, MINUTE);
+    assert_eq!(r.code, 0);
+    for needle in [
+        "synthetic",
+        "yuv4mpegpipe",
+        "frames:DIR",
+        "Exit codes",
+        "LOW_SNR",
+    ] {
+        assert!(
+            r.stdout.contains(needle),
+            "missing {needle:?} in scan --help"
+        );
+    }
+}
+
+#[test]
+fn bench_runs_in_a_short_mode_and_reports_every_stage() {
+    let r = run_bin(&["bench", "--frames", "30", "--runs", "1"], None, MINUTE);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for needle in [
+        "| 320x240 |",
+        "| 640x480 |",
+        "frames/s",
+        "final vitals",
+        "event stamp",
+        "Machine:",
+    ] {
+        assert!(
+            r.stdout.contains(needle),
+            "missing {needle:?}:\n{}",
+            r.stdout
+        );
+    }
+    let r = run_bin(&["bench", "--frames", "3"], None, MINUTE);
+    assert_eq!(r.code, 2, "too few frames is a usage error");
+}

@@ -1,0 +1,6 @@
+//! The integration tests: one binary, real inputs, the real executable.
+
+mod accuracy;
+mod cli;
+mod lifecycle;
+mod util;

@@ -1,0 +1,115 @@
+//! Helpers shared by the integration tests: the real binary with a timeout,
+//! in-process scans, synthetic inputs written to temporary files.
+
+use rppg_agent::app::scan::{run_scan, ScanOptions, ScanReport};
+use rppg_agent::app::sinks::Collect;
+use rppg_agent::capture::synthetic::{SyntheticParams, SyntheticSource};
+use rppg_agent::capture::{Frame, FrameSource};
+use rppg_agent::config::Config;
+use rppg_agent::events::StampedEvent;
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Output of one run of the binary.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the real binary with `args` (and optional stdin), killing it after `limit`.
+pub fn run_bin(args: &[&str], stdin: Option<Vec<u8>>, limit: Duration) -> Run {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rppg-agent"))
+        .args(args)
+        .env_remove("RPPG_CONFIG")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let writer = stdin.map(|bytes| {
+        let mut pipe = child.stdin.take().unwrap();
+        // The reader may stop early (an error): a broken pipe is fine.
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&bytes);
+        })
+    });
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        out.read_to_string(&mut s).unwrap();
+        s
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        err.read_to_string(&mut s).unwrap();
+        s
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > limit {
+            child.kill().unwrap();
+            panic!("rppg-agent {args:?} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    if let Some(w) = writer {
+        w.join().unwrap();
+    }
+    Run {
+        code: status.code().unwrap_or(-1),
+        stdout: out_t.join().unwrap(),
+        stderr: err_t.join().unwrap(),
+    }
+}
+
+pub const MINUTE: Duration = Duration::from_secs(60);
+
+/// A scan of `spec` in-process with default config; returns the report and every event.
+pub fn scan(spec: &str) -> (ScanReport, Vec<StampedEvent>) {
+    scan_with(spec, Config::default_config())
+}
+
+pub fn scan_with(spec: &str, config: Config) -> (ScanReport, Vec<StampedEvent>) {
+    let mut events = Collect::default();
+    let mut source = spec.parse().expect("valid spec");
+    if let rppg_agent::capture::SourceSpec::Synthetic(p) = &mut source {
+        if !spec.contains("seconds=") {
+            p.seconds = config.scan.duration_s + 1.0;
+        }
+    }
+    let opts = ScanOptions {
+        source,
+        config,
+        device_id: "test-device".into(),
+        realtime: false,
+    };
+    let report = run_scan(opts, &mut [&mut events], &mut |_, _| {}).expect("scan runs");
+    (report, events.0)
+}
+
+/// All frames of a synthetic video.
+pub fn synthetic_frames(list: &str) -> Vec<Frame> {
+    let mut src = SyntheticSource::new(SyntheticParams::parse(list, list).unwrap()).unwrap();
+    let mut frames = Vec::new();
+    let mut f = Frame::default();
+    while src.next_frame(&mut f).unwrap() {
+        frames.push(f.clone());
+    }
+    frames
+}
+
+/// The event names in order.
+pub fn names(events: &[StampedEvent]) -> Vec<&'static str> {
+    events.iter().map(|e| e.kind.name()).collect()
+}
