@@ -192,7 +192,7 @@ fn check_seconds(seconds: f64) -> Result<(), AppError> {
 
 /// Applies `--seconds` to the config; a synthetic source without an explicit
 /// length lasts as long as the scan (plus a second).
-fn scan_length(
+pub fn scan_length(
     config: &mut Config,
     spec: &mut SourceSpec,
     input: &str,

@@ -19,6 +19,9 @@ pub mod respiration;
 pub mod spectrum;
 pub mod vitals;
 
+#[cfg(test)]
+pub(crate) mod test_noise;
+
 pub use projection::Method;
 pub use vitals::{HeartRate, SignalConfig, Traces, Vitals, VitalsEstimator};
 

@@ -274,19 +274,8 @@ fn accumulate(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::signal::test_noise::white as noise;
     use std::f64::consts::PI;
-
-    fn noise(seed: u64, n: usize) -> Vec<f64> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                (s >> 11) as f64 / (1u64 << 53) as f64 - 0.5
-            })
-            .collect()
-    }
 
     fn estimator(n: usize) -> RespirationEstimator {
         RespirationEstimator::new(30.0, 0.1, 0.7, 2, n).unwrap()

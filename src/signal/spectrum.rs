@@ -222,6 +222,7 @@ pub fn snr_db(power: &[f64], df_hz: f64, f0_hz: f64, lo_hz: f64, hi_hz: f64) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::signal::test_noise::white;
     use std::f64::consts::PI;
 
     /// Naive DFT oracle implementing the documented contract.
@@ -245,21 +246,9 @@ mod tests {
             .collect()
     }
 
-    fn lcg_noise(seed: u64, n: usize) -> Vec<f64> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                (s >> 11) as f64 / (1u64 << 53) as f64 - 0.5
-            })
-            .collect()
-    }
-
     #[test]
     fn periodogram_matches_a_naive_dft() {
-        let x: Vec<f64> = lcg_noise(3, 100)
+        let x: Vec<f64> = white(3, 100)
             .iter()
             .enumerate()
             .map(|(i, v)| v + (2.0 * PI * 1.3 * i as f64 / 30.0).sin() + 7.0)
@@ -321,7 +310,7 @@ mod tests {
         let fs = 30.0;
         let mut est = SpectrumEstimator::new(fs, 0.01, 300);
         let df = est.df_hz();
-        let noise = lcg_noise(11, 300);
+        let noise = white(11, 300);
         let clean: Vec<f64> = (0..300)
             .map(|i| (2.0 * PI * 1.2 * i as f64 / fs).sin() + 0.05 * noise[i])
             .collect();
@@ -342,7 +331,7 @@ mod tests {
 
     #[test]
     fn welch_of_a_short_input_equals_its_periodogram() {
-        let x = lcg_noise(5, 50);
+        let x = white(5, 50);
         let mut est = SpectrumEstimator::new(30.0, 0.05, 64);
         let a = est.periodogram(&x).to_vec();
         let b = est.welch(&x, 300, 30).to_vec();

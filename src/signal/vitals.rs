@@ -295,17 +295,8 @@ impl VitalsEstimator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::signal::test_noise::stream as noise;
     use std::f64::consts::PI;
-
-    fn noise(seed: u64) -> impl FnMut() -> f64 {
-        let mut s = seed;
-        move || {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (s >> 11) as f64 / (1u64 << 53) as f64 - 0.5
-        }
-    }
 
     /// Skin traces with a pulse, breathing in intensity, and sensor noise.
     fn traces(hr_bpm: f64, rr_bpm: f64, pulse_pct: f64, seconds: f64, seed: u64) -> Traces {

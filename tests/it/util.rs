@@ -80,14 +80,10 @@ pub fn scan(spec: &str) -> (ScanReport, Vec<StampedEvent>) {
     scan_with(spec, Config::default_config())
 }
 
-pub fn scan_with(spec: &str, config: Config) -> (ScanReport, Vec<StampedEvent>) {
+pub fn scan_with(spec: &str, mut config: Config) -> (ScanReport, Vec<StampedEvent>) {
     let mut events = Collect::default();
     let mut source = spec.parse().expect("valid spec");
-    if let rppg_agent::capture::SourceSpec::Synthetic(p) = &mut source {
-        if !spec.contains("seconds=") {
-            p.seconds = config.scan.duration_s + 1.0;
-        }
-    }
+    rppg_agent::app::scan_length(&mut config, &mut source, spec, None).expect("valid length");
     let opts = ScanOptions {
         source,
         config,
