@@ -18,6 +18,8 @@
 //! - [`signal`]: all DSP, pure functions and plan-once objects.
 //! - [`measurement`]: the scan state machine, driven by frame timestamps.
 //! - [`events`]: WMS-style events, their envelope and the sink seam.
+//! - [`outbox`]: the durable sled outbox (every event on disk before it is acknowledged).
+//! - [`delivery`]: signing and the delivery policy (pure), for webhooks and MQTT.
 //! - [`config`]: the one typed configuration.
 //! - [`app`]: commands and all I/O (files, terminal, clock, randomness).
 //!
@@ -28,7 +30,9 @@
 pub mod app;
 pub mod capture;
 pub mod config;
+pub mod delivery;
 pub mod events;
 pub mod measurement;
+pub mod outbox;
 pub mod signal;
 pub mod vision;

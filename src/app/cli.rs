@@ -61,6 +61,43 @@ pub enum Command {
     },
     /// Measure the speed of every pipeline stage (medians) and peak memory.
     Bench(BenchArgs),
+    /// Check a received webhook's signature (for receivers): valid, or exactly why not.
+    ///
+    /// The body is read from stdin (or --body FILE), byte for byte as received.
+    /// Exit codes: 0 valid, 3 invalid (bad signature, timestamp outside the
+    /// tolerance, malformed or missing header), 2 usage.
+    ///
+    /// Example:
+    ///   RPPG_SECRET=whsec_... rppg-agent verify --secret-env RPPG_SECRET \
+    ///     --header "webhook-id: evt_01..." --header "webhook-timestamp: 1795348080" \
+    ///     --header "webhook-signature: v1,..." < body.json
+    #[command(verbatim_doc_comment)]
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Signature scheme the sender used.
+    #[arg(long, value_enum, default_value_t = crate::delivery::signing::Scheme::Standard)]
+    pub scheme: crate::delivery::signing::Scheme,
+    /// Name of an environment variable holding a secret (repeatable: rotation).
+    #[arg(long, value_name = "VAR")]
+    pub secret_env: Vec<String>,
+    /// File holding a secret (repeatable).
+    #[arg(long, value_name = "FILE")]
+    pub secret_file: Vec<PathBuf>,
+    /// A secret on the command line (visible in the process list; prefer --secret-env).
+    #[arg(long, value_name = "SECRET")]
+    pub secret: Vec<String>,
+    /// A received header as "name: value" (repeatable).
+    #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
+    pub headers: Vec<String>,
+    /// Read the body from this file instead of stdin.
+    #[arg(long, value_name = "FILE")]
+    pub body: Option<PathBuf>,
+    /// Largest accepted difference between the signature's timestamp and now.
+    #[arg(long, default_value_t = crate::delivery::signing::DEFAULT_TOLERANCE_S)]
+    pub tolerance_s: u64,
 }
 
 #[derive(Debug, Args)]

@@ -168,6 +168,7 @@ pub fn run(cli: Cli) -> Result<i32, AppError> {
                 Ok(0)
             }
         },
+        Command::Verify(a) => verify(a),
         Command::Bench(a) => {
             if a.frames < 30 || a.runs == 0 {
                 return Err(AppError::Usage(
@@ -176,6 +177,74 @@ pub fn run(cli: Cli) -> Result<i32, AppError> {
             }
             bench::run(a.frames, a.runs, &mut std::io::stdout())?;
             Ok(0)
+        }
+    }
+}
+
+/// `verify`: checks one received request; prints the verdict.
+fn verify(a: cli::VerifyArgs) -> Result<i32, AppError> {
+    use crate::delivery::signing::{parse_secret, verify};
+    use std::io::Read;
+    let mut texts = Vec::new();
+    for var in &a.secret_env {
+        texts.push((
+            format!("${var}"),
+            std::env::var(var).map_err(|_| {
+                AppError::Usage(format!("--secret-env {var}: the variable is not set"))
+            })?,
+        ));
+    }
+    for path in &a.secret_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| AppError::Usage(format!("--secret-file {}: {e}", path.display())))?;
+        texts.push((path.display().to_string(), text.trim().to_string()));
+    }
+    for (i, s) in a.secret.iter().enumerate() {
+        texts.push((format!("--secret #{}", i + 1), s.clone()));
+    }
+    if texts.is_empty() {
+        return Err(AppError::Usage(
+            "give the secret with --secret-env VAR, --secret-file FILE or --secret".into(),
+        ));
+    }
+    let secrets = texts
+        .iter()
+        .map(|(origin, t)| {
+            parse_secret(a.scheme, t)
+                .map_err(|e| AppError::Usage(format!("secret from {origin}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let headers = a
+        .headers
+        .iter()
+        .map(|h| {
+            h.split_once(':')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .ok_or_else(|| AppError::Usage(format!("--header {h:?} is not \"name: value\"")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut body = Vec::new();
+    match &a.body {
+        Some(p) => {
+            body = std::fs::read(p)
+                .map_err(|e| AppError::Usage(format!("--body {}: {e}", p.display())))?;
+        }
+        None => {
+            std::io::stdin().read_to_end(&mut body)?;
+        }
+    }
+    let now = unix_ms() / 1000;
+    match verify(a.scheme, &secrets, &headers, &body, now, a.tolerance_s) {
+        Ok(i) => {
+            println!(
+                "valid: {} signature matches the secret from {}",
+                a.scheme, texts[i].0
+            );
+            Ok(0)
+        }
+        Err(e) => {
+            println!("invalid: {e}");
+            Ok(3)
         }
     }
 }
