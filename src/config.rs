@@ -11,11 +11,16 @@
 //! never panics. Loading is pure: the file text and the environment are
 //! passed in.
 
+use crate::delivery::policy::RetryPolicy;
+use crate::delivery::signing::{parse_secret, Scheme, Secret};
+use crate::delivery::webhook::WebhookDestination;
+use crate::events::EventKind;
 use crate::measurement::MeasurementConfig;
 use crate::signal::{Method, SignalConfig};
 use crate::vision::VisionConfig;
 use serde::Deserialize;
 use std::fmt;
+use std::time::Duration;
 use toml::{Table, Value};
 
 /// The embedded, commented defaults.
@@ -28,6 +33,11 @@ const NON_KEY_ENV: [&str; 2] = ["RPPG_CONFIG", "RPPG_LOG"];
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub device: DeviceConfig,
+    pub outbox: OutboxSection,
+    pub delivery: DeliverySection,
+    /// Parsed and validated separately, one destination at a time.
+    #[serde(skip)]
+    pub webhook: Vec<WebhookDestination>,
     pub scan: ScanConfig,
     pub vision: VisionSection,
     pub signal: SignalSection,
@@ -37,6 +47,74 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct DeviceConfig {
     pub id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxSection {
+    pub path: String,
+    pub max_bytes: u64,
+    pub cache_capacity_bytes: u64,
+    pub retention_s: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliverySection {
+    pub drain_timeout_s: f64,
+    pub probe_initial_s: f64,
+    pub probe_max_s: f64,
+}
+
+fn default_schemes() -> Vec<Scheme> {
+    vec![Scheme::Standard]
+}
+fn default_timeout_s() -> f64 {
+    5.0
+}
+fn default_connect_timeout_s() -> f64 {
+    3.0
+}
+fn default_schedule_s() -> Vec<f64> {
+    vec![0.0, 5.0, 30.0, 300.0, 1800.0, 7200.0]
+}
+fn default_jitter() -> f64 {
+    0.2
+}
+fn default_in_flight() -> usize {
+    4
+}
+
+/// One `[[webhook]]` table as written.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WebhookEntry {
+    name: String,
+    url: String,
+    #[serde(default)]
+    secrets: Vec<String>,
+    #[serde(default)]
+    secret_env: Vec<String>,
+    #[serde(default = "default_schemes")]
+    schemes: Vec<Scheme>,
+    #[serde(default)]
+    events: Vec<String>,
+    #[serde(default = "default_timeout_s")]
+    timeout_s: f64,
+    #[serde(default = "default_connect_timeout_s")]
+    connect_timeout_s: f64,
+    #[serde(default = "default_schedule_s")]
+    retry_schedule_s: Vec<f64>,
+    #[serde(default = "default_jitter")]
+    jitter: f64,
+    #[serde(default)]
+    max_age_s: f64,
+    #[serde(default)]
+    retry_client_errors: bool,
+    #[serde(default)]
+    allow_insecure: bool,
+    #[serde(default = "default_in_flight")]
+    max_in_flight: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -194,6 +272,24 @@ fn overlay(
     problems: &mut Vec<Problem>,
 ) {
     for (section, value) in user {
+        if let Some(Value::Array(_)) = defaults.get(&section) {
+            // A list of destinations: each entry is checked on its own later.
+            match value {
+                Value::Array(entries) => {
+                    merged.insert(section, Value::Array(entries));
+                }
+                other => problems.push(Problem {
+                    key: section.clone(),
+                    origin: origin.into(),
+                    problem: format!(
+                        "must be a list of [[{section}]] tables, found {}",
+                        type_name(&other)
+                    ),
+                    fix: format!("write each destination as a [[{section}]] table"),
+                }),
+            }
+            continue;
+        }
         let Some(Value::Table(default_section)) = defaults.get(&section) else {
             problems.push(Problem {
                 key: section.clone(),
@@ -259,6 +355,214 @@ fn env_value(default: &Value, raw: &str) -> Option<Value> {
     }
 }
 
+/// Parses and validates each `[[webhook]]` entry, collecting every problem.
+fn webhook_destinations(
+    entries: Vec<Value>,
+    env: &[(String, String)],
+    problems: &mut Vec<Problem>,
+) -> Vec<WebhookDestination> {
+    let mut out: Vec<WebhookDestination> = Vec::new();
+    for (i, raw) in entries.into_iter().enumerate() {
+        let at = |key: &str| format!("webhook[{i}].{key}");
+        let mut problem = |key: &str, problem: String, fix: &str| {
+            problems.push(Problem {
+                key: at(key),
+                origin: "configuration".into(),
+                problem,
+                fix: fix.into(),
+            })
+        };
+        let entry: WebhookEntry = match serde_path_to_error::deserialize(raw) {
+            Ok(e) => e,
+            Err(e) => {
+                let key = e.path().to_string();
+                problem(
+                    if key == "." { "(table)" } else { &key },
+                    e.inner().to_string(),
+                    "see the [[webhook]] keys in `rppg-agent config default`",
+                );
+                continue;
+            }
+        };
+        let before = problems.len();
+        let mut problem = |key: &str, text: String, fix: &str| {
+            problems.push(Problem {
+                key: at(key),
+                origin: "configuration".into(),
+                problem: text,
+                fix: fix.into(),
+            })
+        };
+        let name_ok = !entry.name.is_empty()
+            && entry.name.len() <= 64
+            && entry
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !name_ok {
+            problem(
+                "name",
+                format!("{:?} is not a lane name", entry.name),
+                "use letters, digits, - and _ (at most 64)",
+            );
+        }
+        if out.iter().any(|d| d.name == entry.name) {
+            problem(
+                "name",
+                format!("{:?} is used by another destination", entry.name),
+                "give every destination its own name",
+            );
+        }
+        let url =
+            match reqwest::Url::parse(&entry.url) {
+                Ok(u) if u.scheme() == "https" => Some(u),
+                Ok(u) if u.scheme() == "http" && entry.allow_insecure => Some(u),
+                Ok(u) if u.scheme() == "http" => {
+                    problem(
+                    "url",
+                    format!("{} is plain http; events would travel unencrypted", entry.url),
+                    "use https, or set allow_insecure = true for a clinic LAN or loopback receiver",
+                );
+                    Some(u)
+                }
+                Ok(u) => {
+                    problem(
+                        "url",
+                        format!("scheme {:?} is not http(s)", u.scheme()),
+                        "use an https:// URL",
+                    );
+                    None
+                }
+                Err(e) => {
+                    problem(
+                        "url",
+                        format!("{:?} is not a URL: {e}", entry.url),
+                        "use e.g. https://example.org/hooks",
+                    );
+                    None
+                }
+            };
+        let mut texts: Vec<String> = entry.secrets.clone();
+        for var in &entry.secret_env {
+            match env.iter().find(|(k, _)| k == var) {
+                Some((_, v)) if !v.is_empty() => texts.push(v.clone()),
+                _ => problem(
+                    "secret_env",
+                    format!("environment variable {var} is not set or empty"),
+                    "export it before starting the agent (e.g. in the systemd unit's EnvironmentFile)",
+                ),
+            }
+        }
+        if entry.schemes.is_empty() {
+            problem(
+                "schemes",
+                "no signature scheme".into(),
+                "use [\"standard\"] (or wms, rppg, api-key)",
+            );
+        }
+        if texts.is_empty() && entry.secret_env.is_empty() {
+            problem(
+                "secrets",
+                "no secret".into(),
+                "set secret_env = [\"VAR\"] (preferred) or secrets = [\"...\"]",
+            );
+        }
+        let mut signing: Vec<(Scheme, Vec<Secret>)> = Vec::new();
+        for scheme in &entry.schemes {
+            let mut keys = Vec::new();
+            for (n, t) in texts.iter().enumerate() {
+                match parse_secret(*scheme, t) {
+                    Ok(k) => keys.push(k),
+                    Err(e) => problem(
+                        "secrets",
+                        format!("secret #{} for scheme {scheme}: {e}", n + 1),
+                        "check the secret's format",
+                    ),
+                }
+            }
+            signing.push((*scheme, keys));
+        }
+        let mut events = Vec::new();
+        for name in &entry.events {
+            match EventKind::ALL.iter().find(|k| k.name() == name) {
+                Some(k) => events.push(*k),
+                None => problem(
+                    "events",
+                    format!("{name:?} is not an event name"),
+                    "use names like SCAN_COMPLETED; empty = all events",
+                ),
+            }
+        }
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        if !positive(entry.timeout_s) || !positive(entry.connect_timeout_s) {
+            problem(
+                "timeout_s",
+                "timeouts must be greater than 0".into(),
+                "use timeout_s = 5, connect_timeout_s = 3",
+            );
+        }
+        if entry.retry_schedule_s.is_empty()
+            || entry
+                .retry_schedule_s
+                .iter()
+                .any(|v| !v.is_finite() || *v < 0.0)
+        {
+            problem(
+                "retry_schedule_s",
+                "must be a non-empty list of waits >= 0".into(),
+                "e.g. [0, 5, 30, 300, 1800, 7200]",
+            );
+        }
+        if !(0.0..=0.5).contains(&entry.jitter) {
+            problem(
+                "jitter",
+                format!("{} is outside 0..0.5", entry.jitter),
+                "use 0.2",
+            );
+        }
+        if !(entry.max_age_s.is_finite() && entry.max_age_s >= 0.0) {
+            problem(
+                "max_age_s",
+                "must be >= 0 (0 = no limit)".into(),
+                "use 0 or a number of seconds",
+            );
+        }
+        if !(1..=64).contains(&entry.max_in_flight) {
+            problem(
+                "max_in_flight",
+                format!("{} is outside 1..64", entry.max_in_flight),
+                "use 4",
+            );
+        }
+        if problems.len() > before {
+            continue;
+        }
+        let Some(url) = url else { continue };
+        out.push(WebhookDestination {
+            name: entry.name,
+            url,
+            signing,
+            events,
+            timeout: Duration::from_secs_f64(entry.timeout_s),
+            connect_timeout: Duration::from_secs_f64(entry.connect_timeout_s),
+            policy: RetryPolicy {
+                schedule: entry
+                    .retry_schedule_s
+                    .iter()
+                    .map(|s| Duration::from_secs_f64(*s))
+                    .collect(),
+                jitter: entry.jitter,
+                max_age: (entry.max_age_s > 0.0).then(|| Duration::from_secs_f64(entry.max_age_s)),
+                retry_client_errors: entry.retry_client_errors,
+                ..RetryPolicy::default()
+            },
+            allow_insecure: entry.allow_insecure,
+            max_in_flight: entry.max_in_flight,
+        });
+    }
+    out
+}
+
 impl Config {
     /// The built-in defaults.
     pub fn default_config() -> Config {
@@ -287,18 +591,24 @@ impl Config {
             }
         }
 
-        let mut env: Vec<(String, String)> = env.filter(|(k, _)| k.starts_with("RPPG_")).collect();
-        env.sort();
-        for (var, raw) in env {
+        let env: Vec<(String, String)> = env.collect();
+        let mut rppg: Vec<&(String, String)> =
+            env.iter().filter(|(k, _)| k.starts_with("RPPG_")).collect();
+        rppg.sort();
+        for (var, raw) in rppg {
+            let (var, raw) = (var.clone(), raw.as_str());
             if NON_KEY_ENV.contains(&var.as_str()) {
                 continue;
             }
             let rest = var["RPPG_".len()..].to_ascii_lowercase();
-            let found = defaults.iter().find_map(|(section, v)| {
-                let key = rest.strip_prefix(section.as_str())?.strip_prefix('_')?;
-                let d = v.as_table()?.get(key)?;
-                Some((section.clone(), key.to_string(), d.clone()))
-            });
+            let found = defaults
+                .iter()
+                .filter(|(_, v)| v.is_table())
+                .find_map(|(section, v)| {
+                    let key = rest.strip_prefix(section.as_str())?.strip_prefix('_')?;
+                    let d = v.as_table()?.get(key)?;
+                    Some((section.clone(), key.to_string(), d.clone()))
+                });
             let Some((section, key, d)) = found else {
                 problems.push(Problem {
                     key: var.clone(),
@@ -313,7 +623,7 @@ impl Config {
             };
             let mut user = Table::new();
             let mut section_table = Table::new();
-            match env_value(&d, &raw) {
+            match env_value(&d, raw) {
                 Some(v) => {
                     section_table.insert(key, v);
                     user.insert(section, Value::Table(section_table));
@@ -328,6 +638,11 @@ impl Config {
             }
         }
 
+        let webhook_entries = match merged.remove("webhook") {
+            Some(Value::Array(entries)) => entries,
+            _ => Vec::new(),
+        };
+        let webhooks = webhook_destinations(webhook_entries, &env, &mut problems);
         let config: Config = match serde_path_to_error::deserialize(Value::Table(merged)) {
             Ok(c) => c,
             Err(e) => {
@@ -340,6 +655,8 @@ impl Config {
                 return Err(ConfigError { problems });
             }
         };
+        let mut config = config;
+        config.webhook = webhooks;
         problems.extend(config.validate());
         if problems.is_empty() {
             Ok(config)
@@ -433,6 +750,33 @@ impl Config {
             "scan.low_snr_db",
             format!("must be within -30..30 dB, found {}", s.low_snr_db),
             "use about 1 dB",
+        );
+        check(
+            self.outbox.max_bytes >= 1 << 20,
+            "outbox.max_bytes",
+            format!(
+                "{} bytes is too small to hold a scan's events",
+                self.outbox.max_bytes
+            ),
+            "use at least 1048576 (1 MiB); 268435456 is the default",
+        );
+        let d = &self.delivery;
+        check(
+            d.drain_timeout_s.is_finite() && d.drain_timeout_s >= 0.0,
+            "delivery.drain_timeout_s",
+            format!("must be >= 0, found {}", d.drain_timeout_s),
+            "use 5",
+        );
+        check(
+            positive(d.probe_initial_s)
+                && positive(d.probe_max_s)
+                && d.probe_initial_s <= d.probe_max_s,
+            "delivery.probe_initial_s",
+            format!(
+                "probe waits {}..{} s must be positive and ordered",
+                d.probe_initial_s, d.probe_max_s
+            ),
+            "use probe_initial_s = 1, probe_max_s = 300",
         );
         let v = &self.vision;
         check(

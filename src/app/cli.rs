@@ -73,6 +73,78 @@ pub enum Command {
     ///     --header "webhook-signature: v1,..." < body.json
     #[command(verbatim_doc_comment)]
     Verify(VerifyArgs),
+    /// Deliver everything waiting in the outbox now, then exit ("sync later").
+    ///
+    /// Every pending event is tried at once (ignoring its backoff), then the
+    /// normal retry schedule applies until --timeout. Prints one line per
+    /// destination. Exit codes: 0 every lane is empty, 3 events are still
+    /// pending, 2 configuration problems, 1 storage errors.
+    Sync {
+        /// Give up after this many seconds.
+        #[arg(long = "timeout", default_value_t = 60.0, value_name = "SECONDS")]
+        timeout_s: f64,
+        /// Configuration file (see `rppg-agent config default`).
+        #[arg(long, env = "RPPG_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Inspect the outbox, replay dead letters, purge old records.
+    Outbox {
+        #[command(subcommand)]
+        action: OutboxAction,
+        /// Configuration file (see `rppg-agent config default`).
+        #[arg(long, env = "RPPG_CONFIG", global = true)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OutboxAction {
+    /// Counts per destination: pending (due now), dead-lettered, delivered.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pending events (or dead letters with --dead), oldest first.
+    List {
+        /// Only this destination.
+        #[arg(long)]
+        dest: Option<String>,
+        /// Dead letters instead of pending events.
+        #[arg(long)]
+        dead: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One event: its envelope and its state on every destination.
+    Show {
+        /// Event id (evt_...) or outbox id.
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move dead letters back to pending (then `sync` or a running agent delivers them).
+    Replay {
+        /// Only this destination.
+        #[arg(long)]
+        dest: Option<String>,
+        /// Only events stored at or after this Unix time in milliseconds.
+        #[arg(long = "since", value_name = "UNIX_MS")]
+        since_ms: Option<u64>,
+        /// Only this event id.
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Delete delivered audit records older than outbox.retention_s (default),
+    /// or dead letters with --dead --yes.
+    Purge {
+        #[arg(long)]
+        dead: bool,
+        #[arg(long)]
+        dest: Option<String>,
+        /// Confirm deleting dead letters.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -12,6 +12,8 @@
 pub mod analyze;
 pub mod bench;
 pub mod cli;
+pub mod deliver;
+pub mod receiver;
 pub mod scan;
 pub mod sinks;
 
@@ -60,6 +62,22 @@ pub enum AppError {
     },
     #[error("{0}")]
     Output(#[from] std::io::Error),
+    #[error(transparent)]
+    Outbox(#[from] crate::outbox::OutboxError),
+    #[error("cannot create the outbox directory {path}: {source}; set outbox.path to a writable directory")]
+    OutboxDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Delivery(#[from] crate::delivery::DeliveryError),
+    #[error("delivery lane {name} stopped: {source}")]
+    Lane {
+        name: String,
+        #[source]
+        source: crate::outbox::OutboxError,
+    },
 }
 
 impl AppError {
@@ -72,8 +90,13 @@ impl AppError {
             | AppError::Vision(_)
             | AppError::Model { .. }
             | AppError::Signal(_)
-            | AppError::EventsFile { .. } => 2,
-            AppError::Sink(_) | AppError::Output(_) => 1,
+            | AppError::EventsFile { .. }
+            | AppError::OutboxDir { .. }
+            | AppError::Delivery(_) => 2,
+            AppError::Sink(_)
+            | AppError::Output(_)
+            | AppError::Outbox(_)
+            | AppError::Lane { .. } => 1,
         }
     }
 }
@@ -169,6 +192,19 @@ pub fn run(cli: Cli) -> Result<i32, AppError> {
             }
         },
         Command::Verify(a) => verify(a),
+        Command::Sync { timeout_s, config } => {
+            if !(timeout_s.is_finite() && timeout_s >= 0.0) {
+                return Err(AppError::Usage(format!(
+                    "--timeout {timeout_s} must be a number of seconds >= 0"
+                )));
+            }
+            let config = load_config(config.as_deref())?;
+            deliver::sync(&config, std::time::Duration::from_secs_f64(timeout_s))
+        }
+        Command::Outbox { action, config } => {
+            let config = load_config(config.as_deref())?;
+            deliver::outbox_command(&config, action)
+        }
         Command::Bench(a) => {
             if a.frames < 30 || a.runs == 0 {
                 return Err(AppError::Usage(
@@ -323,6 +359,9 @@ impl ProgressLine {
     }
 }
 
+/// Room a scan's events need in the outbox (about 40 events of < 1 KiB).
+const SCAN_EVENT_BYTES: u64 = 64 * 1024;
+
 fn scan_command(a: cli::ScanArgs) -> Result<i32, AppError> {
     let mut config = load_config(a.config.as_deref())?;
     let mut spec: SourceSpec = a.input.parse()?;
@@ -336,8 +375,40 @@ fn scan_command(a: cli::ScanArgs) -> Result<i32, AppError> {
         ),
         None => None,
     };
+    // With destinations, events go through the outbox and lanes run beside the scan.
+    let delivering = !config.webhook.is_empty();
+    let rt = if delivering {
+        Some(deliver::runtime()?)
+    } else {
+        None
+    };
+    let _guard = rt.as_ref().map(|r| r.enter());
+    let (outbox, delivery) = if delivering {
+        let outbox = deliver::open_outbox(&config)?;
+        if !outbox.has_room_for(SCAN_EVENT_BYTES) {
+            return Err(AppError::Outbox(crate::outbox::OutboxError::Full {
+                used: outbox.stored_bytes(),
+                max: config.outbox.max_bytes,
+                kind: "a new scan",
+            }));
+        }
+        let delivery = deliver::start(&config, outbox.clone(), false)?;
+        (Some(outbox), Some(delivery))
+    } else {
+        (None, None)
+    };
+    let mut outbox_sink = match (&outbox, &delivery) {
+        (Some(o), Some(d)) => Some(sinks::OutboxSink {
+            outbox: o.clone(),
+            lanes: d.lanes().to_vec(),
+        }),
+        _ => None,
+    };
     let mut stdout_sink = sinks::StdoutJsonl;
     let mut sinks: Vec<&mut dyn EventSink> = Vec::new();
+    if let Some(o) = outbox_sink.as_mut() {
+        sinks.push(o);
+    }
     if !a.json {
         sinks.push(&mut stdout_sink);
     }
@@ -346,6 +417,7 @@ fn scan_command(a: cli::ScanArgs) -> Result<i32, AppError> {
     }
     let mut line = ProgressLine::new();
     let quiet = a.quiet;
+    let drain = std::time::Duration::from_secs_f64(config.delivery.drain_timeout_s);
     let opts = ScanOptions {
         source: spec,
         device_id: device_id(&config),
@@ -360,6 +432,23 @@ fn scan_command(a: cli::ScanArgs) -> Result<i32, AppError> {
         }
     });
     line.clear();
+    if let (Some(rt), Some(outbox), Some(delivery)) = (rt.as_ref(), outbox, delivery) {
+        let lanes = delivery.lanes().to_vec();
+        let stats = rt.block_on(async {
+            let stats = deliver::drain(&outbox, &lanes, drain).await;
+            delivery.stop().await;
+            stats
+        })?;
+        outbox.flush()?;
+        if !quiet {
+            for l in deliver::summary(&stats, &lanes) {
+                eprintln!("delivery {l}");
+            }
+            if stats.iter().any(|(_, s)| s.pending > 0) {
+                eprintln!("undelivered events stay in the outbox: run `rppg-agent sync` when the network is back");
+            }
+        }
+    }
     let report = report?;
     if a.json {
         println!("{}", report.to_json());
@@ -425,8 +514,51 @@ fn demo(a: cli::DemoArgs) -> Result<i32, AppError> {
         a.seed,
         if a.fast { "" } else { " in real time; --fast to skip waiting" }
     )?;
-    writeln!(out, "Events as the kiosk backend would receive them:")?;
+    // The whole path on loopback: outbox in a temporary directory, a signed
+    // webhook to an in-process receiver that verifies every signature.
+    let rt = deliver::runtime()?;
+    let _guard = rt.enter();
+    let mut key = [0u8; 24];
+    getrandom::fill(&mut key)
+        .map_err(|e| AppError::Usage(format!("no OS randomness for the demo secret: {e}")))?;
+    let secret = crate::delivery::signing::Secret::new(key.to_vec());
+    let scheme = crate::delivery::signing::Scheme::Standard;
+    let receiver = rt.block_on(receiver::Receiver::start(
+        Some((scheme, vec![secret.clone()])),
+        receiver::Script::default(),
+    ))?;
+    let outbox_dir = std::env::temp_dir().join(format!(
+        "rppg-agent-demo-{}-{}",
+        std::process::id(),
+        unix_ms()
+    ));
+    config.outbox.path = outbox_dir.display().to_string();
+    config.webhook = vec![crate::delivery::webhook::WebhookDestination {
+        name: "demo-receiver".into(),
+        url: receiver.url().parse().expect("a loopback URL parses"),
+        signing: vec![(scheme, vec![secret])],
+        events: Vec::new(),
+        timeout: std::time::Duration::from_secs(5),
+        connect_timeout: std::time::Duration::from_secs(3),
+        policy: crate::delivery::policy::RetryPolicy::default(),
+        allow_insecure: true,
+        max_in_flight: 4,
+    }];
+    let outbox = deliver::open_outbox(&config)?;
+    let delivery = deliver::start(&config, outbox.clone(), false)?;
+    let lanes = delivery.lanes().to_vec();
+    writeln!(
+        out,
+        "Events go to a durable outbox ({}) and, signed (Standard Webhooks), to a receiver at {}.",
+        outbox_dir.display(),
+        receiver.url()
+    )?;
+    writeln!(out, "Events as the kiosk backend receives them:")?;
     let mut collected = sinks::Collect::default();
+    let mut outbox_sink = sinks::OutboxSink {
+        outbox: outbox.clone(),
+        lanes: lanes.clone(),
+    };
     let mut line = ProgressLine::new();
     let opts = ScanOptions {
         source: spec,
@@ -435,20 +567,69 @@ fn demo(a: cli::DemoArgs) -> Result<i32, AppError> {
         realtime: !a.fast,
     };
     let mut print_error = None;
-    let report = scan::run_scan(opts, &mut [&mut collected], &mut |p, e| match e {
-        Some(e) => {
-            line.clear();
-            if let Err(err) = print_event(&mut std::io::stdout(), e) {
-                print_error.get_or_insert(err);
+    let report = scan::run_scan(
+        opts,
+        &mut [&mut outbox_sink, &mut collected],
+        &mut |p, e| match e {
+            Some(e) => {
+                line.clear();
+                if let Err(err) = print_event(&mut std::io::stdout(), e) {
+                    print_error.get_or_insert(err);
+                }
             }
-        }
-        None => line.update(p),
-    });
+            None => line.update(p),
+        },
+    );
     line.clear();
+    let stats = rt.block_on(async {
+        let stats = deliver::drain(&outbox, &lanes, std::time::Duration::from_secs(10)).await;
+        delivery.stop().await;
+        stats
+    })?;
+    drop(outbox);
+    let _ = std::fs::remove_dir_all(&outbox_dir);
     if let Some(err) = print_error {
         return Err(err.into());
     }
     let report = report?;
+    let got = receiver.received();
+    let verified = got.iter().filter(|r| r.verified.is_ok()).count();
+    writeln!(out)?;
+    writeln!(
+        out,
+        "The receiver got {} of {} events; signatures verified: {} of {}.",
+        got.len(),
+        collected.0.len(),
+        verified,
+        got.len()
+    )?;
+    writeln!(
+        out,
+        "  {:<4} {:<24} {:<31} {:<9} latency",
+        "seq", "event", "id", "verified"
+    )?;
+    for r in &got {
+        let seq = collected
+            .0
+            .iter()
+            .find(|e| Some(&e.id) == r.webhook_id.as_ref())
+            .map_or("?".to_string(), |e| e.sequence.to_string());
+        writeln!(
+            out,
+            "  {:<4} {:<24} {:<31} {:<9} {} ms",
+            seq,
+            r.event,
+            r.webhook_id.as_deref().unwrap_or("-"),
+            match &r.verified {
+                Ok(()) => "yes".to_string(),
+                Err(e) => format!("NO ({e})"),
+            },
+            r.latency_ms
+        )?;
+    }
+    for l in deliver::summary(&stats, &lanes) {
+        writeln!(out, "  outbox lane {l}")?;
+    }
     let truth = report.source.truth;
     let r = &report.result;
     writeln!(out)?;

@@ -1,13 +1,19 @@
-//! Event sinks with I/O: JSON Lines to a file or to standard output.
+//! Event sinks with I/O: JSON Lines to a file or to standard output, and the
+//! durable outbox.
 //!
 //! Invariants: each event is written as its stamped bytes plus `\n` and
 //! flushed before `accept` returns, so a crash loses at most the event being
 //! written; files are opened for append (an existing log is never truncated).
+//! The outbox sink returns only when the event is durable, then wakes the
+//! lanes that want it.
 
+use crate::delivery::Lane;
 use crate::events::{EventSink, SinkError, StampedEvent};
+use crate::outbox::Outbox;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Appends events to a JSON Lines file.
 pub struct JsonlFile {
@@ -26,10 +32,10 @@ impl JsonlFile {
 }
 
 fn write_line(out: &mut dyn Write, event: &StampedEvent, sink: &str) -> Result<(), SinkError> {
-    let err = |source| SinkError {
+    let err = |source: std::io::Error| SinkError {
         sink: sink.to_string(),
         event_id: event.id.clone(),
-        source,
+        source: Box::new(source),
     };
     out.write_all(&event.bytes).map_err(err)?;
     out.write_all(b"\n").map_err(err)?;
@@ -49,6 +55,33 @@ pub struct StdoutJsonl;
 impl EventSink for StdoutJsonl {
     fn accept(&mut self, event: &StampedEvent) -> Result<(), SinkError> {
         write_line(&mut std::io::stdout().lock(), event, "stdout")
+    }
+}
+
+/// Makes events durable in the outbox for every lane that wants them.
+pub struct OutboxSink {
+    pub outbox: Arc<Outbox>,
+    pub lanes: Vec<Lane>,
+}
+
+impl EventSink for OutboxSink {
+    fn accept(&mut self, event: &StampedEvent) -> Result<(), SinkError> {
+        let wanted: Vec<&Lane> = self.lanes.iter().filter(|l| l.wants(event.kind)).collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<&str> = wanted.iter().map(|l| l.name.as_str()).collect();
+        self.outbox
+            .append(event, &names, super::unix_ms())
+            .map_err(|e| SinkError {
+                sink: format!("outbox {}", self.outbox.path().display()),
+                event_id: event.id.clone(),
+                source: Box::new(e),
+            })?;
+        for l in wanted {
+            l.wake.notify_one();
+        }
+        Ok(())
     }
 }
 

@@ -1,8 +1,122 @@
 //! Delivery stage: getting durable events to their destinations.
 //!
-//! Owns: how an event is signed for a receiver ([`signing`]) and what the
-//! result of an attempt means ([`policy`]). Both are pure; the workers that
-//! do network I/O build on them.
+//! Owns: how an event is signed for a receiver ([`signing`], pure), what the
+//! result of an attempt means ([`policy`], pure), the webhook lanes
+//! ([`webhook`], tokio + reqwest), and [`Delivery`], which starts one lane per
+//! destination and stops them.
+//!
+//! Delivery model: at least once. Every event keeps its `id` on every attempt
+//! and every destination, so receivers drop duplicates by id; events of one
+//! session carry `sessionId` + `sequence`, so receivers can order them.
 
 pub mod policy;
 pub mod signing;
+pub mod webhook;
+
+use crate::events::EventKind;
+use crate::outbox::{Outbox, OutboxError};
+use std::sync::{Arc, Once};
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+use webhook::{LaneClock, LaneContext, LaneStats, WebhookDestination};
+
+/// rustls needs one process-wide crypto provider: ring (pure Rust + asm, no cmake).
+pub fn install_crypto_provider() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("cannot set up the HTTP client for destination {name}: {reason}")]
+    Client { name: String, reason: String },
+}
+
+/// A running lane, as seen from outside.
+#[derive(Debug, Clone)]
+pub struct Lane {
+    pub name: String,
+    pub wake: Arc<Notify>,
+    pub stats: Arc<LaneStats>,
+    pub events: Vec<EventKind>,
+}
+
+impl Lane {
+    pub fn wants(&self, kind: EventKind) -> bool {
+        self.events.is_empty() || self.events.contains(&kind)
+    }
+}
+
+/// The delivery workers: one lane per destination.
+pub struct Delivery {
+    lanes: Vec<Lane>,
+    stop: watch::Sender<bool>,
+    tasks: tokio::task::JoinSet<(String, Result<(), OutboxError>)>,
+}
+
+impl Delivery {
+    /// Starts a lane per destination on the current tokio runtime.
+    pub fn start(
+        outbox: Arc<Outbox>,
+        webhooks: &[WebhookDestination],
+        now_unix_ms: u64,
+        probe: (Duration, Duration),
+        first_pass_all: bool,
+    ) -> Result<Self, DeliveryError> {
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut lanes = Vec::new();
+        let clock = LaneClock::new(now_unix_ms);
+        for dest in webhooks {
+            let client = webhook::client_for(dest).map_err(|e| DeliveryError::Client {
+                name: dest.name.clone(),
+                reason: e.to_string(),
+            })?;
+            let lane = Lane {
+                name: dest.name.clone(),
+                wake: Arc::new(Notify::new()),
+                stats: Arc::new(LaneStats::default()),
+                events: dest.events.clone(),
+            };
+            let ctx = LaneContext {
+                outbox: outbox.clone(),
+                wake: lane.wake.clone(),
+                stop: stop_rx.clone(),
+                stats: lane.stats.clone(),
+                clock,
+                probe,
+                first_pass_all,
+            };
+            let dest = Arc::new(dest.clone());
+            let name = dest.name.clone();
+            tasks.spawn(async move { (name, webhook::run_lane(dest, client, ctx).await) });
+            lanes.push(lane);
+        }
+        Ok(Delivery { lanes, stop, tasks })
+    }
+
+    pub fn lanes(&self) -> &[Lane] {
+        &self.lanes
+    }
+
+    /// Tells every lane that new events are waiting.
+    pub fn wake(&self) {
+        for l in &self.lanes {
+            l.wake.notify_one();
+        }
+    }
+
+    /// Stops every lane (in-flight attempts finish first) and reports lane failures.
+    pub async fn stop(mut self) -> Vec<(String, OutboxError)> {
+        let _ = self.stop.send(true);
+        let mut failures = Vec::new();
+        while let Some(joined) = self.tasks.join_next().await {
+            if let Ok((name, Err(e))) = joined {
+                failures.push((name, e));
+            }
+        }
+        failures
+    }
+}

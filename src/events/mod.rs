@@ -379,7 +379,7 @@ pub struct SinkError {
     pub sink: String,
     pub event_id: String,
     #[source]
-    pub source: std::io::Error,
+    pub source: Box<dyn std::error::Error + Send + Sync>,
 }
 
 #[cfg(test)]

@@ -700,6 +700,89 @@ impl Outbox {
         Ok(out)
     }
 
+    /// Destination names that have pending or dead events.
+    pub fn lane_names(&self) -> Result<Vec<String>, OutboxError> {
+        let mut names: Vec<String> = Vec::new();
+        for tree in [&self.pending, &self.dead] {
+            for k in tree.iter().keys() {
+                let k = k.map_err(|e| self.storage("listing lanes", e))?;
+                let name = String::from_utf8_lossy(&k[..k.len().saturating_sub(9)]).into_owned();
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+        Ok(names)
+    }
+
+    /// An event by its event id (`evt_...`) or outbox id.
+    pub fn find(&self, id: &str) -> Result<(u64, EventMeta, Vec<u8>), OutboxError> {
+        if let Ok(n) = id.parse::<u64>() {
+            let (meta, bytes) = self.event(n)?;
+            return Ok((n, meta, bytes));
+        }
+        for (n, meta) in self.events()? {
+            if meta.event_id == id {
+                let (meta, bytes) = self.event(n)?;
+                return Ok((n, meta, bytes));
+            }
+        }
+        Err(OutboxError::NotFound(id.to_string()))
+    }
+
+    /// The state of one event on one lane: pending, dead or delivered.
+    pub fn lane_state(
+        &self,
+        dest: &str,
+        id: u64,
+    ) -> Result<Option<serde_json::Value>, OutboxError> {
+        let key = lane_key(dest, id);
+        let get = |tree: &sled::Tree| {
+            tree.get(&key)
+                .map_err(|e| self.storage("reading lane state", e))
+        };
+        if let Some(v) = get(&self.pending)? {
+            let a: Attempts = decode_json(&key, &v)?;
+            return Ok(Some(
+                serde_json::json!({"status": "pending", "attempts": a}),
+            ));
+        }
+        if let Some(v) = get(&self.dead)? {
+            let d: DeadLetter = decode_json(&key, &v)?;
+            return Ok(Some(
+                serde_json::json!({"status": "dead", "dead_letter": d}),
+            ));
+        }
+        if let Some(v) = get(&self.delivered)? {
+            let d: Delivered = decode_json(&key, &v)?;
+            return Ok(Some(
+                serde_json::json!({"status": "delivered", "delivered": d}),
+            ));
+        }
+        Ok(None)
+    }
+
+    /// Deletes the dead letters of `dest` (or all); returns how many.
+    pub fn purge_dead(&self, dest: Option<&str>) -> Result<u64, OutboxError> {
+        let prefix = dest.map(lane_prefix).unwrap_or_default();
+        let keys: Vec<sled::IVec> = self
+            .dead
+            .scan_prefix(prefix)
+            .keys()
+            .filter_map(Result::ok)
+            .collect();
+        for k in &keys {
+            self.dead
+                .remove(k)
+                .map_err(|e| self.storage("purging dead letters", e))?;
+            if let Some(id) = id_of_lane_key(k) {
+                self.drop_event_if_done(id)?;
+            }
+        }
+        self.commit()?;
+        Ok(keys.len() as u64)
+    }
+
     /// Flushes everything (on shutdown).
     pub fn flush(&self) -> Result<(), OutboxError> {
         self.commit()

@@ -1,0 +1,290 @@
+//! App side of delivery: where the outbox lives, running lanes beside a
+//! scan, `sync`, and the `outbox` inspection commands.
+
+use super::{unix_ms, AppError};
+use crate::config::Config;
+use crate::delivery::{Delivery, Lane};
+use crate::outbox::{DestinationStats, Outbox, OutboxConfig};
+use serde_json::json;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The outbox directory: configured, else `$XDG_DATA_HOME/rppg-agent/outbox`,
+/// else `~/.local/share/rppg-agent/outbox`, else `./rppg-agent-outbox`.
+pub fn outbox_path(config: &Config) -> PathBuf {
+    if !config.outbox.path.is_empty() {
+        return PathBuf::from(&config.outbox.path);
+    }
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")));
+    match base {
+        Some(b) => b.join("rppg-agent").join("outbox"),
+        None => PathBuf::from("rppg-agent-outbox"),
+    }
+}
+
+/// Opens the outbox named by the config, creating its directory.
+pub fn open_outbox(config: &Config) -> Result<Arc<Outbox>, AppError> {
+    let path = outbox_path(config);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| AppError::OutboxDir {
+            path: parent.display().to_string(),
+            source,
+        })?;
+    }
+    Ok(Arc::new(Outbox::open(OutboxConfig {
+        path,
+        max_bytes: config.outbox.max_bytes,
+        cache_capacity_bytes: config.outbox.cache_capacity_bytes,
+        retention_ms: config.outbox.retention_s.saturating_mul(1000),
+    })?))
+}
+
+fn probe(config: &Config) -> (Duration, Duration) {
+    (
+        Duration::from_secs_f64(config.delivery.probe_initial_s),
+        Duration::from_secs_f64(config.delivery.probe_max_s),
+    )
+}
+
+/// Starts the lanes of every configured destination (inside a runtime).
+pub fn start(
+    config: &Config,
+    outbox: Arc<Outbox>,
+    first_pass_all: bool,
+) -> Result<Delivery, AppError> {
+    Ok(Delivery::start(
+        outbox,
+        &config.webhook,
+        unix_ms(),
+        probe(config),
+        first_pass_all,
+    )?)
+}
+
+/// Pending events per lane right now.
+pub fn pending(
+    outbox: &Outbox,
+    lanes: &[Lane],
+) -> Result<Vec<(String, DestinationStats)>, AppError> {
+    let now = unix_ms();
+    lanes
+        .iter()
+        .map(|l| Ok((l.name.clone(), outbox.stats(&l.name, now)?)))
+        .collect()
+}
+
+/// Lets the lanes work until every lane is empty or `timeout` passes;
+/// returns the final per-lane counts.
+pub async fn drain(
+    outbox: &Arc<Outbox>,
+    lanes: &[Lane],
+    timeout: Duration,
+) -> Result<Vec<(String, DestinationStats)>, AppError> {
+    let start = Instant::now();
+    loop {
+        let ob = outbox.clone();
+        let ls = lanes.to_vec();
+        let stats = tokio::task::spawn_blocking(move || pending(&ob, &ls))
+            .await
+            .expect("stats task does not panic")?;
+        if stats.iter().all(|(_, s)| s.pending == 0) || start.elapsed() >= timeout {
+            return Ok(stats);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Human summary of lanes after delivery.
+pub fn summary(stats: &[(String, DestinationStats)], lanes: &[Lane]) -> Vec<String> {
+    stats
+        .iter()
+        .map(|(name, s)| {
+            let lane = lanes.iter().find(|l| &l.name == name);
+            let last = lane
+                .and_then(|l| l.stats.last_error.lock().ok().and_then(|e| e.clone()))
+                .map(|e| format!("; last problem: {e}"))
+                .unwrap_or_default();
+            let offline = if lane.is_some_and(|l| l.stats.offline.load(Ordering::Relaxed)) {
+                " (offline)"
+            } else {
+                ""
+            };
+            format!(
+                "{name}{offline}: {} pending, {} dead-lettered, {} delivered{last}",
+                s.pending, s.dead, s.delivered
+            )
+        })
+        .collect()
+}
+
+/// `sync`: delivers everything pending, now; 0 when every lane is empty.
+pub fn sync(config: &Config, timeout: Duration) -> Result<i32, AppError> {
+    if config.webhook.is_empty() {
+        return Err(AppError::Usage(
+            "no destinations are configured: add a [[webhook]] table (see `rppg-agent config default`)".into(),
+        ));
+    }
+    let outbox = open_outbox(config)?;
+    let rt = runtime()?;
+    let stats = rt.block_on(async {
+        let delivery = start(config, outbox.clone(), true)?;
+        let lanes = delivery.lanes().to_vec();
+        let stats = drain(&outbox, &lanes, timeout).await;
+        let failures = delivery.stop().await;
+        if let Some((name, e)) = failures.into_iter().next() {
+            return Err(AppError::Lane { name, source: e });
+        }
+        Ok::<_, AppError>((stats?, lanes))
+    })?;
+    let (stats, lanes) = stats;
+    for line in summary(&stats, &lanes) {
+        println!("{line}");
+    }
+    outbox.flush()?;
+    Ok(if stats.iter().all(|(_, s)| s.pending == 0) {
+        0
+    } else {
+        3
+    })
+}
+
+/// A small multi-threaded runtime for the delivery lanes.
+pub fn runtime() -> Result<tokio::runtime::Runtime, AppError> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+/// Lane names known to the config or present in the outbox.
+fn lane_names(config: &Config, outbox: &Outbox) -> Result<Vec<String>, AppError> {
+    let mut names: Vec<String> = config.webhook.iter().map(|w| w.name.clone()).collect();
+    for n in outbox.lane_names()? {
+        if !names.contains(&n) {
+            names.push(n);
+        }
+    }
+    Ok(names)
+}
+
+/// `outbox stats|list|show|replay|purge`.
+pub fn outbox_command(config: &Config, action: super::cli::OutboxAction) -> Result<i32, AppError> {
+    use super::cli::OutboxAction::*;
+    let outbox = open_outbox(config)?;
+    let now = unix_ms();
+    match action {
+        Stats { json } => {
+            let mut lanes = Vec::new();
+            for name in lane_names(config, &outbox)? {
+                let s = outbox.stats(&name, now)?;
+                lanes.push((name, s));
+            }
+            if json {
+                let v = json!({
+                    "path": outbox.path().display().to_string(),
+                    "stored_bytes": outbox.stored_bytes(),
+                    "shed_intermediate_results": outbox.shed_count()?,
+                    "destinations": lanes.iter().map(|(n, s)| json!({"name": n, "pending": s.pending, "due_now": s.due_now, "dead": s.dead, "delivered": s.delivered})).collect::<Vec<_>>(),
+                });
+                println!("{v}");
+            } else {
+                println!(
+                    "outbox {}: {} bytes stored, {} intermediate results shed",
+                    outbox.path().display(),
+                    outbox.stored_bytes(),
+                    outbox.shed_count()?
+                );
+                if lanes.is_empty() {
+                    println!("no destinations configured and nothing stored");
+                }
+                for (n, s) in lanes {
+                    println!(
+                        "  {n}: {} pending ({} due now), {} dead-lettered, {} delivered (audit)",
+                        s.pending, s.due_now, s.dead, s.delivered
+                    );
+                }
+            }
+        }
+        List { dest, dead, json } => {
+            let mut rows = Vec::new();
+            if dead {
+                for (lane, id, meta, d) in outbox.dead_letters(dest.as_deref())? {
+                    rows.push(json!({"destination": lane, "outbox_id": id, "id": meta.event_id, "event": meta.kind, "sessionId": meta.session_id, "sequence": meta.sequence, "reason": d.reason, "attempts": d.history.len(), "dead_at_ms": d.dead_at_ms}));
+                }
+            } else {
+                for lane in lane_names(config, &outbox)? {
+                    if dest.as_ref().is_some_and(|d| d != &lane) {
+                        continue;
+                    }
+                    for p in outbox.due(&lane, u64::MAX, usize::MAX)? {
+                        rows.push(json!({"destination": lane, "outbox_id": p.outbox_id, "id": p.meta.event_id, "event": p.meta.kind, "sessionId": p.meta.session_id, "sequence": p.meta.sequence, "attempts": p.state.attempts, "next_attempt_ms": p.state.next_attempt_ms, "last_result": p.state.history.last().map(|h| h.result.clone())}));
+                    }
+                }
+            }
+            if json {
+                println!("{}", serde_json::Value::Array(rows));
+            } else if rows.is_empty() {
+                println!("nothing {}", if dead { "dead-lettered" } else { "pending" });
+            } else {
+                for r in rows {
+                    println!(
+                        "{:<12} {:<32} {:<24} seq {:<4} {}",
+                        r["destination"].as_str().unwrap_or(""),
+                        r["id"].as_str().unwrap_or(""),
+                        r["event"].as_str().unwrap_or(""),
+                        r["sequence"],
+                        if dead {
+                            format!("dead: {}", r["reason"].as_str().unwrap_or(""))
+                        } else {
+                            format!("attempts {}", r["attempts"])
+                        }
+                    );
+                }
+            }
+        }
+        Show { id, json } => {
+            let (outbox_id, meta, bytes) = outbox.find(&id)?;
+            let mut lanes = Vec::new();
+            for lane in lane_names(config, &outbox)? {
+                if let Some(state) = outbox.lane_state(&lane, outbox_id)? {
+                    lanes.push(json!({"destination": lane, "state": state}));
+                }
+            }
+            let envelope: serde_json::Value =
+                serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+            let v = json!({"outbox_id": outbox_id, "meta": meta, "envelope": envelope, "destinations": lanes});
+            if json {
+                println!("{v}");
+            } else {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            }
+        }
+        Replay { dest, since_ms, id } => {
+            let n = outbox.replay(dest.as_deref(), id.as_deref(), since_ms)?;
+            println!(
+                "{n} dead letter(s) moved back to pending; run `rppg-agent sync` to deliver them"
+            );
+        }
+        Purge { dead, dest, yes } => {
+            if dead {
+                if !yes {
+                    return Err(AppError::Usage(
+                        "purging dead letters deletes events for good; add --yes to confirm".into(),
+                    ));
+                }
+                let n = outbox.purge_dead(dest.as_deref())?;
+                println!("{n} dead letter(s) deleted");
+            } else {
+                let n = outbox.purge_delivered(now)?;
+                println!("{n} delivered audit record(s) older than outbox.retention_s deleted");
+            }
+        }
+    }
+    outbox.flush()?;
+    Ok(0)
+}

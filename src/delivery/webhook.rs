@@ -1,0 +1,387 @@
+//! Webhook delivery: one lane (tokio task) per destination.
+//!
+//! Owns: the HTTP attempt (reqwest with rustls), mapping transport errors to
+//! [`AttemptResult`]s, and the lane loop that drives the outbox through the
+//! pure [`policy`](super::policy).
+//!
+//! Lane loop: take up to `max_in_flight` due events of this destination from
+//! the outbox (emission order), send them concurrently, then record each
+//! outcome — `ack` on 2xx only, `reschedule` with the next wait, or
+//! `dead_letter` with the reason and attempt history. One failing event
+//! never blocks the others: it waits for its own retry time while later
+//! events go ahead (receivers order by `sessionId` + `sequence`). If the
+//! receiver is unreachable the lane pauses and probes with the oldest event
+//! on a capped backoff, spending no attempts, and resumes when it answers.
+//!
+//! Invariants: the `webhook-id` is the event id on every attempt; the
+//! signature covers the stored bytes exactly; an event leaves `pending` only
+//! through `ack` or `dead_letter`; secrets never reach a log or error.
+
+use super::policy::{classify, next_delay, probe_delay, AttemptResult, Outcome, RetryPolicy};
+use super::signing::{sign, Scheme, Secret};
+use crate::events::EventKind;
+use crate::outbox::{AttemptRecord, Outbox, OutboxError, PendingEvent};
+use std::error::Error as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+
+/// A validated webhook destination.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookDestination {
+    pub name: String,
+    pub url: reqwest::Url,
+    /// Every scheme with the keys it signs with (several keys: rotation).
+    pub signing: Vec<(Scheme, Vec<Secret>)>,
+    /// Event kinds to send; empty = all.
+    pub events: Vec<EventKind>,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub policy: RetryPolicy,
+    pub allow_insecure: bool,
+    pub max_in_flight: usize,
+}
+
+impl WebhookDestination {
+    pub fn wants(&self, kind: EventKind) -> bool {
+        self.events.is_empty() || self.events.contains(&kind)
+    }
+
+    /// Every header of one attempt: content type, agent, and the signatures.
+    pub fn headers(
+        &self,
+        event_id: &str,
+        timestamp_s: u64,
+        body: &[u8],
+    ) -> Vec<(&'static str, String)> {
+        let mut h = vec![
+            ("content-type", "application/json".to_string()),
+            (
+                "user-agent",
+                format!("rppg-agent/{}", env!("CARGO_PKG_VERSION")),
+            ),
+        ];
+        for (scheme, keys) in &self.signing {
+            h.extend(sign(*scheme, keys, event_id, timestamp_s, body));
+        }
+        h
+    }
+}
+
+/// Live counters of a lane (for `sync`, `outbox stats` and metrics).
+#[derive(Debug, Default)]
+pub struct LaneStats {
+    pub delivered: AtomicU64,
+    pub retried: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub offline: AtomicBool,
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl LaneStats {
+    fn note_error(&self, e: String) {
+        *self.last_error.lock().expect("stats lock") = Some(e);
+    }
+}
+
+/// Wall-clock milliseconds that advance with tokio's clock (so tests with
+/// paused time are deterministic) and never go backwards.
+#[derive(Debug, Clone, Copy)]
+pub struct LaneClock {
+    base_unix_ms: u64,
+    base: tokio::time::Instant,
+}
+
+impl LaneClock {
+    pub fn new(now_unix_ms: u64) -> Self {
+        LaneClock {
+            base_unix_ms: now_unix_ms,
+            base: tokio::time::Instant::now(),
+        }
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.base_unix_ms + self.base.elapsed().as_millis() as u64
+    }
+}
+
+/// A uniform random number in `0..1` for jitter.
+fn unit_random() -> f64 {
+    let mut b = [0u8; 8];
+    let _ = getrandom::fill(&mut b);
+    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The error chain as one line (reqwest hides the useful part in sources).
+fn chain(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let t = s.to_string();
+        if !text.contains(&t) {
+            text = format!("{text}: {t}");
+        }
+        src = s.source();
+    }
+    text
+}
+
+/// Maps a transport error: unreachable (offline) vs reached-but-failed.
+fn classify_error(e: &reqwest::Error) -> AttemptResult {
+    let text = chain(e);
+    if e.is_connect() {
+        if e.is_timeout() {
+            return AttemptResult::Unreachable(format!("connect timed out: {text}"));
+        }
+        let mut src = e.source();
+        while let Some(s) = src {
+            if let Some(io) = s.downcast_ref::<std::io::Error>() {
+                use std::io::ErrorKind::*;
+                if matches!(
+                    io.kind(),
+                    ConnectionRefused
+                        | AddrNotAvailable
+                        | HostUnreachable
+                        | NetworkUnreachable
+                        | NotFound
+                ) {
+                    return AttemptResult::Unreachable(text);
+                }
+            }
+            let t = s.to_string();
+            if t.contains("dns error") || t.contains("failed to lookup address") {
+                return AttemptResult::Unreachable(text);
+            }
+            src = s.source();
+        }
+        return AttemptResult::Failed(text);
+    }
+    if e.is_timeout() {
+        return AttemptResult::Timeout;
+    }
+    AttemptResult::Failed(text)
+}
+
+/// Builds the HTTP client for one destination.
+pub fn client_for(dest: &WebhookDestination) -> Result<reqwest::Client, reqwest::Error> {
+    super::install_crypto_provider();
+    reqwest::Client::builder()
+        .connect_timeout(dest.connect_timeout)
+        .timeout(dest.timeout)
+        .https_only(!dest.allow_insecure)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+}
+
+/// One delivery attempt of `event`, signed at `now_s`.
+pub async fn attempt(
+    client: &reqwest::Client,
+    dest: &WebhookDestination,
+    event: &PendingEvent,
+    now_s: u64,
+) -> AttemptResult {
+    let mut req = client.post(dest.url.clone()).body(event.bytes.clone());
+    for (k, v) in dest.headers(&event.meta.event_id, now_s, &event.bytes) {
+        req = req.header(k, v);
+    }
+    match req.send().await {
+        Ok(resp) => AttemptResult::Status {
+            status: resp.status().as_u16(),
+            retry_after: resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+        },
+        Err(e) => classify_error(&e),
+    }
+}
+
+fn describe(result: &AttemptResult) -> String {
+    match result {
+        AttemptResult::Status { status, .. } => format!("HTTP {status}"),
+        AttemptResult::Timeout => "timed out".into(),
+        AttemptResult::Unreachable(e) => format!("unreachable: {e}"),
+        AttemptResult::Failed(e) => format!("failed: {e}"),
+    }
+}
+
+/// Runs blocking outbox work off the async threads.
+async fn blocking<T: Send + 'static>(
+    outbox: &Arc<Outbox>,
+    f: impl FnOnce(&Outbox) -> Result<T, OutboxError> + Send + 'static,
+) -> Result<T, OutboxError> {
+    let ob = outbox.clone();
+    tokio::task::spawn_blocking(move || f(&ob))
+        .await
+        .expect("outbox task does not panic")
+}
+
+/// Everything a lane needs from outside.
+#[derive(Clone)]
+pub struct LaneContext {
+    pub outbox: Arc<Outbox>,
+    pub wake: Arc<Notify>,
+    pub stop: watch::Receiver<bool>,
+    pub stats: Arc<LaneStats>,
+    pub clock: LaneClock,
+    pub probe: (Duration, Duration),
+    /// Treat every pending event as due on the first pass (`sync`).
+    pub first_pass_all: bool,
+}
+
+/// Records one outcome; returns the offline reason if the destination was unreachable.
+async fn settle(
+    ctx: &LaneContext,
+    dest: &Arc<WebhookDestination>,
+    event: PendingEvent,
+    result: AttemptResult,
+) -> Result<Option<String>, OutboxError> {
+    let now = ctx.clock.now_ms();
+    let outcome = classify(&result, &dest.policy, now / 1000);
+    let mut state = event.state.clone();
+    let name = dest.name.clone();
+    let id = event.outbox_id;
+    match outcome {
+        Outcome::Offline { reason } => return Ok(Some(reason)),
+        Outcome::Delivered => {
+            let attempts = state.attempts + 1;
+            let status = describe(&result);
+            blocking(&ctx.outbox, move |o| {
+                o.ack(&name, id, now, &status, attempts)
+            })
+            .await?;
+            ctx.stats.delivered.fetch_add(1, Ordering::Relaxed);
+        }
+        Outcome::Retry { after, reason } => {
+            state.attempts += 1;
+            state.history.push(AttemptRecord {
+                at_ms: now,
+                result: describe(&result),
+            });
+            let age = Duration::from_millis(now.saturating_sub(event.meta.created_ms));
+            match next_delay(&dest.policy, state.attempts, age, after, unit_random()) {
+                Some(wait) => {
+                    state.next_attempt_ms = now + wait.as_millis() as u64;
+                    blocking(&ctx.outbox, move |o| o.reschedule(&name, id, &state)).await?;
+                    ctx.stats.retried.fetch_add(1, Ordering::Relaxed);
+                }
+                None => {
+                    let why = format!("gave up after {} attempts; last: {reason}", state.attempts);
+                    blocking(&ctx.outbox, move |o| {
+                        o.dead_letter(&name, id, &why, &state, now)
+                    })
+                    .await?;
+                    ctx.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            ctx.stats.note_error(describe(&result));
+        }
+        Outcome::DeadLetter { reason } => {
+            state.attempts += 1;
+            state.history.push(AttemptRecord {
+                at_ms: now,
+                result: describe(&result),
+            });
+            blocking(&ctx.outbox, move |o| {
+                o.dead_letter(&name, id, &reason, &state, now)
+            })
+            .await?;
+            ctx.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            ctx.stats.note_error(describe(&result));
+        }
+    }
+    Ok(None)
+}
+
+/// Waits `d`, or less if told to stop; returns false when stopping.
+async fn pause(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => !*stop.borrow(),
+        _ = stop.changed() => false,
+    }
+}
+
+/// The lane of one destination; runs until `ctx.stop` turns true.
+pub async fn run_lane(
+    dest: Arc<WebhookDestination>,
+    client: reqwest::Client,
+    mut ctx: LaneContext,
+) -> Result<(), OutboxError> {
+    let mut all_due = ctx.first_pass_all;
+    loop {
+        if *ctx.stop.borrow() {
+            return Ok(());
+        }
+        let now = ctx.clock.now_ms();
+        let horizon = if all_due { u64::MAX } else { now };
+        all_due = false;
+        let (name, limit) = (dest.name.clone(), dest.max_in_flight);
+        let due = blocking(&ctx.outbox, move |o| o.due(&name, horizon, limit)).await?;
+        if due.is_empty() {
+            let name = dest.name.clone();
+            let next = blocking(&ctx.outbox, move |o| o.next_due_ms(&name)).await?;
+            let wait = next.map_or(60_000, |n| n.saturating_sub(now).min(60_000));
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(wait.max(1))) => {}
+                _ = ctx.wake.notified() => {}
+                _ = ctx.stop.changed() => {}
+            }
+            continue;
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for event in due {
+            let (client, dest) = (client.clone(), dest.clone());
+            let now_s = now / 1000;
+            tasks.spawn(async move {
+                let r = attempt(&client, &dest, &event, now_s).await;
+                (event, r)
+            });
+        }
+        let mut offline: Option<(String, PendingEvent)> = None;
+        while let Some(joined) = tasks.join_next().await {
+            let (event, result) = joined.expect("attempt tasks do not panic");
+            let probe_event = event.clone();
+            if let Some(reason) = settle(&ctx, &dest, event, result).await? {
+                offline.get_or_insert((reason, probe_event));
+            }
+        }
+        let Some((reason, mut probe)) = offline else {
+            continue;
+        };
+        // Offline: pause the lane and probe with the oldest event until it answers.
+        ctx.stats.offline.store(true, Ordering::Relaxed);
+        ctx.stats.note_error(format!("offline: {reason}"));
+        let mut n = 0;
+        loop {
+            let wait = probe_delay(
+                &RetryPolicy {
+                    probe_initial: ctx.probe.0,
+                    probe_max: ctx.probe.1,
+                    ..dest.policy.clone()
+                },
+                n,
+                unit_random(),
+            );
+            if !pause(&mut ctx.stop, wait).await {
+                return Ok(());
+            }
+            let name = dest.name.clone();
+            if let Some(oldest) = blocking(&ctx.outbox, move |o| o.due(&name, u64::MAX, 1))
+                .await?
+                .pop()
+            {
+                probe = oldest;
+            }
+            let result = attempt(&client, &dest, &probe, ctx.clock.now_ms() / 1000).await;
+            if matches!(result, AttemptResult::Unreachable(_)) {
+                n += 1;
+                continue;
+            }
+            settle(&ctx, &dest, probe, result).await?;
+            break;
+        }
+        ctx.stats.offline.store(false, Ordering::Relaxed);
+    }
+}
