@@ -66,8 +66,8 @@ pub struct DeliverySection {
     pub probe_max_s: f64,
 }
 
-fn default_schemes() -> Vec<Scheme> {
-    vec![Scheme::Standard]
+fn default_schemes() -> Vec<String> {
+    vec!["standard".into()]
 }
 fn default_timeout_s() -> f64 {
     5.0
@@ -95,8 +95,9 @@ struct WebhookEntry {
     secrets: Vec<String>,
     #[serde(default)]
     secret_env: Vec<String>,
+    /// Parsed by hand so an unknown scheme is one problem among others.
     #[serde(default = "default_schemes")]
-    schemes: Vec<Scheme>,
+    schemes: Vec<String>,
     #[serde(default)]
     events: Vec<String>,
     #[serde(default = "default_timeout_s")]
@@ -467,8 +468,19 @@ fn webhook_destinations(
                 "set secret_env = [\"VAR\"] (preferred) or secrets = [\"...\"]",
             );
         }
+        let mut schemes = Vec::new();
+        for name in &entry.schemes {
+            match <Scheme as clap::ValueEnum>::from_str(name, false) {
+                Ok(s) => schemes.push(s),
+                Err(_) => problem(
+                    "schemes",
+                    format!("{name:?} is not a signature scheme"),
+                    "use standard, wms, rppg or api-key",
+                ),
+            }
+        }
         let mut signing: Vec<(Scheme, Vec<Secret>)> = Vec::new();
-        for scheme in &entry.schemes {
+        for scheme in &schemes {
             let mut keys = Vec::new();
             for (n, t) in texts.iter().enumerate() {
                 match parse_secret(*scheme, t) {

@@ -163,7 +163,16 @@ impl Receiver {
         verifier: Option<(Scheme, Vec<Secret>)>,
         script: Script,
     ) -> std::io::Result<Receiver> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_at("127.0.0.1:0".parse().expect("loopback"), verifier, script).await
+    }
+
+    /// Like [`Receiver::start`] on a given address (a receiver coming back on its old port).
+    pub async fn start_at(
+        bind: SocketAddr,
+        verifier: Option<(Scheme, Vec<Secret>)>,
+        script: Script,
+    ) -> std::io::Result<Receiver> {
+        let listener = tokio::net::TcpListener::bind(bind).await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(State {
             verifier,

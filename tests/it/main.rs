@@ -2,5 +2,6 @@
 
 mod accuracy;
 mod cli;
+mod delivery;
 mod lifecycle;
 mod util;
