@@ -11,6 +11,7 @@
 //! never panics. Loading is pure: the file text and the environment are
 //! passed in.
 
+use crate::delivery::mqtt::{MqttDestination, MqttTls};
 use crate::delivery::policy::RetryPolicy;
 use crate::delivery::signing::{parse_secret, Scheme, Secret};
 use crate::delivery::webhook::WebhookDestination;
@@ -38,6 +39,9 @@ pub struct Config {
     /// Parsed and validated separately, one destination at a time.
     #[serde(skip)]
     pub webhook: Vec<WebhookDestination>,
+    /// Parsed and validated separately, one broker at a time.
+    #[serde(skip)]
+    pub mqtt: Vec<MqttDestination>,
     pub scan: ScanConfig,
     pub vision: VisionSection,
     pub signal: SignalSection,
@@ -115,6 +119,63 @@ struct WebhookEntry {
     #[serde(default)]
     allow_insecure: bool,
     #[serde(default = "default_in_flight")]
+    max_in_flight: usize,
+}
+
+fn default_topic() -> String {
+    "rppg/{deviceId}/events/{event}".into()
+}
+fn default_keep_alive_s() -> f64 {
+    30.0
+}
+fn default_ack_timeout_s() -> f64 {
+    10.0
+}
+fn default_mqtt_in_flight() -> usize {
+    32
+}
+
+/// One `[[mqtt]]` table as written.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MqttEntry {
+    name: String,
+    host: String,
+    #[serde(default)]
+    port: Option<u16>,
+    #[serde(default)]
+    ca_file: String,
+    #[serde(default)]
+    client_cert_file: String,
+    #[serde(default)]
+    client_key_file: String,
+    #[serde(default)]
+    allow_insecure: bool,
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password_env: String,
+    #[serde(default)]
+    client_id: String,
+    #[serde(default = "default_topic")]
+    topic: String,
+    #[serde(default)]
+    secrets: Vec<String>,
+    #[serde(default)]
+    secret_env: Vec<String>,
+    #[serde(default)]
+    events: Vec<String>,
+    #[serde(default = "default_schedule_s")]
+    retry_schedule_s: Vec<f64>,
+    #[serde(default = "default_jitter")]
+    jitter: f64,
+    #[serde(default)]
+    max_age_s: f64,
+    #[serde(default = "default_keep_alive_s")]
+    keep_alive_s: f64,
+    #[serde(default = "default_ack_timeout_s")]
+    ack_timeout_s: f64,
+    #[serde(default = "default_mqtt_in_flight")]
     max_in_flight: usize,
 }
 
@@ -575,6 +636,241 @@ fn webhook_destinations(
     out
 }
 
+/// Secrets named inline and through environment variables.
+fn resolve_secrets(
+    inline: &[String],
+    vars: &[String],
+    env: &[(String, String)],
+    mut problem: impl FnMut(&str, String, &str),
+) -> Vec<String> {
+    let mut texts: Vec<String> = inline.to_vec();
+    for var in vars {
+        match env.iter().find(|(k, _)| k == var) {
+            Some((_, v)) if !v.is_empty() => texts.push(v.clone()),
+            _ => problem(
+                "secret_env",
+                format!("environment variable {var} is not set or empty"),
+                "export it before starting the agent (e.g. in the systemd unit's EnvironmentFile)",
+            ),
+        }
+    }
+    texts
+}
+
+/// Parses and validates each `[[mqtt]]` entry, collecting every problem.
+fn mqtt_destinations(
+    entries: Vec<Value>,
+    env: &[(String, String)],
+    webhooks: &[WebhookDestination],
+    problems: &mut Vec<Problem>,
+) -> Vec<MqttDestination> {
+    let mut out: Vec<MqttDestination> = Vec::new();
+    for (i, raw) in entries.into_iter().enumerate() {
+        let at = |key: &str| format!("mqtt[{i}].{key}");
+        let entry: MqttEntry = match serde_path_to_error::deserialize(raw) {
+            Ok(e) => e,
+            Err(e) => {
+                let key = e.path().to_string();
+                problems.push(Problem {
+                    key: at(if key == "." { "(table)" } else { &key }),
+                    origin: "configuration".into(),
+                    problem: e.inner().to_string(),
+                    fix: "see the [[mqtt]] keys in `rppg-agent config default`".into(),
+                });
+                continue;
+            }
+        };
+        let before = problems.len();
+        let mut problem = |key: &str, text: String, fix: &str| {
+            problems.push(Problem {
+                key: at(key),
+                origin: "configuration".into(),
+                problem: text,
+                fix: fix.into(),
+            })
+        };
+        let name_ok = !entry.name.is_empty()
+            && entry.name.len() <= 64
+            && entry
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !name_ok {
+            problem(
+                "name",
+                format!("{:?} is not a lane name", entry.name),
+                "use letters, digits, - and _ (at most 64)",
+            );
+        }
+        if out.iter().any(|d| d.name == entry.name) || webhooks.iter().any(|w| w.name == entry.name)
+        {
+            problem(
+                "name",
+                format!("{:?} is used by another destination", entry.name),
+                "give every destination its own name",
+            );
+        }
+        if entry.host.is_empty() {
+            problem(
+                "host",
+                "is empty".into(),
+                "set the broker's host name or address",
+            );
+        }
+        let tls = if entry.allow_insecure {
+            None
+        } else if entry.ca_file.is_empty() {
+            problem(
+                "ca_file",
+                "TLS needs the CA certificate of the broker".into(),
+                "set ca_file to a PEM file, or allow_insecure = true for a broker on loopback or a trusted LAN",
+            );
+            None
+        } else {
+            let client_auth = match (
+                entry.client_cert_file.is_empty(),
+                entry.client_key_file.is_empty(),
+            ) {
+                (true, true) => None,
+                (false, false) => Some((
+                    entry.client_cert_file.clone().into(),
+                    entry.client_key_file.clone().into(),
+                )),
+                _ => {
+                    problem(
+                        "client_cert_file",
+                        "mutual TLS needs both client_cert_file and client_key_file".into(),
+                        "set both, or neither",
+                    );
+                    None
+                }
+            };
+            Some(MqttTls {
+                ca_file: entry.ca_file.clone().into(),
+                client_auth,
+            })
+        };
+        let password = if entry.password_env.is_empty() {
+            None
+        } else {
+            match env.iter().find(|(k, _)| *k == entry.password_env) {
+                Some((_, v)) => Some(Secret::new(v.as_bytes().to_vec())),
+                None => {
+                    problem(
+                        "password_env",
+                        format!("environment variable {} is not set", entry.password_env),
+                        "export it before starting the agent",
+                    );
+                    None
+                }
+            }
+        };
+        let texts = resolve_secrets(&entry.secrets, &entry.secret_env, env, &mut problem);
+        if texts.is_empty() && entry.secret_env.is_empty() {
+            problem(
+                "secrets",
+                "no signing secret".into(),
+                "set secret_env = [\"VAR\"] (preferred) or secrets = [\"whsec_...\"]",
+            );
+        }
+        let mut keys = Vec::new();
+        for (n, t) in texts.iter().enumerate() {
+            match parse_secret(Scheme::Standard, t) {
+                Ok(k) => keys.push(k),
+                Err(e) => problem(
+                    "secrets",
+                    format!("secret #{}: {e}", n + 1),
+                    "use a whsec_<base64> secret",
+                ),
+            }
+        }
+        let mut events = Vec::new();
+        for name in &entry.events {
+            match EventKind::ALL.iter().find(|k| k.name() == name) {
+                Some(k) => events.push(*k),
+                None => problem(
+                    "events",
+                    format!("{name:?} is not an event name"),
+                    "use names like SCAN_COMPLETED; empty = all events",
+                ),
+            }
+        }
+        if !entry.topic.contains("{event}") {
+            problem(
+                "topic",
+                format!("{:?} has no {{event}}", entry.topic),
+                "keep {event} in the topic, e.g. rppg/{deviceId}/events/{event}",
+            );
+        }
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        if !positive(entry.keep_alive_s) || !positive(entry.ack_timeout_s) {
+            problem(
+                "ack_timeout_s",
+                "keep_alive_s and ack_timeout_s must be greater than 0".into(),
+                "use 30 and 10",
+            );
+        }
+        if entry.retry_schedule_s.is_empty()
+            || entry
+                .retry_schedule_s
+                .iter()
+                .any(|v| !v.is_finite() || *v < 0.0)
+        {
+            problem(
+                "retry_schedule_s",
+                "must be a non-empty list of waits >= 0".into(),
+                "e.g. [0, 5, 30, 300, 1800, 7200]",
+            );
+        }
+        if !(0.0..=0.5).contains(&entry.jitter) {
+            problem(
+                "jitter",
+                format!("{} is outside 0..0.5", entry.jitter),
+                "use 0.2",
+            );
+        }
+        if !(1..=1024).contains(&entry.max_in_flight) {
+            problem(
+                "max_in_flight",
+                format!("{} is outside 1..1024", entry.max_in_flight),
+                "use 32",
+            );
+        }
+        if problems.len() > before {
+            continue;
+        }
+        let port = entry
+            .port
+            .unwrap_or(if tls.is_some() { 8883 } else { 1883 });
+        out.push(MqttDestination {
+            name: entry.name,
+            host: entry.host,
+            port,
+            tls,
+            username: (!entry.username.is_empty()).then_some(entry.username),
+            password,
+            client_id: entry.client_id,
+            topic: entry.topic,
+            keys,
+            events,
+            policy: RetryPolicy {
+                schedule: entry
+                    .retry_schedule_s
+                    .iter()
+                    .map(|s| Duration::from_secs_f64(*s))
+                    .collect(),
+                jitter: entry.jitter,
+                max_age: (entry.max_age_s > 0.0).then(|| Duration::from_secs_f64(entry.max_age_s)),
+                ..RetryPolicy::default()
+            },
+            keep_alive: Duration::from_secs_f64(entry.keep_alive_s),
+            ack_timeout: Duration::from_secs_f64(entry.ack_timeout_s),
+            max_in_flight: entry.max_in_flight,
+        });
+    }
+    out
+}
+
 impl Config {
     /// The built-in defaults.
     pub fn default_config() -> Config {
@@ -655,6 +951,11 @@ impl Config {
             _ => Vec::new(),
         };
         let webhooks = webhook_destinations(webhook_entries, &env, &mut problems);
+        let mqtt_entries = match merged.remove("mqtt") {
+            Some(Value::Array(entries)) => entries,
+            _ => Vec::new(),
+        };
+        let mqtt = mqtt_destinations(mqtt_entries, &env, &webhooks, &mut problems);
         let config: Config = match serde_path_to_error::deserialize(Value::Table(merged)) {
             Ok(c) => c,
             Err(e) => {
@@ -669,6 +970,7 @@ impl Config {
         };
         let mut config = config;
         config.webhook = webhooks;
+        config.mqtt = mqtt;
         problems.extend(config.validate());
         if problems.is_empty() {
             Ok(config)
@@ -850,6 +1152,20 @@ impl Config {
             "use 0.7",
         );
         out
+    }
+
+    /// Whether any delivery destination (webhook or MQTT) is configured.
+    pub fn has_destinations(&self) -> bool {
+        !self.webhook.is_empty() || !self.mqtt.is_empty()
+    }
+
+    /// Names of every configured destination.
+    pub fn destination_names(&self) -> Vec<String> {
+        self.webhook
+            .iter()
+            .map(|w| w.name.clone())
+            .chain(self.mqtt.iter().map(|m| m.name.clone()))
+            .collect()
     }
 
     pub fn signal(&self) -> SignalConfig {

@@ -3,7 +3,7 @@
 
 use super::{unix_ms, AppError};
 use crate::config::Config;
-use crate::delivery::{Delivery, Lane};
+use crate::delivery::{Delivery, Lane, Setup};
 use crate::outbox::{DestinationStats, Outbox, OutboxConfig};
 use serde_json::json;
 use std::path::PathBuf;
@@ -59,10 +59,14 @@ pub fn start(
 ) -> Result<Delivery, AppError> {
     Ok(Delivery::start(
         outbox,
-        &config.webhook,
+        Setup {
+            webhooks: &config.webhook,
+            mqtt: &config.mqtt,
+            device_id: super::device_id(config),
+            probe: probe(config),
+            first_pass_all,
+        },
         unix_ms(),
-        probe(config),
-        first_pass_all,
     )?)
 }
 
@@ -124,9 +128,9 @@ pub fn summary(stats: &[(String, DestinationStats)], lanes: &[Lane]) -> Vec<Stri
 
 /// `sync`: delivers everything pending, now; 0 when every lane is empty.
 pub fn sync(config: &Config, timeout: Duration) -> Result<i32, AppError> {
-    if config.webhook.is_empty() {
+    if !config.has_destinations() {
         return Err(AppError::Usage(
-            "no destinations are configured: add a [[webhook]] table (see `rppg-agent config default`)".into(),
+            "no destinations are configured: add a [[webhook]] or [[mqtt]] table (see `rppg-agent config default`)".into(),
         ));
     }
     let outbox = open_outbox(config)?;
@@ -163,7 +167,7 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, AppError> {
 
 /// Lane names known to the config or present in the outbox.
 fn lane_names(config: &Config, outbox: &Outbox) -> Result<Vec<String>, AppError> {
-    let mut names: Vec<String> = config.webhook.iter().map(|w| w.name.clone()).collect();
+    let mut names = config.destination_names();
     for n in outbox.lane_names()? {
         if !names.contains(&n) {
             names.push(n);

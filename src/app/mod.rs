@@ -141,7 +141,7 @@ pub fn load_config(path: Option<&Path>) -> Result<Config, AppError> {
 }
 
 /// The device id: configured, else the host name.
-fn device_id(config: &Config) -> String {
+pub fn device_id(config: &Config) -> String {
     if !config.device.id.is_empty() {
         return config.device.id.clone();
     }
@@ -376,7 +376,7 @@ fn scan_command(a: cli::ScanArgs) -> Result<i32, AppError> {
         None => None,
     };
     // With destinations, events go through the outbox and lanes run beside the scan.
-    let delivering = !config.webhook.is_empty();
+    let delivering = config.has_destinations();
     let rt = if delivering {
         Some(deliver::runtime()?)
     } else {

@@ -2,23 +2,38 @@
 //!
 //! Owns: how an event is signed for a receiver ([`signing`], pure), what the
 //! result of an attempt means ([`policy`], pure), the webhook lanes
-//! ([`webhook`], tokio + reqwest), and [`Delivery`], which starts one lane per
-//! destination and stops them.
+//! ([`webhook`], tokio + reqwest), the MQTT lanes ([`mqtt`], rumqttc), and
+//! [`Delivery`], which starts one lane per destination and stops them.
 //!
 //! Delivery model: at least once. Every event keeps its `id` on every attempt
 //! and every destination, so receivers drop duplicates by id; events of one
 //! session carry `sessionId` + `sequence`, so receivers can order them.
 
+pub mod mqtt;
 pub mod policy;
 pub mod signing;
 pub mod webhook;
 
 use crate::events::EventKind;
 use crate::outbox::{Outbox, OutboxError};
+use mqtt::{MqttDestination, MqttLaneContext};
 use std::sync::{Arc, Once};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use webhook::{LaneClock, LaneContext, LaneStats, WebhookDestination};
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct Setup<'a> {
+    pub webhooks: &'a [WebhookDestination],
+    pub mqtt: &'a [MqttDestination],
+    /// For MQTT topics, client ids and presence.
+    pub device_id: String,
+    /// Offline probing: first wait and cap.
+    pub probe: (Duration, Duration),
+    /// Treat every pending event as due on the first pass (`sync`).
+    pub first_pass_all: bool,
+}
 
 /// rustls needs one process-wide crypto provider: ring (pure Rust + asm, no cmake).
 pub fn install_crypto_provider() {
@@ -60,38 +75,54 @@ impl Delivery {
     /// Starts a lane per destination on the current tokio runtime.
     pub fn start(
         outbox: Arc<Outbox>,
-        webhooks: &[WebhookDestination],
+        setup: Setup<'_>,
         now_unix_ms: u64,
-        probe: (Duration, Duration),
-        first_pass_all: bool,
     ) -> Result<Self, DeliveryError> {
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
         let mut lanes = Vec::new();
         let clock = LaneClock::new(now_unix_ms);
-        for dest in webhooks {
+        let new_lane = |name: &str, events: &[EventKind]| Lane {
+            name: name.to_string(),
+            wake: Arc::new(Notify::new()),
+            stats: Arc::new(LaneStats::default()),
+            events: events.to_vec(),
+        };
+        for dest in setup.webhooks {
             let client = webhook::client_for(dest).map_err(|e| DeliveryError::Client {
                 name: dest.name.clone(),
                 reason: e.to_string(),
             })?;
-            let lane = Lane {
-                name: dest.name.clone(),
-                wake: Arc::new(Notify::new()),
-                stats: Arc::new(LaneStats::default()),
-                events: dest.events.clone(),
-            };
+            let lane = new_lane(&dest.name, &dest.events);
             let ctx = LaneContext {
                 outbox: outbox.clone(),
                 wake: lane.wake.clone(),
                 stop: stop_rx.clone(),
                 stats: lane.stats.clone(),
                 clock,
-                probe,
-                first_pass_all,
+                probe: setup.probe,
+                first_pass_all: setup.first_pass_all,
             };
             let dest = Arc::new(dest.clone());
             let name = dest.name.clone();
             tasks.spawn(async move { (name, webhook::run_lane(dest, client, ctx).await) });
+            lanes.push(lane);
+        }
+        for dest in setup.mqtt {
+            let lane = new_lane(&dest.name, &dest.events);
+            let ctx = MqttLaneContext {
+                outbox: outbox.clone(),
+                wake: lane.wake.clone(),
+                stop: stop_rx.clone(),
+                stats: lane.stats.clone(),
+                clock,
+                probe: setup.probe,
+                device_id: setup.device_id.clone(),
+                first_pass_all: setup.first_pass_all,
+            };
+            let dest = Arc::new(dest.clone());
+            let name = dest.name.clone();
+            tasks.spawn(async move { (name, mqtt::run_lane(dest, ctx).await) });
             lanes.push(lane);
         }
         Ok(Delivery { lanes, stop, tasks })

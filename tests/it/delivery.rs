@@ -6,7 +6,7 @@ use rppg_agent::app::receiver::{Receiver, Script};
 use rppg_agent::delivery::policy::RetryPolicy;
 use rppg_agent::delivery::signing::{parse_secret, Scheme, Secret};
 use rppg_agent::delivery::webhook::WebhookDestination;
-use rppg_agent::delivery::Delivery;
+use rppg_agent::delivery::{Delivery, Setup};
 use rppg_agent::events::{Event, EventKind, Stamper};
 use rppg_agent::outbox::{Outbox, OutboxConfig};
 use std::path::Path;
@@ -77,6 +77,16 @@ fn probe() -> (Duration, Duration) {
     (Duration::from_millis(50), Duration::from_millis(200))
 }
 
+fn setup(webhooks: &[WebhookDestination]) -> Setup<'_> {
+    Setup {
+        webhooks,
+        mqtt: &[],
+        device_id: "test-device".into(),
+        probe: probe(),
+        first_pass_all: false,
+    }
+}
+
 /// Waits (bounded) until `cond` holds.
 async fn eventually(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -102,10 +112,8 @@ async fn retries_on_503_then_delivers_once_with_the_same_id_and_a_valid_signatur
     let ids = append(&outbox, 1);
     let d = Delivery::start(
         outbox.clone(),
-        &[destination(&rx.url(), 6)],
+        setup(&[destination(&rx.url(), 6)]),
         now_ms(),
-        probe(),
-        false,
     )
     .unwrap();
     eventually("delivery", Duration::from_secs(10), || {
@@ -144,10 +152,8 @@ async fn gone_410_dead_letters_at_once_with_the_reason_and_history() {
     append(&outbox, 1);
     let d = Delivery::start(
         outbox.clone(),
-        &[destination(&rx.url(), 6)],
+        setup(&[destination(&rx.url(), 6)]),
         now_ms(),
-        probe(),
-        false,
     )
     .unwrap();
     eventually("dead letter", Duration::from_secs(10), || {
@@ -178,10 +184,8 @@ async fn exhausting_the_schedule_dead_letters_with_every_attempt_recorded() {
     append(&outbox, 1);
     let d = Delivery::start(
         outbox.clone(),
-        &[destination(&rx.url(), 3)],
+        setup(&[destination(&rx.url(), 3)]),
         now_ms(),
-        probe(),
-        false,
     )
     .unwrap();
     eventually("dead letter", Duration::from_secs(10), || {
@@ -222,10 +226,8 @@ async fn retry_after_from_a_429_is_honoured() {
     let started = Instant::now();
     let d = Delivery::start(
         outbox.clone(),
-        &[destination(&rx.url(), 6)],
+        setup(&[destination(&rx.url(), 6)]),
         now_ms(),
-        probe(),
-        false,
     )
     .unwrap();
     eventually("delivery", Duration::from_secs(10), || {
@@ -253,10 +255,8 @@ async fn an_unreachable_receiver_spends_no_attempts_and_delivery_resumes_when_it
     let ids = append(&outbox, 5);
     let d = Delivery::start(
         outbox.clone(),
-        &[destination(&format!("http://{addr}/hooks"), 2)],
+        setup(&[destination(&format!("http://{addr}/hooks"), 2)]),
         now_ms(),
-        probe(),
-        false,
     )
     .unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -318,7 +318,7 @@ async fn one_failing_event_does_not_hold_back_the_others() {
         Duration::from_secs(60),
         Duration::from_secs(60),
     ];
-    let d = Delivery::start(outbox.clone(), &[dest], now_ms(), probe(), false).unwrap();
+    let d = Delivery::start(outbox.clone(), setup(&[dest]), now_ms()).unwrap();
     eventually("the other five", Duration::from_secs(10), || {
         outbox.stats("hook", u64::MAX).unwrap().delivered == 5
     })

@@ -4,4 +4,5 @@ mod accuracy;
 mod cli;
 mod delivery;
 mod lifecycle;
+mod mqtt;
 mod util;
