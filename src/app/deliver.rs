@@ -36,12 +36,31 @@ pub fn open_outbox(config: &Config) -> Result<Arc<Outbox>, AppError> {
             source,
         })?;
     }
-    Ok(Arc::new(Outbox::open(OutboxConfig {
+    let outbox = Outbox::open(OutboxConfig {
         path,
         max_bytes: config.outbox.max_bytes,
         cache_capacity_bytes: config.outbox.cache_capacity_bytes,
         retention_ms: config.outbox.retention_s.saturating_mul(1000),
-    })?))
+    })?;
+    // The audit trail is kept for outbox.retention_s, then purged.
+    outbox.purge_delivered(unix_ms())?;
+    Ok(Arc::new(outbox))
+}
+
+/// Warns (stderr) about destinations that send without encryption.
+pub fn warn_insecure(config: &Config) {
+    for w in config.webhook.iter().filter(|w| w.url.scheme() == "http") {
+        eprintln!(
+            "warning: destination {} sends events unencrypted to {} (allow_insecure = true)",
+            w.name, w.url
+        );
+    }
+    for m in config.mqtt.iter().filter(|m| m.tls.is_none()) {
+        eprintln!(
+            "warning: destination {} sends events unencrypted to mqtt://{}:{} (allow_insecure = true)",
+            m.name, m.host, m.port
+        );
+    }
 }
 
 fn probe(config: &Config) -> (Duration, Duration) {
@@ -92,12 +111,17 @@ pub async fn drain(
     let start = Instant::now();
     loop {
         let ob = outbox.clone();
-        let ls = lanes.to_vec();
-        let stats = tokio::task::spawn_blocking(move || pending(&ob, &ls))
-            .await
-            .expect("stats task does not panic")?;
-        if stats.iter().all(|(_, s)| s.pending == 0) || start.elapsed() >= timeout {
-            return Ok(stats);
+        let names: Vec<String> = lanes.iter().map(|l| l.name.clone()).collect();
+        let left: u64 =
+            tokio::task::spawn_blocking(move || names.iter().map(|n| ob.pending_count(n)).sum())
+                .await
+                .expect("count task does not panic");
+        if left == 0 || start.elapsed() >= timeout {
+            let ob = outbox.clone();
+            let ls = lanes.to_vec();
+            return tokio::task::spawn_blocking(move || pending(&ob, &ls))
+                .await
+                .expect("stats task does not panic");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -133,6 +157,7 @@ pub fn sync(config: &Config, timeout: Duration) -> Result<i32, AppError> {
             "no destinations are configured: add a [[webhook]] or [[mqtt]] table (see `rppg-agent config default`)".into(),
         ));
     }
+    warn_insecure(config);
     let outbox = open_outbox(config)?;
     let rt = runtime()?;
     let stats = rt.block_on(async {

@@ -384,6 +384,9 @@ fn scan_command(a: cli::ScanArgs) -> Result<i32, AppError> {
     };
     let _guard = rt.as_ref().map(|r| r.enter());
     let (outbox, delivery) = if delivering {
+        if !a.quiet {
+            deliver::warn_insecure(&config);
+        }
         let outbox = deliver::open_outbox(&config)?;
         if !outbox.has_room_for(SCAN_EVENT_BYTES) {
             return Err(AppError::Outbox(crate::outbox::OutboxError::Full {

@@ -244,7 +244,8 @@ pub async fn run_lane(
                 return Ok(());
             }
         };
-        let (client, eventloop) = AsyncClient::new(options, 64);
+        // Room for the whole in-flight window plus presence: publishing never waits on it.
+        let (client, eventloop) = AsyncClient::new(options, dest.max_in_flight + 8);
         match connection(&dest, &mut ctx, client, eventloop).await? {
             Ended::Stop => return Ok(()),
             Ended::AckTimeout => failures = 0,
@@ -295,10 +296,10 @@ async fn connection(
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     connected = true;
                     ctx.stats.offline.store(false, Ordering::Relaxed);
-                    requested.push_back(None);
-                    let _ = client
-                        .publish(MqttDestination::status_topic(&ctx.device_id), QoS::AtLeastOnce, true, "online")
-                        .await;
+                    let topic = MqttDestination::status_topic(&ctx.device_id);
+                    if client.try_publish(topic, QoS::AtLeastOnce, true, "online").is_ok() {
+                        requested.push_back(None);
+                    }
                 }
                 Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
                     if let Some(Some(id)) = requested.pop_front() {
@@ -370,13 +371,18 @@ async fn connection(
                 ..Default::default()
             };
             let id = event.outbox_id;
-            requested.push_back(Some(id));
-            if client
-                .publish_with_properties(topic, QoS::AtLeastOnce, false, event.bytes.clone(), props)
-                .await
-                .is_err()
-            {
-                return Ok(Ended::Offline("the MQTT client stopped".into()));
+            // Never await the request channel here: this task also polls the
+            // event loop that drains it (awaiting would deadlock).
+            match client.try_publish_with_properties(
+                topic,
+                QoS::AtLeastOnce,
+                false,
+                event.bytes.clone(),
+                props,
+            ) {
+                Ok(()) => requested.push_back(Some(id)),
+                Err(rumqttc::v5::ClientError::TryRequest(_)) => break,
+                Err(_) => return Ok(Ended::Offline("the MQTT client stopped".into())),
             }
             in_flight.insert(id, (event, now));
         }

@@ -304,22 +304,54 @@ async fn pause(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
 }
 
 /// The lane of one destination; runs until `ctx.stop` turns true.
+///
+/// A pipeline: up to `max_in_flight` attempts run at once; each result is
+/// recorded as soon as it arrives and the freed slot is refilled at once.
 pub async fn run_lane(
     dest: Arc<WebhookDestination>,
     client: reqwest::Client,
     mut ctx: LaneContext,
 ) -> Result<(), OutboxError> {
     let mut all_due = ctx.first_pass_all;
+    let mut in_flight: std::collections::HashSet<u64> = Default::default();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut offline: Option<(String, PendingEvent)> = None;
     loop {
         if *ctx.stop.borrow() {
+            // In-flight attempts are dropped: their events stay pending (at-least-once).
             return Ok(());
         }
-        let now = ctx.clock.now_ms();
-        let horizon = if all_due { u64::MAX } else { now };
-        all_due = false;
-        let (name, limit) = (dest.name.clone(), dest.max_in_flight);
-        let due = blocking(&ctx.outbox, move |o| o.due(&name, horizon, limit)).await?;
-        if due.is_empty() {
+        if offline.is_none() && tasks.len() < dest.max_in_flight {
+            let now = ctx.clock.now_ms();
+            let horizon = if all_due { u64::MAX } else { now };
+            let (name, limit) = (dest.name.clone(), dest.max_in_flight + in_flight.len());
+            let due = blocking(&ctx.outbox, move |o| o.due(&name, horizon, limit)).await?;
+            for event in due {
+                if tasks.len() >= dest.max_in_flight {
+                    break;
+                }
+                if !in_flight.insert(event.outbox_id) {
+                    continue;
+                }
+                let (client, dest) = (client.clone(), dest.clone());
+                tasks.spawn(async move {
+                    let r = attempt(&client, &dest, &event, now / 1000).await;
+                    (event, r)
+                });
+            }
+            // Everything pending was tried once; from now on the schedule applies.
+            if tasks.len() < dest.max_in_flight {
+                all_due = false;
+            }
+        }
+        if tasks.is_empty() {
+            if let Some((reason, probe)) = offline.take() {
+                if !probe_until_answered(&dest, &client, &mut ctx, reason, probe).await? {
+                    return Ok(());
+                }
+                continue;
+            }
+            let now = ctx.clock.now_ms();
             let name = dest.name.clone();
             let next = blocking(&ctx.outbox, move |o| o.next_due_ms(&name)).await?;
             let wait = next.map_or(60_000, |n| n.saturating_sub(now).min(60_000));
@@ -330,58 +362,56 @@ pub async fn run_lane(
             }
             continue;
         }
-        let mut tasks = tokio::task::JoinSet::new();
-        for event in due {
-            let (client, dest) = (client.clone(), dest.clone());
-            let now_s = now / 1000;
-            tasks.spawn(async move {
-                let r = attempt(&client, &dest, &event, now_s).await;
-                (event, r)
-            });
-        }
-        let mut offline: Option<(String, PendingEvent)> = None;
-        while let Some(joined) = tasks.join_next().await {
-            let (event, result) = joined.expect("attempt tasks do not panic");
-            let probe_event = event.clone();
-            if let Some(reason) = settle(&ctx, &dest, event, result).await? {
-                offline.get_or_insert((reason, probe_event));
+        tokio::select! {
+            Some(joined) = tasks.join_next() => {
+                let (event, result) = joined.expect("attempt tasks do not panic");
+                in_flight.remove(&event.outbox_id);
+                let probe_event = event.clone();
+                if let Some(reason) = settle(&ctx, &dest, event, result).await? {
+                    offline.get_or_insert((reason, probe_event));
+                }
             }
+            _ = ctx.stop.changed() => {}
         }
-        let Some((reason, mut probe)) = offline else {
+    }
+}
+
+/// Offline: pauses the lane and probes with the oldest event on a capped
+/// backoff, spending no attempts, until the destination answers. Returns
+/// false when told to stop.
+async fn probe_until_answered(
+    dest: &Arc<WebhookDestination>,
+    client: &reqwest::Client,
+    ctx: &mut LaneContext,
+    reason: String,
+    mut probe: PendingEvent,
+) -> Result<bool, OutboxError> {
+    ctx.stats.offline.store(true, Ordering::Relaxed);
+    ctx.stats.note_error(format!("offline: {reason}"));
+    let policy = RetryPolicy {
+        probe_initial: ctx.probe.0,
+        probe_max: ctx.probe.1,
+        ..dest.policy.clone()
+    };
+    let mut n = 0;
+    loop {
+        if !pause(&mut ctx.stop, probe_delay(&policy, n, unit_random())).await {
+            return Ok(false);
+        }
+        let name = dest.name.clone();
+        if let Some(oldest) = blocking(&ctx.outbox, move |o| o.due(&name, u64::MAX, 1))
+            .await?
+            .pop()
+        {
+            probe = oldest;
+        }
+        let result = attempt(client, dest, &probe, ctx.clock.now_ms() / 1000).await;
+        if matches!(result, AttemptResult::Unreachable(_)) {
+            n += 1;
             continue;
-        };
-        // Offline: pause the lane and probe with the oldest event until it answers.
-        ctx.stats.offline.store(true, Ordering::Relaxed);
-        ctx.stats.note_error(format!("offline: {reason}"));
-        let mut n = 0;
-        loop {
-            let wait = probe_delay(
-                &RetryPolicy {
-                    probe_initial: ctx.probe.0,
-                    probe_max: ctx.probe.1,
-                    ..dest.policy.clone()
-                },
-                n,
-                unit_random(),
-            );
-            if !pause(&mut ctx.stop, wait).await {
-                return Ok(());
-            }
-            let name = dest.name.clone();
-            if let Some(oldest) = blocking(&ctx.outbox, move |o| o.due(&name, u64::MAX, 1))
-                .await?
-                .pop()
-            {
-                probe = oldest;
-            }
-            let result = attempt(&client, &dest, &probe, ctx.clock.now_ms() / 1000).await;
-            if matches!(result, AttemptResult::Unreachable(_)) {
-                n += 1;
-                continue;
-            }
-            settle(&ctx, &dest, probe, result).await?;
-            break;
         }
+        settle(ctx, dest, probe, result).await?;
         ctx.stats.offline.store(false, Ordering::Relaxed);
+        return Ok(true);
     }
 }
