@@ -417,6 +417,78 @@ fn env_value(default: &Value, raw: &str) -> Option<Value> {
     }
 }
 
+/// Checks every destination kind shares: lane name, event filter, retry
+/// schedule `(waits, jitter, max_age_s)`. Returns the event filter.
+fn check_common(
+    name: &str,
+    taken: bool,
+    event_names: &[String],
+    (schedule_s, jitter, max_age_s): (&[f64], f64, f64),
+    problem: &mut impl FnMut(&str, String, &str),
+) -> Vec<EventKind> {
+    let name_ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !name_ok {
+        problem(
+            "name",
+            format!("{name:?} is not a lane name"),
+            "use letters, digits, - and _ (at most 64)",
+        );
+    }
+    if taken {
+        problem(
+            "name",
+            format!("{name:?} is used by another destination"),
+            "give every destination its own name",
+        );
+    }
+    let mut events = Vec::new();
+    for n in event_names {
+        match EventKind::ALL.iter().find(|k| k.name() == n) {
+            Some(k) => events.push(*k),
+            None => problem(
+                "events",
+                format!("{n:?} is not an event name"),
+                "use names like SCAN_COMPLETED; empty = all events",
+            ),
+        }
+    }
+    if schedule_s.is_empty() || schedule_s.iter().any(|v| !v.is_finite() || *v < 0.0) {
+        problem(
+            "retry_schedule_s",
+            "must be a non-empty list of waits >= 0".into(),
+            "e.g. [0, 5, 30, 300, 1800, 7200]",
+        );
+    }
+    if !(0.0..=0.5).contains(&jitter) {
+        problem("jitter", format!("{jitter} is outside 0..0.5"), "use 0.2");
+    }
+    if !(max_age_s.is_finite() && max_age_s >= 0.0) {
+        problem(
+            "max_age_s",
+            "must be >= 0 (0 = no limit)".into(),
+            "use 0 or a number of seconds",
+        );
+    }
+    events
+}
+
+/// The retry policy of a destination from its validated settings.
+fn retry_policy(schedule_s: &[f64], jitter: f64, max_age_s: f64) -> RetryPolicy {
+    RetryPolicy {
+        schedule: schedule_s
+            .iter()
+            .map(|s| Duration::from_secs_f64(*s))
+            .collect(),
+        jitter,
+        max_age: (max_age_s > 0.0).then(|| Duration::from_secs_f64(max_age_s)),
+        ..RetryPolicy::default()
+    }
+}
+
 /// Parses and validates each `[[webhook]]` entry, collecting every problem.
 fn webhook_destinations(
     entries: Vec<Value>,
@@ -455,26 +527,14 @@ fn webhook_destinations(
                 fix: fix.into(),
             })
         };
-        let name_ok = !entry.name.is_empty()
-            && entry.name.len() <= 64
-            && entry
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        if !name_ok {
-            problem(
-                "name",
-                format!("{:?} is not a lane name", entry.name),
-                "use letters, digits, - and _ (at most 64)",
-            );
-        }
-        if out.iter().any(|d| d.name == entry.name) {
-            problem(
-                "name",
-                format!("{:?} is used by another destination", entry.name),
-                "give every destination its own name",
-            );
-        }
+        let taken = out.iter().any(|d| d.name == entry.name);
+        let events = check_common(
+            &entry.name,
+            taken,
+            &entry.events,
+            (&entry.retry_schedule_s, entry.jitter, entry.max_age_s),
+            &mut problem,
+        );
         let url =
             match reqwest::Url::parse(&entry.url) {
                 Ok(u) if u.scheme() == "https" => Some(u),
@@ -504,17 +564,7 @@ fn webhook_destinations(
                     None
                 }
             };
-        let mut texts: Vec<String> = entry.secrets.clone();
-        for var in &entry.secret_env {
-            match env.iter().find(|(k, _)| k == var) {
-                Some((_, v)) if !v.is_empty() => texts.push(v.clone()),
-                _ => problem(
-                    "secret_env",
-                    format!("environment variable {var} is not set or empty"),
-                    "export it before starting the agent (e.g. in the systemd unit's EnvironmentFile)",
-                ),
-            }
-        }
+        let texts = resolve_secrets(&entry.secrets, &entry.secret_env, env, &mut problem);
         if entry.schemes.is_empty() {
             problem(
                 "schemes",
@@ -555,49 +605,12 @@ fn webhook_destinations(
             }
             signing.push((*scheme, keys));
         }
-        let mut events = Vec::new();
-        for name in &entry.events {
-            match EventKind::ALL.iter().find(|k| k.name() == name) {
-                Some(k) => events.push(*k),
-                None => problem(
-                    "events",
-                    format!("{name:?} is not an event name"),
-                    "use names like SCAN_COMPLETED; empty = all events",
-                ),
-            }
-        }
         let positive = |v: f64| v.is_finite() && v > 0.0;
         if !positive(entry.timeout_s) || !positive(entry.connect_timeout_s) {
             problem(
                 "timeout_s",
                 "timeouts must be greater than 0".into(),
                 "use timeout_s = 5, connect_timeout_s = 3",
-            );
-        }
-        if entry.retry_schedule_s.is_empty()
-            || entry
-                .retry_schedule_s
-                .iter()
-                .any(|v| !v.is_finite() || *v < 0.0)
-        {
-            problem(
-                "retry_schedule_s",
-                "must be a non-empty list of waits >= 0".into(),
-                "e.g. [0, 5, 30, 300, 1800, 7200]",
-            );
-        }
-        if !(0.0..=0.5).contains(&entry.jitter) {
-            problem(
-                "jitter",
-                format!("{} is outside 0..0.5", entry.jitter),
-                "use 0.2",
-            );
-        }
-        if !(entry.max_age_s.is_finite() && entry.max_age_s >= 0.0) {
-            problem(
-                "max_age_s",
-                "must be >= 0 (0 = no limit)".into(),
-                "use 0 or a number of seconds",
             );
         }
         if !(1..=64).contains(&entry.max_in_flight) {
@@ -619,15 +632,8 @@ fn webhook_destinations(
             timeout: Duration::from_secs_f64(entry.timeout_s),
             connect_timeout: Duration::from_secs_f64(entry.connect_timeout_s),
             policy: RetryPolicy {
-                schedule: entry
-                    .retry_schedule_s
-                    .iter()
-                    .map(|s| Duration::from_secs_f64(*s))
-                    .collect(),
-                jitter: entry.jitter,
-                max_age: (entry.max_age_s > 0.0).then(|| Duration::from_secs_f64(entry.max_age_s)),
                 retry_client_errors: entry.retry_client_errors,
-                ..RetryPolicy::default()
+                ..retry_policy(&entry.retry_schedule_s, entry.jitter, entry.max_age_s)
             },
             allow_insecure: entry.allow_insecure,
             max_in_flight: entry.max_in_flight,
@@ -641,7 +647,7 @@ fn resolve_secrets(
     inline: &[String],
     vars: &[String],
     env: &[(String, String)],
-    mut problem: impl FnMut(&str, String, &str),
+    problem: &mut impl FnMut(&str, String, &str),
 ) -> Vec<String> {
     let mut texts: Vec<String> = inline.to_vec();
     for var in vars {
@@ -689,27 +695,15 @@ fn mqtt_destinations(
                 fix: fix.into(),
             })
         };
-        let name_ok = !entry.name.is_empty()
-            && entry.name.len() <= 64
-            && entry
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        if !name_ok {
-            problem(
-                "name",
-                format!("{:?} is not a lane name", entry.name),
-                "use letters, digits, - and _ (at most 64)",
-            );
-        }
-        if out.iter().any(|d| d.name == entry.name) || webhooks.iter().any(|w| w.name == entry.name)
-        {
-            problem(
-                "name",
-                format!("{:?} is used by another destination", entry.name),
-                "give every destination its own name",
-            );
-        }
+        let taken = out.iter().any(|d| d.name == entry.name)
+            || webhooks.iter().any(|w| w.name == entry.name);
+        let events = check_common(
+            &entry.name,
+            taken,
+            &entry.events,
+            (&entry.retry_schedule_s, entry.jitter, entry.max_age_s),
+            &mut problem,
+        );
         if entry.host.is_empty() {
             problem(
                 "host",
@@ -784,17 +778,6 @@ fn mqtt_destinations(
                 ),
             }
         }
-        let mut events = Vec::new();
-        for name in &entry.events {
-            match EventKind::ALL.iter().find(|k| k.name() == name) {
-                Some(k) => events.push(*k),
-                None => problem(
-                    "events",
-                    format!("{name:?} is not an event name"),
-                    "use names like SCAN_COMPLETED; empty = all events",
-                ),
-            }
-        }
         if !entry.topic.contains("{event}") {
             problem(
                 "topic",
@@ -808,25 +791,6 @@ fn mqtt_destinations(
                 "ack_timeout_s",
                 "keep_alive_s and ack_timeout_s must be greater than 0".into(),
                 "use 30 and 10",
-            );
-        }
-        if entry.retry_schedule_s.is_empty()
-            || entry
-                .retry_schedule_s
-                .iter()
-                .any(|v| !v.is_finite() || *v < 0.0)
-        {
-            problem(
-                "retry_schedule_s",
-                "must be a non-empty list of waits >= 0".into(),
-                "e.g. [0, 5, 30, 300, 1800, 7200]",
-            );
-        }
-        if !(0.0..=0.5).contains(&entry.jitter) {
-            problem(
-                "jitter",
-                format!("{} is outside 0..0.5", entry.jitter),
-                "use 0.2",
             );
         }
         if !(1..=1024).contains(&entry.max_in_flight) {
@@ -853,16 +817,7 @@ fn mqtt_destinations(
             topic: entry.topic,
             keys,
             events,
-            policy: RetryPolicy {
-                schedule: entry
-                    .retry_schedule_s
-                    .iter()
-                    .map(|s| Duration::from_secs_f64(*s))
-                    .collect(),
-                jitter: entry.jitter,
-                max_age: (entry.max_age_s > 0.0).then(|| Duration::from_secs_f64(entry.max_age_s)),
-                ..RetryPolicy::default()
-            },
+            policy: retry_policy(&entry.retry_schedule_s, entry.jitter, entry.max_age_s),
             keep_alive: Duration::from_secs_f64(entry.keep_alive_s),
             ack_timeout: Duration::from_secs_f64(entry.ack_timeout_s),
             max_in_flight: entry.max_in_flight,
@@ -1343,5 +1298,23 @@ mod tests {
             msg.contains("RPPG_SCAN_DURATION_S") && msg.contains("not a number"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn webhook_and_mqtt_destinations_share_the_same_checks() {
+        let text = "[[webhook]]\nname = \"a b\"\nurl = \"https://x.org/h\"\nsecrets = [\"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\"]\nmax_age_s = -1\n\
+                    [[mqtt]]\nname = \"m\"\nhost = \"h\"\nallow_insecure = true\nsecrets = [\"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\"]\nmax_age_s = -1\nevents = [\"NOPE\"]\n";
+        let msg = Config::load(Some(("d.toml", text)), env(&[]))
+            .unwrap_err()
+            .to_string();
+        for needle in [
+            "webhook[0].name",
+            "webhook[0].max_age_s",
+            "mqtt[0].max_age_s",
+            "mqtt[0].events",
+        ] {
+            assert!(msg.contains(needle), "missing {needle} in:\n{msg}");
+        }
+        assert!(!msg.contains("C2FVsBQIhrsc"), "a secret leaked: {msg}");
     }
 }

@@ -35,6 +35,24 @@ pub struct Setup<'a> {
     pub first_pass_all: bool,
 }
 
+/// A uniform random number in `0..1` for jitter (OS entropy).
+pub(crate) fn unit_random() -> f64 {
+    let mut b = [0u8; 8];
+    let _ = getrandom::fill(&mut b);
+    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Runs blocking outbox work (sled, fsync) off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    outbox: &Arc<Outbox>,
+    f: impl FnOnce(&Outbox) -> Result<T, OutboxError> + Send + 'static,
+) -> Result<T, OutboxError> {
+    let ob = outbox.clone();
+    tokio::task::spawn_blocking(move || f(&ob))
+        .await
+        .expect("outbox task does not panic")
+}
+
 /// rustls needs one process-wide crypto provider: ring (pure Rust + asm, no cmake).
 pub fn install_crypto_provider() {
     static ONCE: Once = Once::new();

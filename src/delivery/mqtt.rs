@@ -26,6 +26,7 @@
 use super::policy::{next_delay, probe_delay, RetryPolicy};
 use super::signing::{sign, Scheme, Secret};
 use super::webhook::{LaneClock, LaneStats};
+use super::{blocking, unit_random};
 use crate::events::EventKind;
 use crate::outbox::{AttemptRecord, Outbox, OutboxError, PendingEvent};
 use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, PubAckReason, PublishProperties};
@@ -162,22 +163,6 @@ pub struct MqttLaneContext {
     pub probe: (Duration, Duration),
     pub device_id: String,
     pub first_pass_all: bool,
-}
-
-fn unit_random() -> f64 {
-    let mut b = [0u8; 8];
-    let _ = getrandom::fill(&mut b);
-    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
-}
-
-async fn blocking<T: Send + 'static>(
-    outbox: &Arc<Outbox>,
-    f: impl FnOnce(&Outbox) -> Result<T, OutboxError> + Send + 'static,
-) -> Result<T, OutboxError> {
-    let ob = outbox.clone();
-    tokio::task::spawn_blocking(move || f(&ob))
-        .await
-        .expect("outbox task does not panic")
 }
 
 /// Records a failed attempt for `event` (reschedule, or dead-letter when spent).

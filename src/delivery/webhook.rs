@@ -19,6 +19,7 @@
 
 use super::policy::{classify, next_delay, probe_delay, AttemptResult, Outcome, RetryPolicy};
 use super::signing::{sign, Scheme, Secret};
+use super::{blocking, unit_random};
 use crate::events::EventKind;
 use crate::outbox::{AttemptRecord, Outbox, OutboxError, PendingEvent};
 use std::error::Error as _;
@@ -104,13 +105,6 @@ impl LaneClock {
     pub fn now_ms(&self) -> u64 {
         self.base_unix_ms + self.base.elapsed().as_millis() as u64
     }
-}
-
-/// A uniform random number in `0..1` for jitter.
-fn unit_random() -> f64 {
-    let mut b = [0u8; 8];
-    let _ = getrandom::fill(&mut b);
-    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// The error chain as one line (reqwest hides the useful part in sources).
@@ -205,17 +199,6 @@ fn describe(result: &AttemptResult) -> String {
         AttemptResult::Unreachable(e) => format!("unreachable: {e}"),
         AttemptResult::Failed(e) => format!("failed: {e}"),
     }
-}
-
-/// Runs blocking outbox work off the async threads.
-async fn blocking<T: Send + 'static>(
-    outbox: &Arc<Outbox>,
-    f: impl FnOnce(&Outbox) -> Result<T, OutboxError> + Send + 'static,
-) -> Result<T, OutboxError> {
-    let ob = outbox.clone();
-    tokio::task::spawn_blocking(move || f(&ob))
-        .await
-        .expect("outbox task does not panic")
 }
 
 /// Everything a lane needs from outside.
