@@ -5,7 +5,7 @@
 //! Sizes: RPPG_BENCH_EVENTS (default 5000 per drain), RPPG_BENCH_RUNS (3).
 
 use rppg_agent::app::receiver::{Receiver, Script};
-use rppg_agent::delivery::mqtt::MqttDestination;
+use rppg_agent::delivery::mqtt::{MqttDestination, MqttProtocol};
 use rppg_agent::delivery::policy::RetryPolicy;
 use rppg_agent::delivery::signing::{parse_secret, Scheme};
 use rppg_agent::delivery::webhook::WebhookDestination;
@@ -204,6 +204,7 @@ fn main() {
                     name: "broker".into(),
                     host: addr.ip().to_string(),
                     port: addr.port(),
+                    protocol: MqttProtocol::V5,
                     tls: None,
                     username: None,
                     password: None,

@@ -11,7 +11,7 @@
 //! never panics. Loading is pure: the file text and the environment are
 //! passed in.
 
-use crate::delivery::mqtt::{MqttDestination, MqttTls};
+use crate::delivery::mqtt::{MqttDestination, MqttProtocol, MqttTls};
 use crate::delivery::policy::RetryPolicy;
 use crate::delivery::signing::{parse_secret, Scheme, Secret};
 use crate::delivery::webhook::WebhookDestination;
@@ -131,6 +131,9 @@ fn default_keep_alive_s() -> f64 {
 fn default_ack_timeout_s() -> f64 {
     10.0
 }
+fn default_protocol() -> String {
+    "5".into()
+}
 fn default_mqtt_in_flight() -> usize {
     32
 }
@@ -143,6 +146,8 @@ struct MqttEntry {
     host: String,
     #[serde(default)]
     port: Option<u16>,
+    #[serde(default = "default_protocol")]
+    protocol: String,
     #[serde(default)]
     ca_file: String,
     #[serde(default)]
@@ -704,6 +709,18 @@ fn mqtt_destinations(
             (&entry.retry_schedule_s, entry.jitter, entry.max_age_s),
             &mut problem,
         );
+        let protocol = match entry.protocol.as_str() {
+            "5" | "5.0" => MqttProtocol::V5,
+            "3.1.1" | "3" => MqttProtocol::V311,
+            other => {
+                problem(
+                    "protocol",
+                    format!("{other:?} is not an MQTT version this agent speaks"),
+                    "use \"5\" (signatures as user properties) or \"3.1.1\" (a signed JSON envelope)",
+                );
+                MqttProtocol::V5
+            }
+        };
         if entry.host.is_empty() {
             problem(
                 "host",
@@ -810,6 +827,7 @@ fn mqtt_destinations(
             name: entry.name,
             host: entry.host,
             port,
+            protocol,
             tls,
             username: (!entry.username.is_empty()).then_some(entry.username),
             password,

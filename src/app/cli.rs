@@ -167,6 +167,11 @@ pub struct VerifyArgs {
     /// Read the body from this file instead of stdin.
     #[arg(long, value_name = "FILE")]
     pub body: Option<PathBuf>,
+    /// The input is an MQTT 3.1.1 message payload: a signed envelope
+    /// {"headers":{...},"body":"..."} that carries its own headers
+    /// (Standard Webhooks scheme; no --header needed).
+    #[arg(long, conflicts_with = "headers")]
+    pub envelope: bool,
     /// Largest accepted difference between the signature's timestamp and now.
     #[arg(long, default_value_t = crate::delivery::signing::DEFAULT_TOLERANCE_S)]
     pub tolerance_s: u64,

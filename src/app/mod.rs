@@ -250,7 +250,7 @@ fn verify(a: cli::VerifyArgs) -> Result<i32, AppError> {
                 .map_err(|e| AppError::Usage(format!("secret from {origin}: {e}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let headers = a
+    let mut headers = a
         .headers
         .iter()
         .map(|h| {
@@ -267,6 +267,20 @@ fn verify(a: cli::VerifyArgs) -> Result<i32, AppError> {
         }
         None => {
             std::io::stdin().read_to_end(&mut body)?;
+        }
+    }
+    if a.envelope {
+        if a.scheme != crate::delivery::signing::Scheme::Standard {
+            return Err(AppError::Usage(
+                "--envelope carries Standard Webhooks headers: use --scheme standard".into(),
+            ));
+        }
+        match crate::delivery::signing::open_envelope(&body) {
+            Ok((h, b)) => (headers, body) = (h, b),
+            Err(e) => {
+                println!("invalid: {e}");
+                return Ok(3);
+            }
         }
     }
     let now = unix_ms() / 1000;

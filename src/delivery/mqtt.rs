@@ -1,4 +1,4 @@
-//! MQTT delivery (rumqttc, MQTT 5): one lane per broker.
+//! MQTT delivery (rumqttc, MQTT 5 or 3.1.1): one lane per broker.
 //!
 //! Owns: the connection (TCP or TLS), presence (last will and `online`),
 //! publishing with QoS 1, and matching PUBACKs to events.
@@ -8,13 +8,18 @@
 //! This lane owns the event loop. The loop reports `Outgoing::Publish(pkid)`
 //! in the order the publishes were requested, so a FIFO of outbox ids gives
 //! each packet id its event. An event leaves the MQTT lane only on the
-//! PUBACK for its own packet id, with a success reason code.
+//! PUBACK for its own packet id (MQTT 5: with a success reason code).
+//! PUBACKs that arrive while the previous batch is being written are
+//! recorded together in one outbox transaction.
 //!
-//! Signing: the payload is the exact event bytes. The Standard Webhooks
-//! headers (`webhook-id`, `webhook-timestamp`, `webhook-signature`) travel
-//! as MQTT 5 user properties, so a subscriber verifies exactly as a webhook
-//! receiver does. MQTT 3.1.1 has no user properties; this version speaks
-//! MQTT 5 only (Mosquitto ≥ 1.6, EMQX, HiveMQ and rumqttd all do).
+//! Signing: the Standard Webhooks headers (`webhook-id`,
+//! `webhook-timestamp`, `webhook-signature`) over the exact event bytes.
+//! - MQTT 5: the payload is the event bytes and the headers travel as user
+//!   properties, so a subscriber verifies exactly as a webhook receiver does.
+//! - MQTT 3.1.1 has no user properties. The payload is a signed envelope,
+//!   `{"headers":{...the three headers...},"body":"<event JSON as a string>"}`
+//!   ([`envelope`]): the string `body` is the exact signed bytes, so
+//!   `Webhook(secret).verify(env["body"], env["headers"])` works unchanged.
 //!
 //! Offline: a connection that cannot be made, or that drops, pauses the lane.
 //! The lane reconnects with the capped probe backoff and spends no attempts.
@@ -24,16 +29,16 @@
 //! lane reconnects.
 
 use super::policy::{next_delay, probe_delay, RetryPolicy};
-use super::signing::{sign, Scheme, Secret};
+use super::signing::{envelope, sign, Scheme, Secret};
 use super::webhook::{LaneClock, LaneStats};
 use super::{blocking, unit_random};
 use crate::events::EventKind;
-use crate::outbox::{AttemptRecord, Outbox, OutboxError, PendingEvent};
+use crate::outbox::{Ack, AttemptRecord, Outbox, OutboxError, PendingEvent};
 use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, PubAckReason, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use rumqttc::Outgoing;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,12 +53,22 @@ pub struct MqttTls {
     pub client_auth: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
+/// The MQTT protocol version spoken to a broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MqttProtocol {
+    /// MQTT 5: signature headers as user properties.
+    V5,
+    /// MQTT 3.1.1: a signed JSON envelope as the payload.
+    V311,
+}
+
 /// A validated MQTT destination.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MqttDestination {
     pub name: String,
     pub host: String,
     pub port: u16,
+    pub protocol: MqttProtocol,
     pub tls: Option<MqttTls>,
     pub username: Option<String>,
     pub password: Option<Secret>,
@@ -87,13 +102,36 @@ impl MqttDestination {
         format!("rppg/{device_id}/status")
     }
 
-    fn options(&self, device_id: &str) -> Result<MqttOptions, String> {
-        let id = if self.client_id.is_empty() {
+    fn client_id(&self, device_id: &str) -> String {
+        if self.client_id.is_empty() {
             format!("rppg-{device_id}")
         } else {
             self.client_id.replace("{deviceId}", device_id)
-        };
-        let mut o = MqttOptions::new(id, self.host.clone(), self.port);
+        }
+    }
+
+    fn credentials(&self) -> Option<(String, String)> {
+        let user = self.username.clone()?;
+        let pass = self
+            .password
+            .as_ref()
+            .map(|p| String::from_utf8_lossy(p.expose()).into_owned())
+            .unwrap_or_default();
+        Some((user, pass))
+    }
+
+    fn transport(&self) -> Result<Option<rumqttc::Transport>, String> {
+        match &self.tls {
+            Some(tls) => Ok(Some(rumqttc::Transport::tls_with_config(
+                tls_config(tls)?.into(),
+            ))),
+            None => Ok(None),
+        }
+    }
+
+    /// MQTT 5 connection options.
+    fn options(&self, device_id: &str) -> Result<MqttOptions, String> {
+        let mut o = MqttOptions::new(self.client_id(device_id), self.host.clone(), self.port);
         o.set_keep_alive(self.keep_alive);
         o.set_clean_start(true);
         o.set_last_will(LastWill::new(
@@ -103,13 +141,33 @@ impl MqttDestination {
             true,
             None,
         ));
-        if let (Some(u), Some(p)) = (&self.username, &self.password) {
-            o.set_credentials(u.clone(), String::from_utf8_lossy(p.expose()).into_owned());
-        } else if let Some(u) = &self.username {
-            o.set_credentials(u.clone(), "");
+        if let Some((u, p)) = self.credentials() {
+            o.set_credentials(u, p);
         }
-        if let Some(tls) = &self.tls {
-            o.set_transport(rumqttc::Transport::tls_with_config(tls_config(tls)?.into()));
+        if let Some(t) = self.transport()? {
+            o.set_transport(t);
+        }
+        Ok(o)
+    }
+
+    /// MQTT 3.1.1 connection options.
+    fn options_v311(&self, device_id: &str) -> Result<rumqttc::MqttOptions, String> {
+        let mut o =
+            rumqttc::MqttOptions::new(self.client_id(device_id), self.host.clone(), self.port);
+        o.set_keep_alive(self.keep_alive);
+        o.set_clean_session(true);
+        o.set_inflight(u16::try_from(self.max_in_flight + 8).unwrap_or(u16::MAX));
+        o.set_last_will(rumqttc::LastWill::new(
+            Self::status_topic(device_id),
+            "offline",
+            rumqttc::QoS::AtLeastOnce,
+            true,
+        ));
+        if let Some((u, p)) = self.credentials() {
+            o.set_credentials(u, p);
+        }
+        if let Some(t) = self.transport()? {
+            o.set_transport(t);
         }
         Ok(o)
     }
@@ -219,8 +277,8 @@ pub async fn run_lane(
         if *ctx.stop.borrow() {
             return Ok(());
         }
-        let options = match dest.options(&ctx.device_id) {
-            Ok(o) => o,
+        let (publisher, events) = match link(&dest, &ctx.device_id) {
+            Ok(l) => l,
             Err(e) => {
                 // A TLS file problem cannot heal by itself; report it and wait for a restart.
                 *ctx.stats.last_error.lock().expect("stats lock") = Some(e);
@@ -229,9 +287,7 @@ pub async fn run_lane(
                 return Ok(());
             }
         };
-        // Room for the whole in-flight window plus presence: publishing never waits on it.
-        let (client, eventloop) = AsyncClient::new(options, dest.max_in_flight + 8);
-        match connection(&dest, &mut ctx, client, eventloop).await? {
+        match connection(&dest, &mut ctx, publisher, events).await? {
             Ended::Stop => return Ok(()),
             Ended::AckTimeout => failures = 0,
             Ended::Offline(reason) => {
@@ -254,12 +310,205 @@ pub async fn run_lane(
     }
 }
 
+/// The client half of a connection, for either protocol version.
+enum Publisher {
+    V5(AsyncClient),
+    V311(rumqttc::AsyncClient),
+}
+
+/// The event-loop half of a connection, for either protocol version.
+enum Events {
+    V5(EventLoop),
+    V311(rumqttc::EventLoop),
+}
+
+/// What the event loop reported, in protocol-neutral terms.
+enum Polled {
+    Connected,
+    /// A publish left with this packet id (in the order they were requested).
+    Sent(u16),
+    /// The broker acknowledged a packet id; `refused` holds an MQTT 5 error reason.
+    Acked {
+        pkid: u16,
+        refused: Option<String>,
+    },
+    Other,
+}
+
+/// Why a publish could not be queued.
+enum NotQueued {
+    /// The request channel is full: try again after the loop drains it.
+    Full,
+    /// The client is gone (the connection is ending).
+    Stopped,
+}
+
+/// Creates the client and event loop of one connection attempt.
+fn link(dest: &MqttDestination, device_id: &str) -> Result<(Publisher, Events), String> {
+    // Room for the whole in-flight window plus presence: publishing never waits on it.
+    let cap = dest.max_in_flight + 8;
+    match dest.protocol {
+        MqttProtocol::V5 => {
+            let (c, l) = AsyncClient::new(dest.options(device_id)?, cap);
+            Ok((Publisher::V5(c), Events::V5(l)))
+        }
+        MqttProtocol::V311 => {
+            let (c, l) = rumqttc::AsyncClient::new(dest.options_v311(device_id)?, cap);
+            Ok((Publisher::V311(c), Events::V311(l)))
+        }
+    }
+}
+
+impl Events {
+    async fn poll(&mut self) -> Result<Polled, String> {
+        use rumqttc::{Event as E4, Packet as P4};
+        Ok(match self {
+            Events::V5(l) => match l.poll().await.map_err(|e| e.to_string())? {
+                Event::Incoming(Packet::ConnAck(_)) => Polled::Connected,
+                Event::Outgoing(Outgoing::Publish(pkid)) => Polled::Sent(pkid),
+                Event::Incoming(Packet::PubAck(ack)) => Polled::Acked {
+                    pkid: ack.pkid,
+                    refused: (!matches!(
+                        ack.reason,
+                        PubAckReason::Success | PubAckReason::NoMatchingSubscribers
+                    ))
+                    .then(|| format!("PUBACK {:?}", ack.reason)),
+                },
+                _ => Polled::Other,
+            },
+            Events::V311(l) => match l.poll().await.map_err(|e| e.to_string())? {
+                E4::Incoming(P4::ConnAck(_)) => Polled::Connected,
+                E4::Outgoing(Outgoing::Publish(pkid)) => Polled::Sent(pkid),
+                // MQTT 3.1.1 PUBACKs carry no reason: every one is a success.
+                E4::Incoming(P4::PubAck(ack)) => Polled::Acked {
+                    pkid: ack.pkid,
+                    refused: None,
+                },
+                _ => Polled::Other,
+            },
+        })
+    }
+}
+
+impl Publisher {
+    /// Queues a QoS 1 publish without waiting (this task also drains the queue).
+    fn try_publish(
+        &self,
+        topic: String,
+        retain: bool,
+        payload: Vec<u8>,
+        props: Option<PublishProperties>,
+    ) -> Result<(), NotQueued> {
+        let qos = QoS::AtLeastOnce;
+        let result = match (self, props) {
+            (Publisher::V5(c), Some(p)) => c
+                .try_publish_with_properties(topic, qos, retain, payload, p)
+                .map_err(|e| matches!(e, rumqttc::v5::ClientError::TryRequest(_))),
+            (Publisher::V5(c), None) => c
+                .try_publish(topic, qos, retain, payload)
+                .map_err(|e| matches!(e, rumqttc::v5::ClientError::TryRequest(_))),
+            (Publisher::V311(c), _) => c
+                .try_publish(topic, rumqttc::QoS::AtLeastOnce, retain, payload)
+                .map_err(|e| matches!(e, rumqttc::ClientError::TryRequest(_))),
+        };
+        result.map_err(|full| {
+            if full {
+                NotQueued::Full
+            } else {
+                NotQueued::Stopped
+            }
+        })
+    }
+
+    async fn disconnect(&self) {
+        let _ = match self {
+            Publisher::V5(c) => c.disconnect().await.is_ok(),
+            Publisher::V311(c) => c.disconnect().await.is_ok(),
+        };
+    }
+}
+
+/// Acknowledged events not yet recorded: collected while the previous batch
+/// is being written, then written in one transaction ([`Outbox::ack_many`]).
+/// Until then they are still pending in the outbox, so the lane must not
+/// publish them again ([`AckBatch::ids`] go into the refill's skip set).
+#[derive(Default)]
+struct AckBatch {
+    buffered: Vec<Ack>,
+    writing: Option<(usize, tokio::task::JoinHandle<Result<(), OutboxError>>)>,
+    writing_ids: Vec<u64>,
+}
+
+impl AckBatch {
+    fn push(&mut self, ack: Ack) {
+        self.buffered.push(ack);
+    }
+
+    fn ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.buffered
+            .iter()
+            .map(|a| a.id)
+            .chain(self.writing_ids.iter().copied())
+    }
+
+    fn is_writing(&self) -> bool {
+        self.writing.is_some()
+    }
+
+    /// Starts writing the buffered acks if no write is under way.
+    fn start(&mut self, outbox: &Arc<Outbox>, dest: &str, now_ms: u64) {
+        if self.writing.is_some() || self.buffered.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.buffered);
+        self.writing_ids = batch.iter().map(|a| a.id).collect();
+        let (ob, name) = (outbox.clone(), dest.to_string());
+        let n = batch.len();
+        let handle =
+            tokio::task::spawn_blocking(move || ob.ack_many(&name, &batch, now_ms, "PUBACK"));
+        self.writing = Some((n, handle));
+    }
+
+    /// Waits for the write under way; returns how many acks it recorded.
+    async fn written(&mut self) -> Result<usize, OutboxError> {
+        let Some((n, handle)) = self.writing.as_mut() else {
+            return std::future::pending().await;
+        };
+        let n = *n;
+        let result = handle.await.expect("outbox task does not panic");
+        self.writing = None;
+        self.writing_ids.clear();
+        result.map(|()| n)
+    }
+
+    /// Records everything acknowledged so far (when a connection ends).
+    async fn finish(
+        &mut self,
+        outbox: &Arc<Outbox>,
+        dest: &str,
+        now_ms: u64,
+    ) -> Result<usize, OutboxError> {
+        let mut total = 0;
+        while self.is_writing() || !self.buffered.is_empty() {
+            self.start(outbox, dest, now_ms);
+            total += self.written().await?;
+        }
+        Ok(total)
+    }
+}
+
 /// One connection: publish due events, match PUBACKs, until it ends.
+///
+/// The window: up to `max_in_flight` publishes await their PUBACK. It is
+/// refilled from the outbox when half of it is free, or at once after a
+/// wake (new events) or the 100 ms tick (retries that became due); a
+/// refill that finds fewer due events than it had room for stops further
+/// refills until the next wake or tick, so an idle lane does not scan.
 async fn connection(
     dest: &Arc<MqttDestination>,
     ctx: &mut MqttLaneContext,
-    client: AsyncClient,
-    mut eventloop: EventLoop,
+    publisher: Publisher,
+    mut events: Events,
 ) -> Result<Ended, OutboxError> {
     let mut connected = false;
     // Outbox ids in the order their publishes were requested (None: presence).
@@ -267,109 +516,122 @@ async fn connection(
     let mut by_pkid: HashMap<u16, u64> = HashMap::new();
     // Events published on this connection and not yet acknowledged, with when.
     let mut in_flight: HashMap<u64, (PendingEvent, u64)> = HashMap::new();
+    let mut acks = AckBatch::default();
     let mut all_due = ctx.first_pass_all;
+    let (mut exhausted, mut asked) = (false, true);
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let room = connected && in_flight.len() < dest.max_in_flight;
+    let ack_timeout_ms = dest.ack_timeout.as_millis() as u64;
+    let ended = loop {
+        let mut ticked = false;
         tokio::select! {
-            _ = ctx.stop.changed() => {
-                let _ = client.disconnect().await;
-                return Ok(Ended::Stop);
-            }
-            polled = eventloop.poll() => match polled {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+            _ = ctx.stop.changed() => break Ended::Stop,
+            polled = events.poll() => match polled {
+                Ok(Polled::Connected) => {
                     connected = true;
                     ctx.stats.offline.store(false, Ordering::Relaxed);
                     let topic = MqttDestination::status_topic(&ctx.device_id);
-                    if client.try_publish(topic, QoS::AtLeastOnce, true, "online").is_ok() {
+                    if publisher.try_publish(topic, true, b"online".to_vec(), None).is_ok() {
                         requested.push_back(None);
                     }
                 }
-                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                Ok(Polled::Sent(pkid)) => {
                     if let Some(Some(id)) = requested.pop_front() {
                         by_pkid.insert(pkid, id);
                     }
                 }
-                Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                    let Some(id) = by_pkid.remove(&ack.pkid) else { continue };
+                Ok(Polled::Acked { pkid, refused }) => {
+                    let Some(id) = by_pkid.remove(&pkid) else { continue };
                     let Some((event, _)) = in_flight.remove(&id) else { continue };
-                    if matches!(ack.reason, PubAckReason::Success | PubAckReason::NoMatchingSubscribers) {
-                        let now = ctx.clock.now_ms();
-                        let (name, attempts) = (dest.name.clone(), event.state.attempts + 1);
-                        blocking(&ctx.outbox, move |o| o.ack(&name, id, now, "PUBACK", attempts)).await?;
-                        ctx.stats.delivered.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        failed(ctx, dest, event, format!("PUBACK {:?}", ack.reason)).await?;
+                    match refused {
+                        None => acks.push(Ack { id, attempts: event.state.attempts + 1 }),
+                        Some(reason) => failed(ctx, dest, event, reason).await?,
                     }
                 }
-                Ok(_) => {}
-                Err(e) => return Ok(Ended::Offline(e.to_string())),
+                Ok(Polled::Other) => {}
+                Err(e) => break Ended::Offline(e),
             },
-            _ = ctx.wake.notified(), if room => {}
-            _ = tick.tick() => {}
+            written = acks.written(), if acks.is_writing() => {
+                ctx.stats.delivered.fetch_add(written? as u64, Ordering::Relaxed);
+            }
+            _ = ctx.wake.notified() => (exhausted, asked) = (false, true),
+            _ = tick.tick() => (exhausted, asked, ticked) = (false, true, true),
         }
-        // Publishes unacknowledged for too long cost an attempt; then reconnect.
         let now = ctx.clock.now_ms();
-        let overdue: Vec<u64> = in_flight
-            .iter()
-            .filter(|(_, (_, at))| now.saturating_sub(*at) > dest.ack_timeout.as_millis() as u64)
-            .map(|(id, _)| *id)
-            .collect();
-        if !overdue.is_empty() {
+        acks.start(&ctx.outbox, &dest.name, now);
+        // Publishes unacknowledged for too long cost an attempt; then reconnect.
+        if ticked
+            && in_flight
+                .values()
+                .any(|(_, at)| now.saturating_sub(*at) > ack_timeout_ms)
+        {
+            let overdue: Vec<u64> = in_flight
+                .iter()
+                .filter(|(_, (_, at))| now.saturating_sub(*at) > ack_timeout_ms)
+                .map(|(id, _)| *id)
+                .collect();
             for id in overdue {
                 if let Some((event, _)) = in_flight.remove(&id) {
                     let why = format!("no PUBACK within {} s", dest.ack_timeout.as_secs_f64());
                     failed(ctx, dest, event, why).await?;
                 }
             }
-            let _ = client.disconnect().await;
-            return Ok(Ended::AckTimeout);
+            break Ended::AckTimeout;
         }
-        if !(connected && in_flight.len() < dest.max_in_flight) {
+        let free = dest.max_in_flight.saturating_sub(in_flight.len());
+        if !connected || free == 0 || exhausted || !(asked || free * 2 >= dest.max_in_flight) {
             continue;
         }
+        asked = false;
         let horizon = if all_due { u64::MAX } else { now };
         all_due = false;
-        let (name, limit) = (dest.name.clone(), dest.max_in_flight + in_flight.len());
-        let due = blocking(&ctx.outbox, move |o| o.due(&name, horizon, limit)).await?;
+        let skip: HashSet<u64> = in_flight.keys().copied().chain(acks.ids()).collect();
+        let name = dest.name.clone();
+        let due = blocking(&ctx.outbox, move |o| {
+            o.due_except(&name, horizon, free, &skip)
+        })
+        .await?;
+        exhausted = due.len() < free;
         for event in due {
-            if in_flight.len() >= dest.max_in_flight {
-                break;
-            }
-            if in_flight.contains_key(&event.outbox_id) {
-                continue;
-            }
             let topic = dest.topic_for(&ctx.device_id, &event.meta.kind);
-            let props = PublishProperties {
-                content_type: Some("application/json".into()),
-                user_properties: sign(
-                    Scheme::Standard,
-                    &dest.keys,
-                    &event.meta.event_id,
-                    now / 1000,
-                    &event.bytes,
-                )
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect(),
-                ..Default::default()
+            let headers = sign(
+                Scheme::Standard,
+                &dest.keys,
+                &event.meta.event_id,
+                now / 1000,
+                &event.bytes,
+            );
+            let (payload, props) = match dest.protocol {
+                MqttProtocol::V5 => (
+                    event.bytes.clone(),
+                    Some(PublishProperties {
+                        content_type: Some("application/json".into()),
+                        user_properties: headers
+                            .into_iter()
+                            .map(|(k, v)| (k.to_string(), v))
+                            .collect(),
+                        ..Default::default()
+                    }),
+                ),
+                MqttProtocol::V311 => (envelope(&headers, &event.bytes), None),
             };
-            let id = event.outbox_id;
-            // Never await the request channel here: this task also polls the
-            // event loop that drains it (awaiting would deadlock).
-            match client.try_publish_with_properties(
-                topic,
-                QoS::AtLeastOnce,
-                false,
-                event.bytes.clone(),
-                props,
-            ) {
-                Ok(()) => requested.push_back(Some(id)),
-                Err(rumqttc::v5::ClientError::TryRequest(_)) => break,
-                Err(_) => return Ok(Ended::Offline("the MQTT client stopped".into())),
+            match publisher.try_publish(topic, false, payload, props) {
+                Ok(()) => requested.push_back(Some(event.outbox_id)),
+                Err(NotQueued::Full) => break,
+                Err(NotQueued::Stopped) => break,
             }
-            in_flight.insert(id, (event, now));
+            in_flight.insert(event.outbox_id, (event, now));
         }
+    };
+    // Every PUBACK received is a real acknowledgement: record it before leaving.
+    let written = acks
+        .finish(&ctx.outbox, &dest.name, ctx.clock.now_ms())
+        .await?;
+    ctx.stats
+        .delivered
+        .fetch_add(written as u64, Ordering::Relaxed);
+    if matches!(ended, Ended::Stop | Ended::AckTimeout) {
+        publisher.disconnect().await;
     }
+    Ok(ended)
 }

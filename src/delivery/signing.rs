@@ -169,6 +169,51 @@ pub fn sign(
     }
 }
 
+/// The MQTT 3.1.1 signed envelope: `{"headers":{name: value, ...},"body":"..."}`.
+///
+/// MQTT 3.1.1 has no user properties, so the Standard Webhooks headers travel
+/// in the payload. `body` is the event as a JSON *string*: its UTF-8 bytes are
+/// exactly the signed bytes (an embedded object would be re-serialised by
+/// receivers and no longer match). Non-UTF-8 bytes never occur (events are
+/// JSON) and would be replaced, failing verification rather than passing.
+pub fn envelope(headers: &[(&'static str, String)], body: &[u8]) -> Vec<u8> {
+    let headers: serde_json::Map<String, serde_json::Value> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.clone())))
+        .collect();
+    serde_json::to_vec(&serde_json::json!({
+        "headers": headers,
+        "body": String::from_utf8_lossy(body),
+    }))
+    .expect("strings serialise")
+}
+
+/// Opens an [`envelope`]: the headers and the exact signed body bytes.
+pub fn open_envelope(bytes: &[u8]) -> Result<(Vec<(String, String)>, Vec<u8>), VerifyError> {
+    let malformed = |problem: String| VerifyError::Malformed {
+        header: "envelope",
+        problem,
+    };
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| malformed(format!("not JSON: {e}")))?;
+    let headers = value
+        .get("headers")
+        .and_then(|h| h.as_object())
+        .ok_or_else(|| malformed("no \"headers\" object".into()))?
+        .iter()
+        .map(|(k, v)| {
+            v.as_str()
+                .map(|s| (k.clone(), s.to_string()))
+                .ok_or_else(|| malformed(format!("header {k:?} is not a string")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let body = value
+        .get("body")
+        .and_then(|b| b.as_str())
+        .ok_or_else(|| malformed("no \"body\" string".into()))?;
+    Ok((headers, body.as_bytes().to_vec()))
+}
+
 /// Why a request does not verify. Never contains secret material.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum VerifyError {
@@ -349,6 +394,42 @@ mod tests {
             verify(Scheme::Standard, &[key], &headers, body, 1649367600, 300),
             Ok(0)
         );
+    }
+
+    #[test]
+    fn the_mqtt_311_envelope_carries_the_exact_body_and_verifies_like_a_webhook() {
+        let key = parse_secret(Scheme::Standard, "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD").unwrap();
+        // Quotes, backslashes and non-ASCII must survive the string round trip.
+        let body = "{\"event\":\"SCAN_COMPLETED\",\"note\":\"a \\\"q\\\" \\\\ é\"}".as_bytes();
+        let headers = sign(
+            Scheme::Standard,
+            std::slice::from_ref(&key),
+            "evt_1",
+            100,
+            body,
+        );
+        let env = envelope(&headers, body);
+        let (h, b) = open_envelope(&env).unwrap();
+        assert_eq!(b, body);
+        assert_eq!(verify(Scheme::Standard, &[key], &h, &b, 100, 300), Ok(0));
+        for bad in [
+            &b"[]"[..],
+            b"{\"headers\":{}}",
+            b"{\"headers\":{\"a\":1},\"body\":\"\"}",
+            b"nope",
+        ] {
+            assert!(
+                matches!(
+                    open_envelope(bad),
+                    Err(VerifyError::Malformed {
+                        header: "envelope",
+                        ..
+                    })
+                ),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]

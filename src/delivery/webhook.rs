@@ -307,15 +307,14 @@ pub async fn run_lane(
         if offline.is_none() && tasks.len() < dest.max_in_flight {
             let now = ctx.clock.now_ms();
             let horizon = if all_due { u64::MAX } else { now };
-            let (name, limit) = (dest.name.clone(), dest.max_in_flight + in_flight.len());
-            let due = blocking(&ctx.outbox, move |o| o.due(&name, horizon, limit)).await?;
+            let (name, free) = (dest.name.clone(), dest.max_in_flight - tasks.len());
+            let skip = in_flight.clone();
+            let due = blocking(&ctx.outbox, move |o| {
+                o.due_except(&name, horizon, free, &skip)
+            })
+            .await?;
             for event in due {
-                if tasks.len() >= dest.max_in_flight {
-                    break;
-                }
-                if !in_flight.insert(event.outbox_id) {
-                    continue;
-                }
+                in_flight.insert(event.outbox_id);
                 let (client, dest) = (client.clone(), dest.clone());
                 tasks.spawn(async move {
                     let r = attempt(&client, &dest, &event, now / 1000).await;

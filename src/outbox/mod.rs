@@ -47,6 +47,7 @@ use crate::events::{EventKind, StampedEvent};
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
@@ -160,6 +161,14 @@ pub struct Delivered {
     pub delivered_at_ms: u64,
     pub attempts: u32,
     pub status: String,
+}
+
+/// One acknowledged event of a lane, for [`Outbox::ack_many`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ack {
+    pub id: u64,
+    /// Attempts it took, this one included.
+    pub attempts: u32,
 }
 
 /// An event waiting for one destination.
@@ -582,17 +591,33 @@ impl Outbox {
         now_ms: u64,
         limit: usize,
     ) -> Result<Vec<PendingEvent>, OutboxError> {
+        self.due_except(dest, now_ms, limit, &Default::default())
+    }
+
+    /// As [`Outbox::due`], passing over the ids in `skip` (a lane's events in
+    /// flight) without reading their event records, so refilling a window of
+    /// N in-flight events costs the new ones, not all N again.
+    pub fn due_except(
+        &self,
+        dest: &str,
+        now_ms: u64,
+        limit: usize,
+        skip: &HashSet<u64>,
+    ) -> Result<Vec<PendingEvent>, OutboxError> {
         let mut out = Vec::new();
         for item in self.pending.scan_prefix(lane_prefix(dest)) {
             if out.len() >= limit {
                 break;
             }
             let (k, v) = item.map_err(|e| self.storage("reading pending events", e))?;
+            let id = id_of_lane_key(&k).unwrap_or_default();
+            if skip.contains(&id) {
+                continue;
+            }
             let state: Attempts = decode_json(&k, &v)?;
             if state.next_attempt_ms > now_ms {
                 continue;
             }
-            let id = id_of_lane_key(&k).unwrap_or_default();
             let (meta, bytes) = self.event(id)?;
             out.push(PendingEvent {
                 outbox_id: id,
@@ -656,7 +681,7 @@ impl Outbox {
         Ok(())
     }
 
-    /// The destination acknowledged the event: pending -> delivered, durably.
+    /// The destination acknowledged the event: pending -> delivered.
     pub fn ack(
         &self,
         dest: &str,
@@ -665,22 +690,50 @@ impl Outbox {
         status: &str,
         attempts: u32,
     ) -> Result<(), OutboxError> {
-        let key = lane_key(dest, id);
-        let (meta, _) = self.event(id)?;
-        let record = encode_json(&Delivered {
-            event_id: meta.event_id,
-            delivered_at_ms: now_ms,
-            attempts,
-            status: status.to_string(),
-        });
+        self.ack_many(dest, &[Ack { id, attempts }], now_ms, status)
+    }
+
+    /// Several acknowledgements of one destination in one transaction
+    /// (a lane collects the PUBACKs that arrive while the previous batch is
+    /// being written). Each entry moves pending -> delivered. An ack for an
+    /// event that is no longer pending there (already settled, replayed
+    /// elsewhere, or shed by the cap) changes nothing: one terminal state.
+    pub fn ack_many(
+        &self,
+        dest: &str,
+        acks: &[Ack],
+        now_ms: u64,
+        status: &str,
+    ) -> Result<(), OutboxError> {
+        let mut writes = Vec::with_capacity(acks.len());
+        for a in acks {
+            let meta = match self.event(a.id) {
+                Ok((meta, _)) => meta,
+                Err(OutboxError::NotFound(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            let record = encode_json(&Delivered {
+                event_id: meta.event_id,
+                delivered_at_ms: now_ms,
+                attempts: a.attempts,
+                status: status.to_string(),
+            });
+            writes.push((lane_key(dest, a.id), record));
+        }
         (&self.pending, &self.delivered)
             .transaction(|(pending, delivered)| {
-                pending.remove(key.as_slice())?;
-                delivered.insert(key.as_slice(), record.as_slice())?;
+                for (key, record) in &writes {
+                    if pending.remove(key.as_slice())?.is_some() {
+                        delivered.insert(key.as_slice(), record.as_slice())?;
+                    }
+                }
                 Ok::<(), ConflictableTransactionError<()>>(())
             })
             .map_err(|e| self.tx_error("recording a delivery", e))?;
-        self.drop_event_if_done(id)
+        for a in acks {
+            self.drop_event_if_done(a.id)?;
+        }
+        Ok(())
     }
 
     /// Gives up on the event for `dest`: pending -> dead, with reason and history.
@@ -990,6 +1043,49 @@ mod tests {
         ob.ack("b", id, 7, "HTTP 200", 2).unwrap();
         assert!(ob.events().unwrap().is_empty(), "no lane holds it any more");
         assert_eq!(ob.stored_bytes(), 0);
+    }
+
+    #[test]
+    fn due_except_passes_over_events_in_flight_and_ack_many_settles_a_batch_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = open(dir.path(), 1 << 20);
+        let mut st = Stamper::new("d", "s");
+        let ids: Vec<u64> = (0..6)
+            .map(|n| {
+                let e = event(&mut st, EventKind::IntermediateResults, n);
+                ob.append(&e, &["a", "b"], 1).unwrap()
+            })
+            .collect();
+        let skip: HashSet<u64> = ids[..3].iter().copied().collect();
+        let due: Vec<u64> = ob
+            .due_except("a", 10, 2, &skip)
+            .unwrap()
+            .iter()
+            .map(|p| p.outbox_id)
+            .collect();
+        assert_eq!(
+            due,
+            ids[3..5],
+            "the first two due events after the skipped ones"
+        );
+        let acks: Vec<Ack> = ids[..4].iter().map(|&id| Ack { id, attempts: 1 }).collect();
+        ob.ack_many("a", &acks, 20, "PUBACK").unwrap();
+        // A repeated ack (a duplicate PUBACK after a reconnect) changes nothing.
+        ob.ack_many("a", &acks[..1], 30, "PUBACK").unwrap();
+        let s = ob.stats("a", 100).unwrap();
+        assert_eq!((s.pending, s.delivered), (2, 4));
+        let first = ob.lane_state("a", ids[0]).unwrap().unwrap();
+        assert_eq!(first["delivered"]["delivered_at_ms"], 20);
+        // Lane b still holds every event, so none was dropped.
+        assert_eq!(ob.due("b", 100, 100).unwrap().len(), 6);
+        ob.ack_many("b", &acks, 40, "HTTP 200").unwrap();
+        assert_eq!(
+            ob.events().unwrap().len(),
+            2,
+            "records leave with their last lane"
+        );
+        // An ack for an event that is gone entirely is ignored, not an error.
+        ob.ack_many("b", &acks, 50, "HTTP 200").unwrap();
     }
 
     #[test]

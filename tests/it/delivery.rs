@@ -645,3 +645,126 @@ async fn sigkill_at_random_moments_loses_no_event_whose_append_returned() {
     let v: serde_json::Value = serde_json::from_str(stats.stdout.trim()).unwrap();
     assert_eq!(v["destinations"][0]["pending"], 0, "{v}");
 }
+
+/// Paused-time tests: tokio's clock jumps to the next timer whenever every
+/// task is idle, so hours of backoff pass in milliseconds. While a real HTTP
+/// request is in flight the runtime is idle too, and the clock would jump to
+/// the request's timeout; this heartbeat keeps the jumps at 10 ms, so a
+/// loopback request costs a few virtual milliseconds at most.
+fn heartbeat() -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+}
+
+/// Waits in virtual time (bounded) until `cond` holds.
+async fn eventually_virtual(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let start = tokio::time::Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out (virtual time) waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_lane_waits_exactly_the_configured_schedule_between_attempts_then_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = open(dir.path());
+    let rx = Receiver::start(
+        None,
+        Script {
+            statuses: [503; 10].into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let _beat = heartbeat();
+    let schedule_s = [0u64, 5, 30, 300, 1800];
+    let dest = WebhookDestination {
+        timeout: Duration::from_secs(3600),
+        policy: RetryPolicy {
+            schedule: schedule_s.iter().map(|s| Duration::from_secs(*s)).collect(),
+            jitter: 0.0,
+            ..RetryPolicy::default()
+        },
+        ..destination(&rx.url(), 5)
+    };
+    append(&outbox, 1);
+    let d = Delivery::start(outbox.clone(), setup(&[dest]), now_ms()).unwrap();
+    eventually_virtual("the dead letter", Duration::from_secs(3 * 3600), || {
+        outbox.stats("hook", u64::MAX).unwrap().dead == 1
+    })
+    .await;
+    d.stop().await;
+    let (_, _, _, dead) = outbox.dead_letters(Some("hook")).unwrap().remove(0);
+    let at: Vec<u64> = dead.history.iter().map(|a| a.at_ms).collect();
+    assert_eq!(at.len(), 5, "{:?}", dead.history);
+    assert!(dead.history.iter().all(|a| a.result == "HTTP 503"));
+    for (i, pair) in at.windows(2).enumerate() {
+        let waited_ms = pair[1] - pair[0];
+        let planned_ms = schedule_s[i + 1] * 1000;
+        assert!(
+            (planned_ms..planned_ms + 1000).contains(&waited_ms),
+            "wait before attempt {}: {waited_ms} ms, schedule says {planned_ms} ms",
+            i + 2
+        );
+    }
+    assert_eq!(rx.received().len(), 5, "one request per attempt");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_week_offline_spends_no_attempts_and_ends_in_delivery_not_in_the_dead_letter_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = open(dir.path());
+    // Reserve a port, then leave it closed: connections are refused.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dest = destination(&format!("http://{addr}/hooks"), 6);
+    let ids = append(&outbox, 3);
+    let d = Delivery::start(
+        outbox.clone(),
+        Setup {
+            probe: (Duration::from_secs(1), Duration::from_secs(300)),
+            ..setup(std::slice::from_ref(&dest))
+        },
+        now_ms(),
+    )
+    .unwrap();
+    let week = Duration::from_secs(7 * 24 * 3600);
+    tokio::time::sleep(week).await;
+    let offline = d.lanes()[0].stats.clone();
+    assert!(offline.offline.load(std::sync::atomic::Ordering::Relaxed));
+    let pending = outbox.due("hook", u64::MAX, 100).unwrap();
+    assert_eq!(pending.len(), 3, "nothing dead-lettered in a week offline");
+    assert!(
+        pending.iter().all(|p| p.state.attempts == 0),
+        "no attempts spent"
+    );
+    // The receiver returns on its old address.
+    let rx = Receiver::start_at(addr, None, Script::default())
+        .await
+        .unwrap();
+    let _beat = heartbeat();
+    // The probe backoff is capped at 5 min: delivery follows within one probe.
+    eventually_virtual("delivery after the week", Duration::from_secs(400), || {
+        outbox.stats("hook", u64::MAX).unwrap().delivered == 3
+    })
+    .await;
+    d.stop().await;
+    let got: Vec<String> = rx
+        .received()
+        .into_iter()
+        .filter_map(|r| r.webhook_id)
+        .collect();
+    assert!(ids.iter().all(|id| got.contains(id)));
+    let s = outbox.stats("hook", u64::MAX).unwrap();
+    assert_eq!((s.pending, s.dead), (0, 0));
+}
