@@ -61,6 +61,25 @@ pub enum Command {
     },
     /// Measure the speed of every pipeline stage (medians) and peak memory.
     Bench(BenchArgs),
+    /// Measure accuracy: a seeded synthetic sweep with known truth, the
+    /// robustness cases that must be cancelled, and optionally real recordings.
+    ///
+    /// Each condition (resolution, frame rate, skin tone, noise, motion,
+    /// rotation, sudden moves, lighting, flicker, dropped frames) runs at
+    /// several true heart and breathing rates (HR 45-180, RR 6-30). Prints
+    /// per condition: share completed, MAE, RMSE, MAPE and Pearson r of HR
+    /// and RR, and the mean confidence of right vs wrong HR estimates.
+    ///
+    /// --welltory DIR adds the Welltory contact-PPG recordings (folders with
+    /// PPG.csv and RR.txt): HR and RMSSD against the Polar H10 chest strap,
+    /// beside a plain FFT peak from the same run.
+    ///
+    /// Examples:
+    ///   rppg-agent eval                       # the full sweep (a few minutes)
+    ///   rppg-agent eval --quick               # one scan per condition, 20 s each
+    ///   rppg-agent eval --trials 0 --welltory ../shared/data/welltory
+    #[command(verbatim_doc_comment)]
+    Eval(EvalArgs),
     /// Check a received webhook's signature (for receivers): valid, or exactly why not.
     ///
     /// The body is read from stdin (or --body FILE), byte for byte as received.
@@ -251,6 +270,28 @@ pub enum ConfigAction {
         /// The file to check.
         file: PathBuf,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Scans per synthetic condition, each at another true HR/RR (0 = none).
+    #[arg(long, default_value_t = 8)]
+    pub trials: usize,
+    /// Length of each synthetic scan in seconds (RR needs 20 or more).
+    #[arg(long, default_value_t = 30.0)]
+    pub seconds: f64,
+    /// One scan of 20 s per condition: a smoke run of a few seconds.
+    #[arg(long, conflicts_with_all = ["trials", "seconds"])]
+    pub quick: bool,
+    /// Also evaluate the Welltory PPG recordings in this folder.
+    #[arg(long, value_name = "DIR")]
+    pub welltory: Option<PathBuf>,
+    /// Worker threads for the sweep (default: every core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Print one JSON object (every trial) instead of tables.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

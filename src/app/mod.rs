@@ -13,6 +13,7 @@ pub mod analyze;
 pub mod bench;
 pub mod cli;
 pub mod deliver;
+pub mod eval;
 pub mod receiver;
 pub mod scan;
 pub mod sinks;
@@ -214,7 +215,68 @@ pub fn run(cli: Cli) -> Result<i32, AppError> {
             bench::run(a.frames, a.runs, &mut std::io::stdout())?;
             Ok(0)
         }
+        Command::Eval(a) => eval_command(a),
     }
+}
+
+/// `eval`: the synthetic sweep, the robustness cases, optionally Welltory.
+fn eval_command(a: cli::EvalArgs) -> Result<i32, AppError> {
+    let (trials, seconds) = if a.quick {
+        (1, 20.0)
+    } else {
+        (a.trials, a.seconds)
+    };
+    check_seconds(seconds)?;
+    if seconds < 10.0 {
+        return Err(AppError::Usage(format!(
+            "--seconds {seconds}: a scan needs at least 10 s of signal"
+        )));
+    }
+    let threads = a.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    if threads == 0 || threads > 256 {
+        return Err(AppError::Usage("--threads must be 1..256".into()));
+    }
+    let specs = eval::sweep_specs(trials, seconds);
+    let started = std::time::Instant::now();
+    let tty = std::io::stderr().is_terminal();
+    let synthetic = eval::run_sweep(&specs, seconds, threads, &|done, total| {
+        if tty {
+            eprint!("\reval: {done}/{total} synthetic scans");
+        } else if done % 10 == 0 || done == total {
+            eprintln!("eval: {done}/{total} synthetic scans");
+        }
+    })?;
+    if tty && !specs.is_empty() {
+        eprintln!();
+    }
+    let sweep_s = started.elapsed().as_secs_f64();
+    let real = match &a.welltory {
+        Some(dir) => eval::run_welltory(dir, &load_config(None)?)?,
+        None => Vec::new(),
+    };
+    if a.json {
+        println!("{}", eval::to_json(&synthetic, &real));
+        return Ok(0);
+    }
+    if !synthetic.is_empty() {
+        println!(
+            "# Synthetic sweep: {} conditions × {trials} scans of {seconds} s (320×240 unless noted; {:.0} s on {threads} threads)\n",
+            eval::CONDITIONS.len(),
+            sweep_s
+        );
+        println!(
+            "Errors over completed scans; HR in bpm, RR in breaths/min. \"Right\" = within {} bpm.\n",
+            eval::HR_RIGHT_BPM
+        );
+        print!("{}", eval::sweep_table(&synthetic));
+    }
+    if !real.is_empty() {
+        println!("\n# Welltory contact PPG vs Polar H10 chest strap (analyze --method red)\n");
+        print!("{}", eval::welltory_table(&real));
+    }
+    Ok(0)
 }
 
 /// `verify`: checks one received request; prints the verdict.

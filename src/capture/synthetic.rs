@@ -56,6 +56,23 @@ pub struct SyntheticParams {
     pub brightness: f64,
     /// Whether there is a face in the scene.
     pub face: bool,
+    /// Skin tone as a Fitzpatrick type 1-6; 0 = the photo as it is (about
+    /// type 2). Darker types darken the skin (more in blue and green) and
+    /// shrink the pulse by the same melanin factor.
+    pub tone: u8,
+    /// Head rotation amplitude in degrees (slow oscillation about the face).
+    pub rotate_deg: f64,
+    /// Head scale change amplitude, relative (0.05 = ±5 %, leaning in and out).
+    pub zoom: f64,
+    /// Sudden head moves of this many pixels, about every 8 s.
+    pub jump_px: f64,
+    /// Light flicker amplitude, relative, at `flicker_hz` (aliased by the frame rate).
+    pub flicker: f64,
+    pub flicker_hz: f64,
+    /// Probability that a frame is dropped.
+    pub drop: f64,
+    /// Capture-time jitter σ in milliseconds (timestamps stay exact).
+    pub jitter_ms: f64,
 }
 
 impl Default for SyntheticParams {
@@ -75,6 +92,14 @@ impl Default for SyntheticParams {
             rsa: 0.05,
             brightness: 1.0,
             face: true,
+            tone: 0,
+            rotate_deg: 0.0,
+            zoom: 0.0,
+            jump_px: 0.0,
+            flicker: 0.0,
+            flicker_hz: 100.0,
+            drop: 0.0,
+            jitter_ms: 0.0,
         }
     }
 }
@@ -100,12 +125,21 @@ impl SyntheticParams {
                 "rsa" => p.rsa = num(0.0..=0.3)?,
                 "brightness" => p.brightness = num(0.0..=4.0)?,
                 "face" => p.face = num(0.0..=1.0)? >= 0.5,
+                "tone" => p.tone = num(0.0..=6.0)?.round() as u8,
+                "rotate" => p.rotate_deg = num(0.0..=45.0)?,
+                "zoom" => p.zoom = num(0.0..=0.5)?,
+                "jump" => p.jump_px = num(0.0..=200.0)?,
+                "flicker" => p.flicker = num(0.0..=0.5)?,
+                "flicker_hz" => p.flicker_hz = num(1.0..=1000.0)?,
+                "drop" => p.drop = num(0.0..=0.9)?,
+                "jitter" => p.jitter_ms = num(0.0..=100.0)?,
                 other => {
                     return Err(CaptureError::Spec {
                         spec: spec.to_string(),
                         problem: format!(
                             "unknown option {other:?}; synthetic takes hr, rr, seconds, seed, width, height, \
-                             fps, noise, motion, light, pulse, rsa, brightness, face"
+                             fps, noise, motion, light, pulse, rsa, brightness, face, tone, rotate, zoom, \
+                             jump, flicker, flicker_hz, drop, jitter"
                         ),
                     })
                 }
@@ -114,13 +148,42 @@ impl SyntheticParams {
         Ok(p)
     }
 
-    /// The canonical spec string for these parameters.
+    /// The canonical spec string for these parameters (the newer options
+    /// only when set, so older specs read the same).
     pub fn to_spec(&self) -> String {
-        format!(
+        let mut spec = format!(
             "synthetic:hr={},rr={},seconds={},seed={},width={},height={},fps={},noise={},motion={},light={},pulse={},rsa={},brightness={},face={}",
             self.hr_bpm, self.rr_bpm, self.seconds, self.seed, self.width, self.height, self.fps,
             self.noise, self.motion, self.light, self.pulse, self.rsa, self.brightness, u8::from(self.face)
-        )
+        );
+        let d = SyntheticParams::default();
+        let extra = [
+            ("tone", f64::from(self.tone), f64::from(d.tone)),
+            ("rotate", self.rotate_deg, d.rotate_deg),
+            ("zoom", self.zoom, d.zoom),
+            ("jump", self.jump_px, d.jump_px),
+            ("flicker", self.flicker, d.flicker),
+            ("flicker_hz", self.flicker_hz, d.flicker_hz),
+            ("drop", self.drop, d.drop),
+            ("jitter", self.jitter_ms, d.jitter_ms),
+        ];
+        for (k, v, default) in extra {
+            if v != default {
+                spec.push_str(&format!(",{k}={v}"));
+            }
+        }
+        spec
+    }
+
+    /// Melanin factor of the skin tone: skin colour and pulse scale by it.
+    fn melanin(&self) -> f64 {
+        match self.tone {
+            0..=2 => 1.0,
+            3 => 0.82,
+            4 => 0.66,
+            5 => 0.5,
+            _ => 0.36,
+        }
     }
 }
 
@@ -199,7 +262,16 @@ pub struct SyntheticSource {
     skin: Vec<f32>,
     beats: Vec<f64>,
     motion_phases: [f64; 6],
+    /// Sudden moves: from this time on, the head is offset by (dx, dy).
+    jumps: Vec<(f64, f64, f64)>,
+    /// Centre of rotation and zoom (the face), frame pixels.
+    center: (f64, f64),
+    /// Pixel noise.
     rng: Rng,
+    /// Frame drops and capture jitter: a stream of its own, so that a video
+    /// without them has the same bytes as before they existed.
+    timing: Rng,
+    last_t: Option<f64>,
     index: u64,
 }
 
@@ -295,18 +367,45 @@ fn empty_wall(width: u32, height: u32) -> Vec<f32> {
 impl SyntheticSource {
     pub fn new(params: SyntheticParams) -> Result<Self, CaptureError> {
         let (w, h) = (params.width, params.height);
-        let (base, skin) = if params.face {
+        let (mut base, skin, center) = if params.face {
             let (base, face) = framed_photo(w, h)?;
             let skin = blood_mask(&base, w, face);
-            (base, skin)
+            (base, skin, (face.0, face.1))
         } else {
             let wall = empty_wall(w, h);
             let none = vec![0.0; wall.len() / 3];
-            (wall, none)
+            (wall, none, (w as f64 / 2.0, h as f64 / 2.0))
         };
+        let k = params.melanin();
+        if k < 1.0 {
+            // Melanin absorbs more at shorter wavelengths: blue and green darken most.
+            let tint = [k, k.powf(1.15), k.powf(1.3)].map(|v| v as f32);
+            for (px, &m) in base.chunks_exact_mut(3).zip(&skin) {
+                for c in 0..3 {
+                    px[c] *= 1.0 - m * (1.0 - tint[c]);
+                }
+            }
+        }
         let mut rng = Rng(params.seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0x5DEE_CE66);
         let beats = beat_times(&params, &mut rng);
         let motion_phases = std::array::from_fn(|_| 2.0 * PI * rng.uniform());
+        let mut timing = Rng(params.seed.wrapping_mul(0x9E37_79B9) ^ 0x7143_2F0D);
+        let mut jumps = Vec::new();
+        if params.jump_px > 0.0 {
+            // Alternate between a new offset and home, so the face stays in frame.
+            let (mut t, mut away) = (4.0 + 2.0 * timing.uniform(), true);
+            while t < params.seconds {
+                let a = 2.0 * PI * timing.uniform();
+                let (dx, dy) = if away {
+                    (params.jump_px * a.cos(), params.jump_px * a.sin())
+                } else {
+                    (0.0, 0.0)
+                };
+                jumps.push((t, dx, dy));
+                away = !away;
+                t += 6.0 + 4.0 * timing.uniform();
+            }
+        }
         let info = SourceInfo {
             kind: "synthetic",
             description: params.to_spec(),
@@ -322,7 +421,11 @@ impl SyntheticSource {
             skin,
             beats,
             motion_phases,
+            jumps,
+            center,
             rng,
+            timing,
+            last_t: None,
             index: 0,
         })
     }
@@ -350,7 +453,47 @@ impl SyntheticSource {
                     + 0.3 * (2.0 * PI * 0.23 * t + ph[o + 1]).sin()
                     + 0.2 * (2.0 * PI * 0.37 * t + ph[o + 2]).sin())
         };
-        (wander(0), dy_breath + wander(3))
+        let (jx, jy) = self
+            .jumps
+            .iter()
+            .rev()
+            .find(|j| j.0 <= t)
+            .map_or((0.0, 0.0), |j| (j.1, j.2));
+        (wander(0) + jx, dy_breath + wander(3) + jy)
+    }
+
+    /// Head rotation (radians) and scale at `t`.
+    fn pose(&self, t: f64) -> (f64, f64) {
+        let p = &self.params;
+        let ph = &self.motion_phases;
+        let angle = p.rotate_deg.to_radians() * (2.0 * PI * 0.13 * t + ph[1]).sin();
+        let scale = 1.0 + p.zoom * (2.0 * PI * 0.09 * t + ph[4]).sin();
+        (angle, scale)
+    }
+
+    /// The next frame that is not dropped: its nominal index and capture time.
+    fn next_time(&mut self) -> Option<(u64, f64)> {
+        let p = &self.params;
+        loop {
+            let i = self.index;
+            let nominal = i as f64 / p.fps;
+            if nominal >= p.seconds {
+                return None;
+            }
+            self.index += 1;
+            if p.drop > 0.0 && self.timing.uniform() < p.drop {
+                continue;
+            }
+            let mut t = nominal;
+            if p.jitter_ms > 0.0 {
+                t += p.jitter_ms / 1000.0 * self.timing.normal();
+            }
+            // Capture times stay increasing and inside the video.
+            let floor = self.last_t.map_or(0.0, |l| l + 0.001);
+            let t = t.max(floor).max(0.0);
+            self.last_t = Some(t);
+            return Some((i, t));
+        }
     }
 }
 
@@ -386,48 +529,56 @@ impl FrameSource for SyntheticSource {
     }
 
     fn next_frame(&mut self, frame: &mut Frame) -> Result<bool, CaptureError> {
-        let p = &self.params;
-        let t = self.index as f64 / p.fps;
-        if t >= p.seconds {
+        let Some((index, t)) = self.next_time() else {
             return Ok(false);
-        }
+        };
+        let p = &self.params;
         let (w, h) = (p.width as usize, p.height as usize);
         frame.reshape(p.width, p.height);
         frame.t_s = t;
-        frame.index = self.index;
+        frame.index = index;
 
         let f_r = p.rr_bpm / 60.0;
         let gain = p.brightness
             * (1.0 + p.light * (2.0 * PI * t / 40.0).sin())
+            * (1.0 + p.flicker * (2.0 * PI * p.flicker_hz * t).sin())
             * (1.0 + 0.003 * (2.0 * PI * f_r * t).sin());
-        let pulse = p.pulse / 100.0 * (self.bvp(t) - 0.5);
+        let pulse = p.melanin() * p.pulse / 100.0 * (self.bvp(t) - 0.5);
         let darken: [f32; 3] = std::array::from_fn(|c| (pulse * PBV[c] / PBV[1]) as f32);
         let (dx, dy) = self.displacement(t);
-        // Output (x, y) samples the scene at (x - dx, y - dy), bilinearly.
-        let (sx, sy) = (-dx, -dy);
-        let (ix, iy) = (sx.floor(), sy.floor());
-        let (fx, fy) = ((sx - ix) as f32, (sy - iy) as f32);
-        let weights = [
-            (1.0 - fx) * (1.0 - fy),
-            fx * (1.0 - fy),
-            (1.0 - fx) * fy,
-            fx * fy,
-        ];
-        let (ix, iy) = (ix as isize, iy as isize);
+        let (angle, scale) = self.pose(t);
         let gain = gain as f32;
         let sigma = p.noise as f32;
+        // Output (x, y) shows the scene at `src = c + R(-angle) (out - c - d) / scale`:
+        // an affine map, so each row steps by a constant (ax, ay).
+        let (c, sn) = (angle.cos() / scale, -angle.sin() / scale);
+        let (cx, cy) = self.center;
+        let (ax, ay) = (c, sn);
+        let (bx, by) = (-sn, c);
         let clamp_x = |x: isize| x.clamp(0, w as isize - 1) as usize;
         let clamp_y = |y: isize| y.clamp(0, h as isize - 1) as usize;
         let mut noise = [0.0f32; 4];
         let mut used = 4;
         for y in 0..h {
-            let y0 = clamp_y(y as isize + iy);
-            let y1 = clamp_y(y as isize + iy + 1);
+            let (ry, rx0) = (y as f64 - cy - dy, -cx - dx);
+            let mut sx = cx + ax * rx0 + bx * ry;
+            let mut sy = cy + ay * rx0 + by * ry;
             let row_out = &mut frame.rgb[y * w * 3..(y + 1) * w * 3];
             for x in 0..w {
-                let x0 = clamp_x(x as isize + ix);
-                let x1 = clamp_x(x as isize + ix + 1);
+                let (fx0, fy0) = (sx.floor(), sy.floor());
+                let (fx, fy) = ((sx - fx0) as f32, (sy - fy0) as f32);
+                let (ix, iy) = (fx0 as isize, fy0 as isize);
+                sx += ax;
+                sy += ay;
+                let (x0, x1) = (clamp_x(ix), clamp_x(ix + 1));
+                let (y0, y1) = (clamp_y(iy), clamp_y(iy + 1));
                 let taps = [y0 * w + x0, y0 * w + x1, y1 * w + x0, y1 * w + x1];
+                let weights = [
+                    (1.0 - fx) * (1.0 - fy),
+                    fx * (1.0 - fy),
+                    (1.0 - fx) * fy,
+                    fx * fy,
+                ];
                 let mut skin = 0.0;
                 let mut rgb = [0.0f32; 3];
                 for (tap, wt) in taps.iter().zip(weights) {
@@ -447,7 +598,6 @@ impl FrameSource for SyntheticSource {
                 }
             }
         }
-        self.index += 1;
         Ok(true)
     }
 }
@@ -531,6 +681,64 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("outside"), "{e}");
+    }
+
+    #[test]
+    fn dropped_frames_and_capture_jitter_give_fewer_frames_with_increasing_true_timestamps() {
+        let mut s = small(",drop=0.2,jitter=8");
+        let mut f = Frame::default();
+        let (mut n, mut last, mut off_grid) = (0, -1.0, 0);
+        while s.next_frame(&mut f).unwrap() {
+            assert!(f.t_s > last, "timestamps increase");
+            let nominal = f.index as f64 / 30.0;
+            assert!((f.t_s - nominal).abs() < 0.05, "{} vs {nominal}", f.t_s);
+            off_grid += usize::from((f.t_s - nominal).abs() > 1e-6);
+            (last, n) = (f.t_s, n + 1);
+        }
+        assert!(
+            (35..58).contains(&n),
+            "about 20 % of 60 frames dropped: {n}"
+        );
+        assert!(off_grid > n / 2, "jitter moves most capture times");
+        // Without them the stream is the old one, frame for frame.
+        let mut plain = small("");
+        let mut g = Frame::default();
+        let mut count = 0;
+        while plain.next_frame(&mut g).unwrap() {
+            count += 1;
+        }
+        assert_eq!(count, 60);
+    }
+
+    #[test]
+    fn a_darker_skin_tone_darkens_skin_and_shrinks_the_pulse_but_not_the_wall() {
+        let light = small("");
+        let dark = small(",tone=6");
+        let mean = |src: &SyntheticSource, on_skin: bool| {
+            let (mut sum, mut n) = (0.0, 0.0);
+            for (px, &m) in src.base.chunks_exact(3).zip(&src.skin) {
+                if (m > 0.5) == on_skin {
+                    sum += px[1] as f64;
+                    n += 1.0;
+                }
+            }
+            sum / n
+        };
+        assert!(mean(&dark, true) < 0.5 * mean(&light, true));
+        assert!((mean(&dark, false) - mean(&light, false)).abs() < 1e-9);
+        assert!(dark.params.melanin() < 0.4);
+    }
+
+    #[test]
+    fn sudden_moves_alternate_between_an_offset_and_home() {
+        let s = small(",jump=20,seconds=30");
+        assert!(s.jumps.len() >= 2, "{:?}", s.jumps);
+        let (t0, dx, dy) = s.jumps[0];
+        assert!(((dx * dx + dy * dy).sqrt() - 20.0).abs() < 1e-9);
+        let before = s.displacement(t0 - 0.01);
+        let after = s.displacement(t0 + 0.01);
+        assert!((after.0 - before.0 - dx).abs() < 0.5 && (after.1 - before.1 - dy).abs() < 0.5);
+        assert_eq!((s.jumps[1].1, s.jumps[1].2), (0.0, 0.0));
     }
 
     #[test]

@@ -15,7 +15,7 @@ pub mod signing;
 pub mod webhook;
 
 use crate::events::EventKind;
-use crate::outbox::{Outbox, OutboxError};
+use crate::outbox::{Ack, Outbox, OutboxError};
 use mqtt::{MqttDestination, MqttLaneContext};
 use std::sync::{Arc, Once};
 use std::time::Duration;
@@ -51,6 +51,75 @@ pub(crate) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(move || f(&ob))
         .await
         .expect("outbox task does not panic")
+}
+
+/// Acknowledged events not yet recorded: collected while the previous batch
+/// is being written, then written in one transaction ([`Outbox::ack_many`]),
+/// so a lane pays one blocking hop per batch instead of one per event.
+/// Until then they are still pending in the outbox, so the lane must not
+/// publish them again ([`AckBatch::ids`] go into the refill's skip set).
+#[derive(Default)]
+pub(crate) struct AckBatch {
+    buffered: Vec<Ack>,
+    writing: Option<(usize, tokio::task::JoinHandle<Result<(), OutboxError>>)>,
+    writing_ids: Vec<u64>,
+}
+
+impl AckBatch {
+    pub(crate) fn push(&mut self, ack: Ack) {
+        self.buffered.push(ack);
+    }
+
+    pub(crate) fn ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.buffered
+            .iter()
+            .map(|a| a.id)
+            .chain(self.writing_ids.iter().copied())
+    }
+
+    pub(crate) fn is_writing(&self) -> bool {
+        self.writing.is_some()
+    }
+
+    /// Starts writing the buffered acks if no write is under way.
+    pub(crate) fn start(&mut self, outbox: &Arc<Outbox>, dest: &str, now_ms: u64) {
+        if self.writing.is_some() || self.buffered.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.buffered);
+        self.writing_ids = batch.iter().map(|a| a.id).collect();
+        let (ob, name) = (outbox.clone(), dest.to_string());
+        let n = batch.len();
+        let handle = tokio::task::spawn_blocking(move || ob.ack_many(&name, &batch, now_ms));
+        self.writing = Some((n, handle));
+    }
+
+    /// Waits for the write under way; returns how many acks it recorded.
+    pub(crate) async fn written(&mut self) -> Result<usize, OutboxError> {
+        let Some((n, handle)) = self.writing.as_mut() else {
+            return std::future::pending().await;
+        };
+        let n = *n;
+        let result = handle.await.expect("outbox task does not panic");
+        self.writing = None;
+        self.writing_ids.clear();
+        result.map(|()| n)
+    }
+
+    /// Records everything acknowledged so far (when a connection ends).
+    async fn finish(
+        &mut self,
+        outbox: &Arc<Outbox>,
+        dest: &str,
+        now_ms: u64,
+    ) -> Result<usize, OutboxError> {
+        let mut total = 0;
+        while self.is_writing() || !self.buffered.is_empty() {
+            self.start(outbox, dest, now_ms);
+            total += self.written().await?;
+        }
+        Ok(total)
+    }
 }
 
 /// rustls needs one process-wide crypto provider: ring (pure Rust + asm, no cmake).

@@ -31,7 +31,7 @@
 use super::policy::{next_delay, probe_delay, RetryPolicy};
 use super::signing::{envelope, sign, Scheme, Secret};
 use super::webhook::{LaneClock, LaneStats};
-use super::{blocking, unit_random};
+use super::{blocking, unit_random, AckBatch};
 use crate::events::EventKind;
 use crate::outbox::{Ack, AttemptRecord, Outbox, OutboxError, PendingEvent};
 use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, PubAckReason, PublishProperties};
@@ -428,75 +428,6 @@ impl Publisher {
     }
 }
 
-/// Acknowledged events not yet recorded: collected while the previous batch
-/// is being written, then written in one transaction ([`Outbox::ack_many`]).
-/// Until then they are still pending in the outbox, so the lane must not
-/// publish them again ([`AckBatch::ids`] go into the refill's skip set).
-#[derive(Default)]
-struct AckBatch {
-    buffered: Vec<Ack>,
-    writing: Option<(usize, tokio::task::JoinHandle<Result<(), OutboxError>>)>,
-    writing_ids: Vec<u64>,
-}
-
-impl AckBatch {
-    fn push(&mut self, ack: Ack) {
-        self.buffered.push(ack);
-    }
-
-    fn ids(&self) -> impl Iterator<Item = u64> + '_ {
-        self.buffered
-            .iter()
-            .map(|a| a.id)
-            .chain(self.writing_ids.iter().copied())
-    }
-
-    fn is_writing(&self) -> bool {
-        self.writing.is_some()
-    }
-
-    /// Starts writing the buffered acks if no write is under way.
-    fn start(&mut self, outbox: &Arc<Outbox>, dest: &str, now_ms: u64) {
-        if self.writing.is_some() || self.buffered.is_empty() {
-            return;
-        }
-        let batch = std::mem::take(&mut self.buffered);
-        self.writing_ids = batch.iter().map(|a| a.id).collect();
-        let (ob, name) = (outbox.clone(), dest.to_string());
-        let n = batch.len();
-        let handle =
-            tokio::task::spawn_blocking(move || ob.ack_many(&name, &batch, now_ms, "PUBACK"));
-        self.writing = Some((n, handle));
-    }
-
-    /// Waits for the write under way; returns how many acks it recorded.
-    async fn written(&mut self) -> Result<usize, OutboxError> {
-        let Some((n, handle)) = self.writing.as_mut() else {
-            return std::future::pending().await;
-        };
-        let n = *n;
-        let result = handle.await.expect("outbox task does not panic");
-        self.writing = None;
-        self.writing_ids.clear();
-        result.map(|()| n)
-    }
-
-    /// Records everything acknowledged so far (when a connection ends).
-    async fn finish(
-        &mut self,
-        outbox: &Arc<Outbox>,
-        dest: &str,
-        now_ms: u64,
-    ) -> Result<usize, OutboxError> {
-        let mut total = 0;
-        while self.is_writing() || !self.buffered.is_empty() {
-            self.start(outbox, dest, now_ms);
-            total += self.written().await?;
-        }
-        Ok(total)
-    }
-}
-
 /// One connection: publish due events, match PUBACKs, until it ends.
 ///
 /// The window: up to `max_in_flight` publishes await their PUBACK. It is
@@ -544,7 +475,11 @@ async fn connection(
                     let Some(id) = by_pkid.remove(&pkid) else { continue };
                     let Some((event, _)) = in_flight.remove(&id) else { continue };
                     match refused {
-                        None => acks.push(Ack { id, attempts: event.state.attempts + 1 }),
+                        None => acks.push(Ack {
+                            id,
+                            attempts: event.state.attempts + 1,
+                            status: "PUBACK".into(),
+                        }),
                         Some(reason) => failed(ctx, dest, event, reason).await?,
                     }
                 }

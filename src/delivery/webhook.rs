@@ -19,9 +19,9 @@
 
 use super::policy::{classify, next_delay, probe_delay, AttemptResult, Outcome, RetryPolicy};
 use super::signing::{sign, Scheme, Secret};
-use super::{blocking, unit_random};
+use super::{blocking, unit_random, AckBatch};
 use crate::events::EventKind;
-use crate::outbox::{AttemptRecord, Outbox, OutboxError, PendingEvent};
+use crate::outbox::{Ack, AttemptRecord, Outbox, OutboxError, PendingEvent};
 use std::error::Error as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -214,10 +214,12 @@ pub struct LaneContext {
     pub first_pass_all: bool,
 }
 
-/// Records one outcome; returns the offline reason if the destination was unreachable.
+/// Records one outcome; returns the offline reason if the destination was
+/// unreachable. A delivery joins `acks` (written in batches by the lane).
 async fn settle(
     ctx: &LaneContext,
     dest: &Arc<WebhookDestination>,
+    acks: &mut AckBatch,
     event: PendingEvent,
     result: AttemptResult,
 ) -> Result<Option<String>, OutboxError> {
@@ -228,15 +230,11 @@ async fn settle(
     let id = event.outbox_id;
     match outcome {
         Outcome::Offline { reason } => return Ok(Some(reason)),
-        Outcome::Delivered => {
-            let attempts = state.attempts + 1;
-            let status = describe(&result);
-            blocking(&ctx.outbox, move |o| {
-                o.ack(&name, id, now, &status, attempts)
-            })
-            .await?;
-            ctx.stats.delivered.fetch_add(1, Ordering::Relaxed);
-        }
+        Outcome::Delivered => acks.push(Ack {
+            id,
+            attempts: state.attempts + 1,
+            status: describe(&result),
+        }),
         Outcome::Retry { after, reason } => {
             state.attempts += 1;
             state.history.push(AttemptRecord {
@@ -286,10 +284,25 @@ async fn pause(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
     }
 }
 
+/// Writes every batched ack (when the lane idles or stops) and counts them.
+async fn record_acks(
+    ctx: &LaneContext,
+    dest: &WebhookDestination,
+    acks: &mut AckBatch,
+) -> Result<(), OutboxError> {
+    let n = acks
+        .finish(&ctx.outbox, &dest.name, ctx.clock.now_ms())
+        .await?;
+    ctx.stats.delivered.fetch_add(n as u64, Ordering::Relaxed);
+    Ok(())
+}
+
 /// The lane of one destination; runs until `ctx.stop` turns true.
 ///
 /// A pipeline: up to `max_in_flight` attempts run at once; each result is
 /// recorded as soon as it arrives and the freed slot is refilled at once.
+/// Deliveries are written to the outbox in batches ([`AckBatch`]) while
+/// the next attempts are already under way.
 pub async fn run_lane(
     dest: Arc<WebhookDestination>,
     client: reqwest::Client,
@@ -299,16 +312,20 @@ pub async fn run_lane(
     let mut in_flight: std::collections::HashSet<u64> = Default::default();
     let mut tasks = tokio::task::JoinSet::new();
     let mut offline: Option<(String, PendingEvent)> = None;
+    let mut acks = AckBatch::default();
     loop {
         if *ctx.stop.borrow() {
             // In-flight attempts are dropped: their events stay pending (at-least-once).
+            record_acks(&ctx, &dest, &mut acks).await?;
             return Ok(());
         }
+        acks.start(&ctx.outbox, &dest.name, ctx.clock.now_ms());
         if offline.is_none() && tasks.len() < dest.max_in_flight {
             let now = ctx.clock.now_ms();
             let horizon = if all_due { u64::MAX } else { now };
             let (name, free) = (dest.name.clone(), dest.max_in_flight - tasks.len());
-            let skip = in_flight.clone();
+            let skip: std::collections::HashSet<u64> =
+                in_flight.iter().copied().chain(acks.ids()).collect();
             let due = blocking(&ctx.outbox, move |o| {
                 o.due_except(&name, horizon, free, &skip)
             })
@@ -327,6 +344,7 @@ pub async fn run_lane(
             }
         }
         if tasks.is_empty() {
+            record_acks(&ctx, &dest, &mut acks).await?;
             if let Some((reason, probe)) = offline.take() {
                 if !probe_until_answered(&dest, &client, &mut ctx, reason, probe).await? {
                     return Ok(());
@@ -349,9 +367,12 @@ pub async fn run_lane(
                 let (event, result) = joined.expect("attempt tasks do not panic");
                 in_flight.remove(&event.outbox_id);
                 let probe_event = event.clone();
-                if let Some(reason) = settle(&ctx, &dest, event, result).await? {
+                if let Some(reason) = settle(&ctx, &dest, &mut acks, event, result).await? {
                     offline.get_or_insert((reason, probe_event));
                 }
+            }
+            written = acks.written(), if acks.is_writing() => {
+                ctx.stats.delivered.fetch_add(written? as u64, Ordering::Relaxed);
             }
             _ = ctx.stop.changed() => {}
         }
@@ -392,7 +413,9 @@ async fn probe_until_answered(
             n += 1;
             continue;
         }
-        settle(ctx, dest, probe, result).await?;
+        let mut acks = AckBatch::default();
+        settle(ctx, dest, &mut acks, probe, result).await?;
+        record_acks(ctx, dest, &mut acks).await?;
         ctx.stats.offline.store(false, Ordering::Relaxed);
         return Ok(true);
     }

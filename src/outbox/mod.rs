@@ -164,11 +164,13 @@ pub struct Delivered {
 }
 
 /// One acknowledged event of a lane, for [`Outbox::ack_many`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ack {
     pub id: u64,
     /// Attempts it took, this one included.
     pub attempts: u32,
+    /// What acknowledged it, for the audit trail (`HTTP 200`, `PUBACK`).
+    pub status: String,
 }
 
 /// An event waiting for one destination.
@@ -690,7 +692,12 @@ impl Outbox {
         status: &str,
         attempts: u32,
     ) -> Result<(), OutboxError> {
-        self.ack_many(dest, &[Ack { id, attempts }], now_ms, status)
+        let ack = Ack {
+            id,
+            attempts,
+            status: status.to_string(),
+        };
+        self.ack_many(dest, &[ack], now_ms)
     }
 
     /// Several acknowledgements of one destination in one transaction
@@ -698,13 +705,7 @@ impl Outbox {
     /// being written). Each entry moves pending -> delivered. An ack for an
     /// event that is no longer pending there (already settled, replayed
     /// elsewhere, or shed by the cap) changes nothing: one terminal state.
-    pub fn ack_many(
-        &self,
-        dest: &str,
-        acks: &[Ack],
-        now_ms: u64,
-        status: &str,
-    ) -> Result<(), OutboxError> {
+    pub fn ack_many(&self, dest: &str, acks: &[Ack], now_ms: u64) -> Result<(), OutboxError> {
         let mut writes = Vec::with_capacity(acks.len());
         for a in acks {
             let meta = match self.event(a.id) {
@@ -716,7 +717,7 @@ impl Outbox {
                 event_id: meta.event_id,
                 delivered_at_ms: now_ms,
                 attempts: a.attempts,
-                status: status.to_string(),
+                status: a.status.clone(),
             });
             writes.push((lane_key(dest, a.id), record));
         }
@@ -1068,24 +1069,31 @@ mod tests {
             ids[3..5],
             "the first two due events after the skipped ones"
         );
-        let acks: Vec<Ack> = ids[..4].iter().map(|&id| Ack { id, attempts: 1 }).collect();
-        ob.ack_many("a", &acks, 20, "PUBACK").unwrap();
+        let acks: Vec<Ack> = ids[..4]
+            .iter()
+            .map(|&id| Ack {
+                id,
+                attempts: 1,
+                status: "PUBACK".into(),
+            })
+            .collect();
+        ob.ack_many("a", &acks, 20).unwrap();
         // A repeated ack (a duplicate PUBACK after a reconnect) changes nothing.
-        ob.ack_many("a", &acks[..1], 30, "PUBACK").unwrap();
+        ob.ack_many("a", &acks[..1], 30).unwrap();
         let s = ob.stats("a", 100).unwrap();
         assert_eq!((s.pending, s.delivered), (2, 4));
         let first = ob.lane_state("a", ids[0]).unwrap().unwrap();
         assert_eq!(first["delivered"]["delivered_at_ms"], 20);
         // Lane b still holds every event, so none was dropped.
         assert_eq!(ob.due("b", 100, 100).unwrap().len(), 6);
-        ob.ack_many("b", &acks, 40, "HTTP 200").unwrap();
+        ob.ack_many("b", &acks, 40).unwrap();
         assert_eq!(
             ob.events().unwrap().len(),
             2,
             "records leave with their last lane"
         );
         // An ack for an event that is gone entirely is ignored, not an error.
-        ob.ack_many("b", &acks, 50, "HTTP 200").unwrap();
+        ob.ack_many("b", &acks, 50).unwrap();
     }
 
     #[test]

@@ -384,6 +384,30 @@ fn the_python_standardwebhooks_library_accepts_our_signatures() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("SCAN_COMPLETED"));
+
+    // The MQTT 3.1.1 envelope verifies with the same library, unchanged:
+    // Webhook(secret).verify(env["body"], env["headers"]).
+    let signed =
+        rppg_agent::delivery::signing::sign(Scheme::Standard, &[key()], "evt_01TEST", now_s, body);
+    let env = rppg_agent::delivery::signing::envelope(&signed, body);
+    let script = format!(
+        "import json,sys\nfrom standardwebhooks import Webhook\nenv=json.load(sys.stdin)\nprint(Webhook({SECRET:?}).verify(env['body'], env['headers']))"
+    );
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&env).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("SCAN_COMPLETED"));
 }
 
 /// A config file with one webhook destination and an outbox in `dir`.

@@ -1,0 +1,863 @@
+//! `eval`: accuracy evidence that anyone can rerun.
+//!
+//! Owns: the synthetic sweep (conditions × seeded trials with known truth),
+//! the robustness cases that must end in a cancellation, the evaluation on
+//! real recordings (the Welltory contact-PPG traces with chest-strap RR
+//! intervals), and the error statistics. The statistics are pure functions
+//! of (truth, estimate) pairs; running the scans is the only I/O.
+//!
+//! Honesty rules: a cancelled scan is counted as cancelled, never as an
+//! error of 0; the share completed is printed beside every error figure;
+//! the mean confidence of right and of wrong estimates is printed, because a
+//! confidence that does not separate them is a defect; and the real-data
+//! table carries its own baseline (a plain FFT peak) from the same run.
+
+use super::analyze::analyze_trace;
+use super::scan::{run_scan, ScanOptions};
+use super::AppError;
+use crate::capture::rgb_csv;
+use crate::capture::SourceSpec;
+use crate::config::Config;
+use crate::measurement::CancelReason;
+use crate::signal::spectrum::{peak_in_band, SpectrumEstimator};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+/// An estimate within this many bpm (HR) or breaths/min (RR) of the truth is "right".
+pub const HR_RIGHT_BPM: f64 = 5.0;
+pub const RR_RIGHT_PER_MIN: f64 = 3.0;
+
+/// What a condition must end in.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Expect {
+    /// A measurement close to the truth.
+    Vitals,
+    /// A cancellation with one of these reasons (never a number).
+    Cancel(&'static [CancelReason]),
+}
+
+/// One row of the sweep: a name and the synthetic options it adds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Condition {
+    pub name: &'static str,
+    pub options: &'static str,
+    pub expect: Expect,
+}
+
+/// The synthetic sweep. Every condition runs at several true HR/RR pairs
+/// (from [`truth_grid`]); the baseline is 320×240 at 30 fps, noise σ 2.
+pub const CONDITIONS: &[Condition] = &[
+    Condition {
+        name: "baseline 320×240 30 fps",
+        options: "",
+        expect: Expect::Vitals,
+    },
+    Condition {
+        name: "640×480",
+        options: "width=640,height=480",
+        expect: Expect::Vitals,
+    },
+    Condition {
+        name: "15 fps",
+        options: "fps=15",
+        expect: Expect::Vitals,
+    },
+    Condition {
+        name: "skin tone V",
+        options: "tone=5",
+        expect: Expect::Vitals,
+    },
+    Condition {
+        name: "skin tone VI",
+        options: "tone=6",
+        expect: Expect::Vitals,
+    },
+    Condition {
+        name: "weak pulse (0.15 %)",
+        options: "pulse=0.15",
+        expect: Expect::Vitals,
+    },
+    Condition {
+        name: "noise σ 4",
+        options: "noise=4",
+        expect: Expect::Vitals,
+    },
+    Condition {
+        name: "noise σ 8",
+        options: "noise=8",
+        expect: Expect::Vitals,
+    },
+    Condition {
+        name: "motion 5 px",
+        options: "motion=5",
+        expect: Expect::Vitals,
+    },
+    Condition {
+        name: "rotation 5° + zoom 5 %",
+        options: "rotate=5,zoom=0.05",
+        expect: Expect::Vitals,
+    },
+    Condition {
+        name: "sudden moves 20 px",
+        options: "jump=20",
+        expect: Expect::Vitals,
+    },
+    Condition {
+        name: "light drift 10 %",
+        options: "light=0.1",
+        expect: Expect::Vitals,
+    },
+    Condition {
+        name: "flicker 2 % at 100 Hz",
+        options: "flicker=0.02",
+        expect: Expect::Vitals,
+    },
+    Condition {
+        name: "10 % dropped frames + 5 ms jitter",
+        options: "drop=0.1,jitter=5",
+        expect: Expect::Vitals,
+    },
+    Condition {
+        name: "no pulse (a photo)",
+        options: "pulse=0",
+        expect: Expect::Cancel(&[CancelReason::LowSnr]),
+    },
+    Condition {
+        name: "no face",
+        options: "face=0",
+        expect: Expect::Cancel(&[CancelReason::NoFace]),
+    },
+    Condition {
+        name: "too dark",
+        options: "brightness=0.05",
+        expect: Expect::Cancel(&[CancelReason::TooDark, CancelReason::NoFace]),
+    },
+    Condition {
+        name: "heavy motion",
+        options: "motion=40,jump=60",
+        expect: Expect::Cancel(&[
+            CancelReason::TooMuchMotion,
+            CancelReason::FaceLost,
+            CancelReason::LowSnr,
+        ]),
+    },
+];
+
+/// True (HR, RR) of trial `k`: HR steps through 45..180 and RR through
+/// 6..30 with different strides, so every condition sees the whole range
+/// and HR and RR are not correlated.
+pub fn truth_grid(k: usize) -> (f64, f64) {
+    const HR: [f64; 8] = [45.0, 60.0, 72.0, 90.0, 105.0, 120.0, 150.0, 180.0];
+    const RR: [f64; 8] = [6.0, 10.0, 12.0, 15.0, 18.0, 22.0, 26.0, 30.0];
+    (HR[k % HR.len()], RR[(3 * k + 1) % RR.len()])
+}
+
+/// One synthetic scan and what it reported.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trial {
+    pub condition: usize,
+    pub spec: String,
+    pub hr_true: f64,
+    pub rr_true: f64,
+    pub rmssd_true: f64,
+    pub cancelled: Option<CancelReason>,
+    pub hr: Option<f64>,
+    pub rr: Option<f64>,
+    pub rmssd: Option<f64>,
+    pub confidence: f64,
+    pub rr_confidence: f64,
+    pub snr_db: Option<f64>,
+}
+
+/// Error statistics of (truth, estimate) pairs.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ErrorStats {
+    pub n: usize,
+    pub mae: f64,
+    pub rmse: f64,
+    /// Mean absolute percentage error.
+    pub mape: f64,
+    /// Pearson correlation; `None` when either side does not vary.
+    pub r: Option<f64>,
+}
+
+/// MAE, RMSE, MAPE and Pearson r of `(truth, estimate)` pairs.
+pub fn error_stats(pairs: &[(f64, f64)]) -> ErrorStats {
+    let n = pairs.len();
+    if n == 0 {
+        return ErrorStats::default();
+    }
+    let nf = n as f64;
+    let mae = pairs.iter().map(|(t, e)| (e - t).abs()).sum::<f64>() / nf;
+    let rmse = (pairs.iter().map(|(t, e)| (e - t).powi(2)).sum::<f64>() / nf).sqrt();
+    let mape = 100.0 * pairs.iter().map(|(t, e)| ((e - t) / t).abs()).sum::<f64>() / nf;
+    let (mt, me) = (
+        pairs.iter().map(|p| p.0).sum::<f64>() / nf,
+        pairs.iter().map(|p| p.1).sum::<f64>() / nf,
+    );
+    let cov: f64 = pairs.iter().map(|(t, e)| (t - mt) * (e - me)).sum();
+    let vt: f64 = pairs.iter().map(|(t, _)| (t - mt).powi(2)).sum();
+    let ve: f64 = pairs.iter().map(|(_, e)| (e - me).powi(2)).sum();
+    let r = (vt > 1e-12 && ve > 1e-12).then(|| cov / (vt * ve).sqrt());
+    ErrorStats {
+        n,
+        mae,
+        rmse,
+        mape,
+        r,
+    }
+}
+
+/// The summary of one condition.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ConditionSummary {
+    pub trials: usize,
+    pub completed: usize,
+    /// Cancelled with an expected reason (robustness rows).
+    pub cancelled_as_expected: usize,
+    pub hr: ErrorStats,
+    pub rr: ErrorStats,
+    pub rmssd: ErrorStats,
+    /// Mean HR confidence of completed scans within / outside [`HR_RIGHT_BPM`].
+    pub conf_right: Option<f64>,
+    pub conf_wrong: Option<f64>,
+    pub wrong: usize,
+    /// The same for RR (within [`RR_RIGHT_PER_MIN`]) and `rr_confidence`.
+    pub rr_conf_right: Option<f64>,
+    pub rr_conf_wrong: Option<f64>,
+    pub rr_wrong: usize,
+    /// Cancellation codes of the cancelled scans, e.g. "LOW_SNR ×2".
+    pub cancelled: String,
+}
+
+fn mean(v: &[f64]) -> Option<f64> {
+    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+}
+
+/// Summarises trials (pure).
+pub fn summarize(trials: &[&Trial], expect: Expect) -> ConditionSummary {
+    let done: Vec<&&Trial> = trials.iter().filter(|t| t.cancelled.is_none()).collect();
+    let pairs = |f: &dyn Fn(&Trial) -> Option<(f64, f64)>| -> Vec<(f64, f64)> {
+        done.iter().filter_map(|t| f(t)).collect()
+    };
+    let hr = pairs(&|t| t.hr.map(|h| (t.hr_true, h)));
+    let (mut right, mut wrong) = (Vec::new(), Vec::new());
+    for t in &done {
+        if let Some(h) = t.hr {
+            if (h - t.hr_true).abs() <= HR_RIGHT_BPM {
+                right.push(t.confidence);
+            } else {
+                wrong.push(t.confidence);
+            }
+        }
+    }
+    let (mut rr_right, mut rr_wrong) = (Vec::new(), Vec::new());
+    for t in &done {
+        if let Some(r) = t.rr {
+            if (r - t.rr_true).abs() <= RR_RIGHT_PER_MIN {
+                rr_right.push(t.rr_confidence);
+            } else {
+                rr_wrong.push(t.rr_confidence);
+            }
+        }
+    }
+    let codes: Vec<String> = trials
+        .iter()
+        .filter_map(|t| t.cancelled.map(|c| c.code().to_string()))
+        .collect();
+    let cancelled_as_expected = match expect {
+        Expect::Cancel(reasons) => trials
+            .iter()
+            .filter(|t| t.cancelled.is_some_and(|c| reasons.contains(&c)))
+            .count(),
+        Expect::Vitals => 0,
+    };
+    ConditionSummary {
+        trials: trials.len(),
+        completed: done.len(),
+        cancelled_as_expected,
+        hr: error_stats(&hr),
+        rr: error_stats(&pairs(&|t| t.rr.map(|r| (t.rr_true, r)))),
+        rmssd: error_stats(&pairs(&|t| t.rmssd.map(|r| (t.rmssd_true, r)))),
+        conf_right: mean(&right),
+        conf_wrong: mean(&wrong),
+        wrong: wrong.len(),
+        rr_conf_right: mean(&rr_right),
+        rr_conf_wrong: mean(&rr_wrong),
+        rr_wrong: rr_wrong.len(),
+        cancelled: dedup_counts(&codes),
+    }
+}
+
+/// The synthetic specs of a sweep: `trials` per condition, `seconds` each.
+pub fn sweep_specs(trials: usize, seconds: f64) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    for (c, cond) in CONDITIONS.iter().enumerate() {
+        for k in 0..trials {
+            let (hr, rr) = truth_grid(k + c);
+            let mut spec = format!(
+                "synthetic:hr={hr},rr={rr},seed={},width=320,height=240,seconds={}",
+                100 + k,
+                seconds + 1.0
+            );
+            if !cond.options.is_empty() {
+                spec.push(',');
+                spec.push_str(cond.options);
+            }
+            out.push((c, spec));
+        }
+    }
+    out
+}
+
+/// Runs one synthetic scan of `seconds` in-process (no events kept).
+pub fn run_trial(condition: usize, spec: &str, seconds: f64) -> Result<Trial, AppError> {
+    let mut config = Config::default_config();
+    config.scan.duration_s = seconds;
+    config.scan.min_duration_s = config.scan.min_duration_s.min(seconds);
+    let source: SourceSpec = spec.parse()?;
+    let report = run_scan(
+        ScanOptions {
+            source,
+            config,
+            device_id: "eval".into(),
+            realtime: false,
+        },
+        &mut [],
+        &mut |_, _| {},
+    )?;
+    let truth = report
+        .source
+        .truth
+        .ok_or_else(|| AppError::Usage(format!("{spec}: eval needs a source with known truth")))?;
+    let r = &report.result;
+    Ok(Trial {
+        condition,
+        spec: spec.to_string(),
+        hr_true: truth.hr_bpm,
+        rr_true: truth.rr_bpm,
+        rmssd_true: truth.rmssd_ms,
+        cancelled: report.cancelled,
+        hr: r.hr_bpm,
+        rr: r.rr_bpm,
+        rmssd: r.rmssd_ms,
+        confidence: r.confidence,
+        rr_confidence: r.rr_confidence,
+        snr_db: r.snr_db,
+    })
+}
+
+/// Runs every spec on `threads` worker threads; `progress(done, total)` after each.
+pub fn run_sweep(
+    specs: &[(usize, String)],
+    seconds: f64,
+    threads: usize,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<Vec<Trial>, AppError> {
+    let next = AtomicUsize::new(0);
+    let done = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<Result<Trial, AppError>>>> =
+        Mutex::new((0..specs.len()).map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..threads.max(1) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some((c, spec)) = specs.get(i) else { break };
+                let r = run_trial(*c, spec, seconds);
+                results.lock().expect("results lock")[i] = Some(r);
+                progress(done.fetch_add(1, Ordering::SeqCst) + 1, specs.len());
+            });
+        }
+    });
+    results
+        .into_inner()
+        .expect("results lock")
+        .into_iter()
+        .map(|r| r.expect("every spec ran"))
+        .collect()
+}
+
+/// One real recording and what the signal stage made of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RealTrial {
+    pub name: String,
+    pub duration_s: f64,
+    pub hr_true: f64,
+    pub rmssd_true: f64,
+    pub completed: bool,
+    pub hr: Option<f64>,
+    pub confidence: f64,
+    pub snr_db: f64,
+    pub rmssd: Option<f64>,
+    /// The plain FFT peak of the red channel over the whole recording.
+    pub hr_plain_fft: Option<f64>,
+}
+
+/// Chest-strap truth over `0..duration_s`: mean HR and RMSSD of the RR
+/// intervals (ms) that end inside the recording.
+pub fn strap_truth(rr_ms: &[f64], duration_s: f64) -> Option<(f64, f64)> {
+    let mut t = 0.0;
+    let mut inside = Vec::new();
+    for &rr in rr_ms {
+        t += rr / 1000.0;
+        if t > duration_s {
+            break;
+        }
+        inside.push(rr);
+    }
+    if inside.len() < 3 {
+        return None;
+    }
+    let hr = 60_000.0 * inside.len() as f64 / inside.iter().sum::<f64>();
+    let sd: Vec<f64> = inside.windows(2).map(|w| w[1] - w[0]).collect();
+    let rmssd = (sd.iter().map(|d| d * d).sum::<f64>() / sd.len() as f64).sqrt();
+    Some((hr, rmssd))
+}
+
+/// The reference method: the highest peak in the HR band of the periodogram
+/// (Hann window, zero-padded, parabolic peak) of the resampled, mean-removed
+/// red channel over the whole recording: no filtering, no projection, no
+/// SNR gate.
+pub fn plain_fft_hr(t_s: &[f64], red: &[f64], fs_hz: f64) -> Option<f64> {
+    let trace: Vec<[f64; 3]> = red.iter().map(|&r| [r, r, r]).collect();
+    let traces = crate::signal::Traces::from_irregular(t_s, &trace, None, fs_hz);
+    let x: Vec<f64> = traces.rgb.column(0).to_vec();
+    if x.len() < 16 {
+        return None;
+    }
+    let m = x.iter().sum::<f64>() / x.len() as f64;
+    let centred: Vec<f64> = x.iter().map(|v| v - m).collect();
+    let mut est = SpectrumEstimator::new(fs_hz, 0.005, centred.len());
+    let df = est.df_hz();
+    let power = est.periodogram(&centred);
+    peak_in_band(power, df, 0.7, 4.0).map(|p| 60.0 * p.freq_hz)
+}
+
+/// Evaluates every `subject_*` folder under `dir` (PPG.csv + RR.txt).
+pub fn run_welltory(dir: &Path, config: &Config) -> Result<Vec<RealTrial>, AppError> {
+    let usage = |m: String| AppError::Usage(m);
+    let mut subjects: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| usage(format!("--welltory {}: {e}", dir.display())))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("PPG.csv").is_file() && p.join("RR.txt").is_file())
+        .collect();
+    subjects.sort();
+    if subjects.is_empty() {
+        return Err(usage(format!(
+            "--welltory {}: no folder with PPG.csv and RR.txt in it (expected subject_*/PPG.csv)",
+            dir.display()
+        )));
+    }
+    let mut config = config.clone();
+    config.signal.method = crate::signal::Method::Red;
+    let mut out = Vec::new();
+    for path in subjects {
+        let name = path
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let ppg = path.join("PPG.csv");
+        let file =
+            std::fs::File::open(&ppg).map_err(|source| crate::capture::CaptureError::Open {
+                path: ppg.clone(),
+                source,
+            })?;
+        let trace = rgb_csv::read(
+            std::io::BufReader::new(file),
+            &ppg.display().to_string(),
+            None,
+        )?;
+        let rr_text = std::fs::read_to_string(path.join("RR.txt"))
+            .map_err(|e| usage(format!("{}: {e}", path.join("RR.txt").display())))?;
+        let rr_ms = rr_text
+            .split_whitespace()
+            .map(|v| v.parse::<f64>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                usage(format!(
+                    "{}: not a list of milliseconds: {e}",
+                    path.join("RR.txt").display()
+                ))
+            })?;
+        let analysis = analyze_trace(&trace, &config)?;
+        let Some((hr_true, rmssd_true)) = strap_truth(&rr_ms, analysis.duration_s) else {
+            continue;
+        };
+        let red: Vec<f64> = trace.rgb.iter().map(|p| p[0]).collect();
+        out.push(RealTrial {
+            name,
+            duration_s: analysis.duration_s,
+            hr_true,
+            rmssd_true,
+            completed: !analysis.low_snr,
+            hr: analysis.hr_bpm,
+            confidence: analysis.confidence,
+            snr_db: analysis.snr_db,
+            rmssd: analysis.rmssd_ms,
+            hr_plain_fft: plain_fft_hr(&trace.t_s, &red, config.signal.resample_hz),
+        });
+    }
+    Ok(out)
+}
+
+fn fmt(v: Option<f64>, d: usize) -> String {
+    v.map_or("—".into(), |x| format!("{x:.d$}"))
+}
+
+fn stats_cells(s: &ErrorStats) -> String {
+    if s.n == 0 {
+        return "— | — | — | —".into();
+    }
+    format!(
+        "{:.2} | {:.2} | {:.1} % | {}",
+        s.mae,
+        s.rmse,
+        s.mape,
+        fmt(s.r, 3)
+    )
+}
+
+/// The synthetic sweep as Markdown tables.
+pub fn sweep_table(trials: &[Trial]) -> String {
+    let mut out = String::new();
+    out.push_str("| condition | scans | completed | HR MAE | HR RMSE | HR MAPE | HR r | RR MAE | RR RMSE | RR MAPE | RR r | HR conf. right / wrong (n wrong) | RR conf. right / wrong (n wrong) | cancelled |\n");
+    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    let mut robust = String::new();
+    let mut all_vitals: Vec<&Trial> = Vec::new();
+    for (c, cond) in CONDITIONS.iter().enumerate() {
+        let rows: Vec<&Trial> = trials.iter().filter(|t| t.condition == c).collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let s = summarize(&rows, cond.expect);
+        match cond.expect {
+            Expect::Vitals => {
+                all_vitals.extend(&rows);
+                out.push_str(&summary_row(cond.name, &s));
+            }
+            Expect::Cancel(reasons) => {
+                let got: Vec<String> = rows
+                    .iter()
+                    .map(|t| match (t.cancelled, t.hr) {
+                        (Some(c), _) => c.code().to_string(),
+                        (None, h) => {
+                            format!("completed HR {} (conf. {:.2})", fmt(h, 1), t.confidence)
+                        }
+                    })
+                    .collect();
+                let codes: Vec<&str> = reasons.iter().map(|r| r.code()).collect();
+                robust.push_str(&format!(
+                    "| {} | {} | {} of {} | {} |\n",
+                    cond.name,
+                    codes.join(" or "),
+                    s.cancelled_as_expected,
+                    s.trials,
+                    dedup_counts(&got)
+                ));
+            }
+        }
+    }
+    let s = summarize(&all_vitals, Expect::Vitals);
+    out.push_str(&summary_row("**all measurable conditions**", &s));
+    if !robust.is_empty() {
+        out.push_str("\nMust end in a cancellation, never a number:\n\n");
+        out.push_str("| condition | expected | as expected | outcomes |\n|---|---|---|---|\n");
+        out.push_str(&robust);
+    }
+    out
+}
+
+fn summary_row(name: &str, s: &ConditionSummary) -> String {
+    format!(
+        "| {} | {} | {:.0} % | {} | {} | {} / {} ({}) | {} / {} ({}) | {} |\n",
+        name,
+        s.trials,
+        100.0 * s.completed as f64 / s.trials.max(1) as f64,
+        stats_cells(&s.hr),
+        stats_cells(&s.rr),
+        fmt(s.conf_right, 2),
+        fmt(s.conf_wrong, 2),
+        s.wrong,
+        fmt(s.rr_conf_right, 2),
+        fmt(s.rr_conf_wrong, 2),
+        s.rr_wrong,
+        if s.cancelled.is_empty() {
+            "—"
+        } else {
+            &s.cancelled
+        }
+    )
+}
+
+/// "LOW_SNR ×3, FACE_LOST" from a list of outcomes.
+fn dedup_counts(items: &[String]) -> String {
+    let mut seen: Vec<(String, usize)> = Vec::new();
+    for i in items {
+        match seen.iter_mut().find(|(k, _)| k == i) {
+            Some((_, n)) => *n += 1,
+            None => seen.push((i.clone(), 1)),
+        }
+    }
+    seen.iter()
+        .map(|(k, n)| {
+            if *n > 1 {
+                format!("{k} ×{n}")
+            } else {
+                k.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The real-recording results as Markdown.
+pub fn welltory_table(trials: &[RealTrial]) -> String {
+    let done: Vec<&RealTrial> = trials.iter().filter(|t| t.completed).collect();
+    let ours = error_stats(
+        &done
+            .iter()
+            .filter_map(|t| t.hr.map(|h| (t.hr_true, h)))
+            .collect::<Vec<_>>(),
+    );
+    let plain_all = error_stats(
+        &trials
+            .iter()
+            .filter_map(|t| t.hr_plain_fft.map(|h| (t.hr_true, h)))
+            .collect::<Vec<_>>(),
+    );
+    let plain_same = error_stats(
+        &done
+            .iter()
+            .filter_map(|t| t.hr_plain_fft.map(|h| (t.hr_true, h)))
+            .collect::<Vec<_>>(),
+    );
+    let ours_all = error_stats(
+        &trials
+            .iter()
+            .filter_map(|t| t.hr.map(|h| (t.hr_true, h)))
+            .collect::<Vec<_>>(),
+    );
+    let rmssd = error_stats(
+        &done
+            .iter()
+            .filter_map(|t| t.rmssd.map(|r| (t.rmssd_true, r)))
+            .collect::<Vec<_>>(),
+    );
+    let (mut right, mut wrong) = (Vec::new(), Vec::new());
+    for t in trials {
+        if let Some(h) = t.hr {
+            if (h - t.hr_true).abs() <= HR_RIGHT_BPM {
+                right.push(t.confidence);
+            } else {
+                wrong.push(t.confidence);
+            }
+        }
+    }
+    let mut out = String::new();
+    out.push_str(
+        "| method | recordings | HR MAE | HR RMSE | HR MAPE | HR r |\n|---|---|---|---|---|---|\n",
+    );
+    out.push_str(&format!(
+        "| rppg-agent, completed scans | {} of {} | {} |\n",
+        done.len(),
+        trials.len(),
+        stats_cells(&ours)
+    ));
+    out.push_str(&format!(
+        "| plain FFT peak, same recordings | {} | {} |\n",
+        plain_same.n,
+        stats_cells(&plain_same)
+    ));
+    out.push_str(&format!(
+        "| rppg-agent, every recording (cancelled ones too) | {} | {} |\n",
+        ours_all.n,
+        stats_cells(&ours_all)
+    ));
+    out.push_str(&format!(
+        "| plain FFT peak, every recording | {} | {} |\n",
+        plain_all.n,
+        stats_cells(&plain_all)
+    ));
+    out.push_str(&format!(
+        "\nRMSSD vs the chest strap (completed scans with HRV reported): n = {}, MAE {} ms, r {}.\n",
+        rmssd.n,
+        if rmssd.n > 0 { format!("{:.1}", rmssd.mae) } else { "—".into() },
+        fmt(rmssd.r, 3)
+    ));
+    out.push_str(&format!(
+        "Mean confidence of right (within {HR_RIGHT_BPM} bpm) / wrong HR estimates, cancelled included: {} / {} (n = {} / {}).\n",
+        fmt(mean(&right), 2),
+        fmt(mean(&wrong), 2),
+        right.len(),
+        wrong.len()
+    ));
+    out.push_str("\n| recording | s | strap HR | ours | conf. | SNR dB | plain FFT | strap RMSSD | ours |\n|---|---|---|---|---|---|---|---|---|\n");
+    for t in trials {
+        out.push_str(&format!(
+            "| {} | {:.0} | {:.1} | {}{} | {:.2} | {:.1} | {} | {:.0} | {} |\n",
+            t.name,
+            t.duration_s,
+            t.hr_true,
+            fmt(t.hr, 1),
+            if t.completed { "" } else { " (cancelled)" },
+            t.confidence,
+            t.snr_db,
+            fmt(t.hr_plain_fft, 1),
+            t.rmssd_true,
+            fmt(t.rmssd, 0)
+        ));
+    }
+    out
+}
+
+/// Everything as one JSON object (`eval --json`).
+pub fn to_json(trials: &[Trial], real: &[RealTrial]) -> Value {
+    let conditions: Vec<Value> = CONDITIONS
+        .iter()
+        .enumerate()
+        .filter_map(|(c, cond)| {
+            let rows: Vec<&Trial> = trials.iter().filter(|t| t.condition == c).collect();
+            if rows.is_empty() {
+                return None;
+            }
+            let s = summarize(&rows, cond.expect);
+            let st = |e: &ErrorStats| json!({"n": e.n, "mae": e.mae, "rmse": e.rmse, "mape": e.mape, "r": e.r});
+            Some(json!({
+                "condition": cond.name,
+                "options": cond.options,
+                "expect": match cond.expect { Expect::Vitals => json!("vitals"), Expect::Cancel(r) => json!(r.iter().map(|c| c.code()).collect::<Vec<_>>()) },
+                "scans": s.trials,
+                "completed": s.completed,
+                "cancelled_as_expected": s.cancelled_as_expected,
+                "hr": st(&s.hr),
+                "rr": st(&s.rr),
+                "rmssd": st(&s.rmssd),
+                "confidence_right": s.conf_right,
+                "confidence_wrong": s.conf_wrong,
+                "rr_confidence_right": s.rr_conf_right,
+                "rr_confidence_wrong": s.rr_conf_wrong,
+                "trials": rows.iter().map(|t| json!({
+                    "spec": t.spec, "hr_true": t.hr_true, "rr_true": t.rr_true,
+                    "status": if t.cancelled.is_some() { "cancelled" } else { "completed" },
+                    "reason": t.cancelled.map(|c| c.code()), "hr": t.hr, "rr": t.rr,
+                    "rmssd": t.rmssd, "confidence": t.confidence, "snr_db": t.snr_db,
+                })).collect::<Vec<_>>(),
+            }))
+        })
+        .collect();
+    let real: Vec<Value> = real
+        .iter()
+        .map(|t| {
+            json!({"recording": t.name, "duration_s": t.duration_s, "hr_true": t.hr_true,
+                   "rmssd_true": t.rmssd_true, "completed": t.completed, "hr": t.hr,
+                   "confidence": t.confidence, "snr_db": t.snr_db, "rmssd": t.rmssd,
+                   "hr_plain_fft": t.hr_plain_fft})
+        })
+        .collect();
+    json!({"synthetic": conditions, "welltory": real})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_stats_match_hand_computed_values() {
+        let s = error_stats(&[(60.0, 62.0), (90.0, 87.0), (120.0, 120.0)]);
+        assert_eq!(s.n, 3);
+        assert!((s.mae - 5.0 / 3.0).abs() < 1e-12);
+        assert!((s.rmse - (13.0f64 / 3.0).sqrt()).abs() < 1e-12);
+        let mape = 100.0 * (2.0 / 60.0 + 3.0 / 90.0) / 3.0;
+        assert!((s.mape - mape).abs() < 1e-12);
+        let r = s.r.unwrap();
+        assert!(r > 0.99 && r <= 1.0, "{r}");
+        // Anti-correlated estimates give a negative r; a constant one gives none.
+        assert!(
+            error_stats(&[(1.0, 3.0), (2.0, 2.0), (3.0, 1.0)])
+                .r
+                .unwrap()
+                < -0.99
+        );
+        assert_eq!(error_stats(&[(1.0, 2.0), (2.0, 2.0)]).r, None);
+        assert_eq!(error_stats(&[]).n, 0);
+    }
+
+    #[test]
+    fn cancelled_scans_count_as_cancelled_not_as_perfect_estimates() {
+        let t = |hr: Option<f64>, cancelled, conf| Trial {
+            condition: 0,
+            spec: String::new(),
+            hr_true: 80.0,
+            rr_true: 15.0,
+            rmssd_true: 30.0,
+            cancelled,
+            hr,
+            rr: None,
+            rmssd: None,
+            confidence: conf,
+            rr_confidence: 0.0,
+            snr_db: None,
+        };
+        let a = t(Some(81.0), None, 0.9);
+        let b = t(Some(100.0), None, 0.6);
+        let c = t(None, Some(CancelReason::LowSnr), 0.0);
+        let s = summarize(&[&a, &b, &c], Expect::Vitals);
+        assert_eq!((s.trials, s.completed, s.hr.n, s.wrong), (3, 2, 2, 1));
+        assert!((s.hr.mae - 10.5).abs() < 1e-12);
+        assert_eq!((s.conf_right, s.conf_wrong), (Some(0.9), Some(0.6)));
+        let r = summarize(&[&c], Expect::Cancel(&[CancelReason::LowSnr]));
+        assert_eq!(r.cancelled_as_expected, 1);
+        assert_eq!(
+            summarize(&[&c], Expect::Cancel(&[CancelReason::NoFace])).cancelled_as_expected,
+            0
+        );
+    }
+
+    #[test]
+    fn strap_truth_uses_only_the_intervals_inside_the_recording() {
+        // 1000 ms beats for 10 s, then 500 ms beats: a 10 s recording sees 60 bpm.
+        let mut rr = vec![1000.0; 10];
+        rr.extend([500.0; 10]);
+        let (hr, rmssd) = strap_truth(&rr, 10.0).unwrap();
+        assert!((hr - 60.0).abs() < 1e-9);
+        assert_eq!(rmssd, 0.0);
+        let (hr, rmssd) = strap_truth(&[800.0, 820.0, 800.0, 820.0], 100.0).unwrap();
+        assert!((hr - 60_000.0 / 810.0).abs() < 1e-9);
+        assert!((rmssd - 20.0).abs() < 1e-9);
+        assert!(
+            strap_truth(&[1000.0, 1000.0], 10.0).is_none(),
+            "too short to say"
+        );
+    }
+
+    #[test]
+    fn the_plain_fft_reference_finds_a_clean_pulse() {
+        let t: Vec<f64> = (0..900).map(|i| i as f64 / 30.0).collect();
+        let red: Vec<f64> = t
+            .iter()
+            .map(|s| 200.0 + (2.0 * std::f64::consts::PI * 1.3 * s).sin())
+            .collect();
+        let hr = plain_fft_hr(&t, &red, 30.0).unwrap();
+        assert!((hr - 78.0).abs() < 0.5, "{hr}");
+    }
+
+    #[test]
+    fn the_truth_grid_covers_the_whole_range_without_pairing_hr_and_rr() {
+        let grid: Vec<(f64, f64)> = (0..8).map(truth_grid).collect();
+        let hrs: Vec<f64> = grid.iter().map(|g| g.0).collect();
+        assert!(hrs.contains(&45.0) && hrs.contains(&180.0));
+        let rrs: Vec<f64> = grid.iter().map(|g| g.1).collect();
+        assert!(rrs.contains(&6.0) && rrs.contains(&30.0));
+        let r = error_stats(&grid).r.unwrap();
+        assert!(r.abs() < 0.5, "HR and RR are not correlated: r = {r}");
+    }
+
+    #[test]
+    fn every_sweep_spec_parses() {
+        for (_, spec) in sweep_specs(2, 20.0) {
+            spec.parse::<SourceSpec>()
+                .unwrap_or_else(|e| panic!("{spec}: {e}"));
+        }
+    }
+}
