@@ -75,6 +75,16 @@ pub const CONDITIONS: &[Condition] = &[
         expect: Expect::Vitals,
     },
     Condition {
+        name: "skin tone V, 640×480",
+        options: "tone=5,width=640,height=480",
+        expect: Expect::Vitals,
+    },
+    Condition {
+        name: "skin tone VI, 640×480",
+        options: "tone=6,width=640,height=480",
+        expect: Expect::Vitals,
+    },
+    Condition {
         name: "weak pulse (0.15 %)",
         options: "pulse=0.15",
         expect: Expect::Vitals,
@@ -542,7 +552,14 @@ pub fn sweep_table(trials: &[Trial]) -> String {
                     .map(|t| match (t.cancelled, t.hr) {
                         (Some(c), _) => c.code().to_string(),
                         (None, h) => {
-                            format!("completed HR {} (conf. {:.2})", fmt(h, 1), t.confidence)
+                            let right = h.is_some_and(|h| (h - t.hr_true).abs() <= HR_RIGHT_BPM);
+                            format!(
+                                "completed HR {} for true {:.1}, {} (conf. {:.2})",
+                                fmt(h, 1),
+                                t.hr_true,
+                                if right { "right" } else { "WRONG" },
+                                t.confidence
+                            )
                         }
                     })
                     .collect();

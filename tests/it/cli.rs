@@ -436,3 +436,72 @@ fn bench_runs_in_a_short_mode_and_reports_every_stage() {
     let r = run_bin(&["bench", "--frames", "3"], None, MINUTE);
     assert_eq!(r.code, 2, "too few frames is a usage error");
 }
+
+#[test]
+fn eval_runs_in_a_short_mode_with_every_condition_and_the_robustness_verdicts() {
+    let r = run_bin(&["eval", "--quick", "--threads", "2"], None, 5 * MINUTE);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for cond in rppg_agent::app::eval::CONDITIONS {
+        assert!(
+            r.stdout.contains(cond.name),
+            "missing row {:?}:\n{}",
+            cond.name,
+            r.stdout
+        );
+    }
+    assert!(r.stdout.contains("| HR MAE |") && r.stdout.contains("conf. right / wrong"));
+    // Seeded videos: these robustness rows end in their cancellation every time.
+    for row in [
+        "| no pulse (a photo) | LOW_SNR | 1 of 1 |",
+        "| no face | NO_FACE | 1 of 1 |",
+    ] {
+        assert!(r.stdout.contains(row), "{row}\n{}", r.stdout);
+    }
+    assert!(
+        r.stderr.contains("synthetic scans"),
+        "progress on stderr: {}",
+        r.stderr
+    );
+    // JSON: one object with every trial.
+    let j = run_bin(
+        &[
+            "eval",
+            "--trials",
+            "1",
+            "--seconds",
+            "12",
+            "--json",
+            "--threads",
+            "2",
+        ],
+        None,
+        5 * MINUTE,
+    );
+    assert_eq!(j.code, 0, "{}", j.stderr);
+    let v: serde_json::Value = serde_json::from_str(&j.stdout).unwrap();
+    assert_eq!(
+        v["synthetic"].as_array().unwrap().len(),
+        rppg_agent::app::eval::CONDITIONS.len()
+    );
+    // Bad arguments are usage errors.
+    let bad = run_bin(&["eval", "--seconds", "7"], None, MINUTE);
+    assert_eq!(bad.code, 2);
+    assert!(bad.stderr.contains("at least 10 s"), "{}", bad.stderr);
+    let missing = run_bin(
+        &[
+            "eval",
+            "--trials",
+            "0",
+            "--welltory",
+            "/nonexistent/welltory",
+        ],
+        None,
+        MINUTE,
+    );
+    assert_eq!(missing.code, 2);
+    assert!(
+        missing.stderr.contains("--welltory /nonexistent/welltory"),
+        "{}",
+        missing.stderr
+    );
+}
