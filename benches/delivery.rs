@@ -8,7 +8,7 @@ use rppg_agent::app::receiver::{Receiver, Script};
 use rppg_agent::delivery::mqtt::{MqttDestination, MqttProtocol};
 use rppg_agent::delivery::policy::RetryPolicy;
 use rppg_agent::delivery::signing::{parse_secret, Scheme};
-use rppg_agent::delivery::webhook::WebhookDestination;
+use rppg_agent::delivery::webhook::{BodyFormat, WebhookDestination};
 use rppg_agent::delivery::{Delivery, Setup};
 use rppg_agent::events::{Event, EventKind, StampedEvent, Stamper};
 use rppg_agent::outbox::{Outbox, OutboxConfig};
@@ -150,6 +150,7 @@ fn main() {
                     policy: RetryPolicy::default(),
                     allow_insecure: true,
                     max_in_flight: 16,
+                    format: BodyFormat::Envelope,
                 };
                 let t0 = Instant::now();
                 let d = Delivery::start(

@@ -14,7 +14,7 @@
 use crate::delivery::mqtt::{MqttDestination, MqttProtocol, MqttTls};
 use crate::delivery::policy::RetryPolicy;
 use crate::delivery::signing::{parse_secret, Scheme, Secret};
-use crate::delivery::webhook::WebhookDestination;
+use crate::delivery::webhook::{BodyFormat, WebhookDestination};
 use crate::events::EventKind;
 use crate::measurement::MeasurementConfig;
 use crate::signal::{Method, SignalConfig};
@@ -45,6 +45,15 @@ pub struct Config {
     pub scan: ScanConfig,
     pub vision: VisionSection,
     pub signal: SignalSection,
+    pub fhir: FhirSection,
+}
+
+/// `[fhir]`: defaults for FHIR output.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FhirSection {
+    /// The Observation subject when the scan request names none.
+    pub subject: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -120,6 +129,12 @@ struct WebhookEntry {
     allow_insecure: bool,
     #[serde(default = "default_in_flight")]
     max_in_flight: usize,
+    #[serde(default = "default_format")]
+    format: String,
+}
+
+fn default_format() -> String {
+    "wms".into()
 }
 
 fn default_topic() -> String {
@@ -625,6 +640,32 @@ fn webhook_destinations(
                 "use 4",
             );
         }
+        let (format, events) = match entry.format.as_str() {
+            "wms" => (BodyFormat::Envelope, events),
+            "fhir" => {
+                if events.iter().any(|e| *e != EventKind::ScanCompleted) {
+                    problem(
+                        "events",
+                        "a FHIR destination receives completed scans only".into(),
+                        "remove events, or set events = [\"SCAN_COMPLETED\"]",
+                    );
+                }
+                (
+                    BodyFormat::Fhir {
+                        subject: String::new(),
+                    },
+                    vec![EventKind::ScanCompleted],
+                )
+            }
+            other => {
+                problem(
+                    "format",
+                    format!("{other:?} is not a body format"),
+                    "use \"wms\" (the event envelope) or \"fhir\" (an R4 Bundle of vital signs)",
+                );
+                (BodyFormat::Envelope, events)
+            }
+        };
         if problems.len() > before {
             continue;
         }
@@ -642,6 +683,7 @@ fn webhook_destinations(
             },
             allow_insecure: entry.allow_insecure,
             max_in_flight: entry.max_in_flight,
+            format,
         });
     }
     out
@@ -943,6 +985,11 @@ impl Config {
         };
         let mut config = config;
         config.webhook = webhooks;
+        for w in &mut config.webhook {
+            if let BodyFormat::Fhir { subject } = &mut w.format {
+                subject.clone_from(&config.fhir.subject);
+            }
+        }
         config.mqtt = mqtt;
         problems.extend(config.validate());
         if problems.is_empty() {

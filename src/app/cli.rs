@@ -59,6 +59,11 @@ pub enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// List the cameras (V4L2, /dev/video*) and the formats each offers.
+    ///
+    /// Needs a build with the `camera` feature (the device builds in cross/
+    /// have it); other builds say how to get one.
+    Cameras,
     /// Measure the speed of every pipeline stage (medians) and peak memory.
     Bench(BenchArgs),
     /// Measure accuracy: a seeded synthetic sweep with known truth, the
@@ -220,19 +225,29 @@ pub struct DemoArgs {
 
 #[derive(Debug, Args)]
 pub struct ScanArgs {
-    /// Video source: synthetic[:k=v,...] | FILE.y4m | - (YUV4MPEG2 on stdin) | frames:DIR[,fps=30] | camera[:N].
+    /// Video source: synthetic[:k=v,...] | FILE.y4m | - (YUV4MPEG2 on stdin) | frames:DIR[,fps=30] | camera[:N][,width=640,height=480,fps=30] (builds with the `camera` feature).
     ///
     /// synthetic options: hr, rr, seconds, seed, width, height, fps, noise
     /// (σ, 8-bit levels), motion (px), light (relative drift), pulse (% of
-    /// green, 0 = no pulse), rsa, brightness, face (0 = empty scene).
+    /// green, 0 = no pulse), rsa, brightness, face (0 = empty scene),
+    /// tone (skin type 1-6), rotate (deg), zoom, jump (px), flicker,
+    /// flicker_hz, drop (probability), jitter (ms).
     #[arg(long, short)]
     pub input: String,
     /// Scan length in seconds (overrides scan.duration_s).
     #[arg(long)]
     pub seconds: Option<f64>,
     /// Print exactly one JSON result object on stdout at the end, instead of events.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "fhir")]
     pub json: bool,
+    /// Print the completed scan as a FHIR R4 Bundle (vital-signs Observations:
+    /// heart rate LOINC 8867-4, respiratory rate 9279-1) on stdout, instead of events.
+    /// A cancelled scan prints no bundle (exit 3).
+    #[arg(long)]
+    pub fhir: bool,
+    /// Who is measured, e.g. Patient/123: the FHIR subject (default: [fhir] subject).
+    #[arg(long, value_name = "REFERENCE")]
+    pub subject: Option<String>,
     /// Also append every event to this JSON Lines file.
     #[arg(long, value_name = "FILE.jsonl")]
     pub events: Option<PathBuf>,

@@ -334,6 +334,7 @@ pub fn run_trial(condition: usize, spec: &str, seconds: f64) -> Result<Trial, Ap
             config,
             device_id: "eval".into(),
             realtime: false,
+            subject: None,
         },
         &mut [],
         &mut |_, _| {},

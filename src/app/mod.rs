@@ -216,6 +216,16 @@ pub fn run(cli: Cli) -> Result<i32, AppError> {
             Ok(0)
         }
         Command::Eval(a) => eval_command(a),
+        Command::Cameras => {
+            let cameras = crate::capture::camera::list_cameras()?;
+            if cameras.is_empty() {
+                println!("no cameras found (V4L2: nothing usable under /dev/video*)");
+            }
+            for c in cameras {
+                println!("{c}");
+            }
+            Ok(0)
+        }
     }
 }
 
@@ -484,11 +494,15 @@ fn scan_command(a: cli::ScanArgs) -> Result<i32, AppError> {
         _ => None,
     };
     let mut stdout_sink = sinks::StdoutJsonl;
+    let mut kept = sinks::Collect::default();
+    let fhir_subject = config.fhir.subject.clone();
     let mut sinks: Vec<&mut dyn EventSink> = Vec::new();
     if let Some(o) = outbox_sink.as_mut() {
         sinks.push(o);
     }
-    if !a.json {
+    if a.fhir {
+        sinks.push(&mut kept);
+    } else if !a.json {
         sinks.push(&mut stdout_sink);
     }
     if let Some(f) = file_sink.as_mut() {
@@ -502,6 +516,7 @@ fn scan_command(a: cli::ScanArgs) -> Result<i32, AppError> {
         device_id: device_id(&config),
         config,
         realtime: false,
+        subject: a.subject.clone(),
     };
     let report = scan::run_scan(opts, &mut sinks, &mut |p, e| {
         if e.is_some() {
@@ -529,7 +544,28 @@ fn scan_command(a: cli::ScanArgs) -> Result<i32, AppError> {
         }
     }
     let report = report?;
-    if a.json {
+    if a.fhir {
+        let completed = kept
+            .0
+            .iter()
+            .find(|e| e.kind == crate::events::EventKind::ScanCompleted);
+        match completed {
+            Some(e) => {
+                let bundle = crate::events::fhir::bundle_bytes(&e.bytes, &fhir_subject)
+                    .map_err(|e| AppError::Usage(format!("FHIR: {e}")))?;
+                println!("{}", String::from_utf8_lossy(&bundle));
+            }
+            None => eprintln!(
+                "no FHIR bundle: {}",
+                report
+                    .cancelled
+                    .map_or("the scan did not complete".to_string(), |r| format!(
+                        "the scan was cancelled ({})",
+                        r.code()
+                    ))
+            ),
+        }
+    } else if a.json {
         println!("{}", report.to_json());
     } else if !quiet {
         eprintln!("{}", summary_line(&report));
@@ -622,6 +658,7 @@ fn demo(a: cli::DemoArgs) -> Result<i32, AppError> {
         policy: crate::delivery::policy::RetryPolicy::default(),
         allow_insecure: true,
         max_in_flight: 4,
+        format: crate::delivery::webhook::BodyFormat::Envelope,
     }];
     let outbox = deliver::open_outbox(&config)?;
     let delivery = deliver::start(&config, outbox.clone(), false)?;
@@ -644,6 +681,7 @@ fn demo(a: cli::DemoArgs) -> Result<i32, AppError> {
         device_id: device_id(&config),
         config,
         realtime: !a.fast,
+        subject: None,
     };
     let mut print_error = None;
     let report = scan::run_scan(

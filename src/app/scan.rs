@@ -13,7 +13,7 @@
 use super::{random_u128, unix_ms, AppError};
 use crate::capture::{self, Frame, SourceInfo, SourceSpec};
 use crate::config::Config;
-use crate::events::{ulid, Event, EventSink, StampedEvent, Stamper};
+use crate::events::{ulid, Event, EventKind, EventSink, StampedEvent, Stamper};
 use crate::measurement::{CancelReason, Measurement, ScanResult, Update};
 use crate::vision::detector::FaceDetector;
 use crate::vision::FaceRoiExtractor;
@@ -27,6 +27,8 @@ pub struct ScanOptions {
     pub device_id: String,
     /// Pace frames at their timestamps (a live demo) instead of as fast as possible.
     pub realtime: bool,
+    /// Who is measured (`Patient/<id>`), carried in SCAN_COMPLETED for FHIR.
+    pub subject: Option<String>,
 }
 
 /// Live state, reported after every frame.
@@ -128,12 +130,11 @@ pub fn run_scan(
     let mut source = match capture::open(&opts.source) {
         Ok(s) => s,
         Err(e) => {
-            let details = if matches!(opts.source, SourceSpec::Camera(_)) {
-                "CAMERA_START_ERROR"
-            } else {
-                "INPUT_ERROR"
+            let details = match (&opts.source, e.details()) {
+                (SourceSpec::Camera(_), "INPUT_ERROR") => "CAMERA_START_ERROR",
+                (_, d) => d,
             };
-            emitter.emit(&Event::general_error(details, &e.to_string()))?;
+            emitter.emit(&Event::input_failed(details, &e.to_string()))?;
             return Err(e.into());
         }
     };
@@ -169,7 +170,11 @@ pub fn run_scan(
                 }
                 _ => {}
             }
-            let event = Event::from_update(&u, &measurement_id, planned, busy.as_millis() as u64);
+            let mut event =
+                Event::from_update(&u, &measurement_id, planned, busy.as_millis() as u64);
+            if let (EventKind::ScanCompleted, Some(s)) = (event.kind, &opts.subject) {
+                event.payload["subject"] = serde_json::Value::String(s.clone());
+            }
             let stamped = emitter.emit(&event)?;
             progress(&live, Some(&stamped));
         }
@@ -183,7 +188,7 @@ pub fn run_scan(
                 continue;
             }
             Err(e) => {
-                emitter.emit(&Event::general_error("INPUT_ERROR", &e.to_string()))?;
+                emitter.emit(&Event::input_failed(e.details(), &e.to_string()))?;
                 measurement.cancel(CancelReason::InputError, &mut updates);
                 failure = Some(e);
                 continue;

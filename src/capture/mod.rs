@@ -4,7 +4,8 @@
 //! synthetic face video ([`synthetic`]), YUV4MPEG2 files and pipes ([`y4m`]),
 //! directories of PNG/JPEG frames ([`frames_dir`]) — plus the parser for
 //! `--input` specs and the per-frame RGB trace CSV reader ([`rgb_csv`]) used
-//! by `analyze`. The webcam (nokhwa) drops in behind the same trait.
+//! by `analyze`, and the webcam ([`camera`]; the device itself behind the
+//! `camera` cargo feature).
 //!
 //! Invariants:
 //! - Frames are packed RGB8, `width * height * 3` bytes, timestamps in
@@ -15,6 +16,7 @@
 //! - Every bad input is a [`CaptureError`] that names the input and what is
 //!   wrong (and the frame index when a frame is bad), never a panic.
 
+pub mod camera;
 pub mod frames_dir;
 pub mod rgb_csv;
 pub mod synthetic;
@@ -127,6 +129,20 @@ pub enum CaptureError {
     BadCsv { input: String, problem: String },
     #[error("camera input is not available in this build: {0}")]
     CameraUnavailable(String),
+    #[error("camera: {0}")]
+    Camera(camera::CameraFailure),
+}
+
+impl CaptureError {
+    /// The `details` code of the event that reports this error
+    /// (`CAMERA_PERMISSION_DENIED`, `CAMERA_START_ERROR`, `CAMERA_STALLED`, `INPUT_ERROR`).
+    pub fn details(&self) -> &'static str {
+        match self {
+            CaptureError::Camera(f) => f.details(),
+            CaptureError::CameraUnavailable(_) => "CAMERA_START_ERROR",
+            _ => "INPUT_ERROR",
+        }
+    }
 }
 
 /// A parsed `--input` value.
@@ -139,7 +155,7 @@ pub enum SourceSpec {
         dir: PathBuf,
         fps: f64,
     },
-    Camera(String),
+    Camera(camera::CameraParams),
 }
 
 /// Splits `k=v,k=v` into pairs, rejecting malformed items.
@@ -219,7 +235,7 @@ impl std::str::FromStr for SourceSpec {
                     fps,
                 })
             }
-            "camera" => Ok(SourceSpec::Camera(rest.to_string())),
+            "camera" => Ok(SourceSpec::Camera(camera::CameraParams::parse(spec, rest)?)),
             "" => Err(CaptureError::Spec {
                 spec: spec.to_string(),
                 problem: "empty input; try synthetic, a .y4m file, - for stdin, or frames:DIR"
@@ -248,12 +264,16 @@ pub fn open(spec: &SourceSpec) -> Result<Box<dyn FrameSource>, CaptureError> {
                 path.display().to_string(),
             )?))
         }
-        SourceSpec::Frames { dir, fps } => Ok(Box::new(frames_dir::FramesDirSource::new(dir, *fps)?)),
-        SourceSpec::Camera(_) => Err(CaptureError::CameraUnavailable(
-            "webcam capture (nokhwa, V4L2) is not implemented in this version yet; \
-             use a YUV4MPEG2 pipe meanwhile: ffmpeg -f v4l2 -i /dev/video0 -f yuv4mpegpipe - | rppg-agent scan --input -"
-                .into(),
-        )),
+        SourceSpec::Frames { dir, fps } => {
+            Ok(Box::new(frames_dir::FramesDirSource::new(dir, *fps)?))
+        }
+        #[cfg(feature = "camera")]
+        SourceSpec::Camera(p) => Ok(Box::new(camera::CameraSource::open(
+            *p,
+            std::time::Duration::from_secs(3),
+        )?)),
+        #[cfg(not(feature = "camera"))]
+        SourceSpec::Camera(_) => Err(CaptureError::CameraUnavailable(camera::NOT_BUILT.into())),
     }
 }
 
@@ -298,6 +318,7 @@ mod tests {
         }
     }
 
+    #[cfg(not(feature = "camera"))]
     #[test]
     fn camera_requests_explain_how_to_get_frames_meanwhile() {
         let err = open(&"camera:0".parse().unwrap())

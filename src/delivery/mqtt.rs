@@ -318,8 +318,8 @@ enum Publisher {
 
 /// The event-loop half of a connection, for either protocol version.
 enum Events {
-    V5(EventLoop),
-    V311(rumqttc::EventLoop),
+    V5(Box<EventLoop>),
+    V311(Box<rumqttc::EventLoop>),
 }
 
 /// What the event loop reported, in protocol-neutral terms.
@@ -350,11 +350,11 @@ fn link(dest: &MqttDestination, device_id: &str) -> Result<(Publisher, Events), 
     match dest.protocol {
         MqttProtocol::V5 => {
             let (c, l) = AsyncClient::new(dest.options(device_id)?, cap);
-            Ok((Publisher::V5(c), Events::V5(l)))
+            Ok((Publisher::V5(c), Events::V5(Box::new(l))))
         }
         MqttProtocol::V311 => {
             let (c, l) = rumqttc::AsyncClient::new(dest.options_v311(device_id)?, cap);
-            Ok((Publisher::V311(c), Events::V311(l)))
+            Ok((Publisher::V311(c), Events::V311(Box::new(l))))
         }
     }
 }

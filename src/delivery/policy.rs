@@ -32,6 +32,9 @@ pub enum AttemptResult {
     Unreachable(String),
     /// Reached, but the exchange failed (TLS, reset, malformed response).
     Failed(String),
+    /// The event cannot be turned into this destination's body (e.g. not
+    /// FHIR-mappable): no attempt could ever succeed.
+    Unsendable(String),
 }
 
 /// What to do next with an event on one destination.
@@ -125,6 +128,9 @@ pub fn classify(result: &AttemptResult, policy: &RetryPolicy, now_unix_s: u64) -
         AttemptResult::Timeout => Outcome::Retry {
             after: None,
             reason: "timed out".into(),
+        },
+        AttemptResult::Unsendable(why) => Outcome::DeadLetter {
+            reason: format!("cannot be sent to this destination: {why}"),
         },
         AttemptResult::Unreachable(why) => Outcome::Offline {
             reason: why.clone(),

@@ -188,8 +188,11 @@ pub fn envelope(headers: &[(&'static str, String)], body: &[u8]) -> Vec<u8> {
     .expect("strings serialise")
 }
 
+/// Received headers as (name, value) pairs.
+pub type Headers = Vec<(String, String)>;
+
 /// Opens an [`envelope`]: the headers and the exact signed body bytes.
-pub fn open_envelope(bytes: &[u8]) -> Result<(Vec<(String, String)>, Vec<u8>), VerifyError> {
+pub fn open_envelope(bytes: &[u8]) -> Result<(Headers, Vec<u8>), VerifyError> {
     let malformed = |problem: String| VerifyError::Malformed {
         header: "envelope",
         problem,

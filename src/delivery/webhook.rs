@@ -28,6 +28,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
 
+/// What a destination receives as the request body.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BodyFormat {
+    /// The event envelope, byte for byte as stored (WMS style).
+    Envelope,
+    /// SCAN_COMPLETED as a FHIR R4 Bundle; `subject` when the scan named none.
+    Fhir { subject: String },
+}
+
 /// A validated webhook destination.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WebhookDestination {
@@ -42,11 +51,20 @@ pub struct WebhookDestination {
     pub policy: RetryPolicy,
     pub allow_insecure: bool,
     pub max_in_flight: usize,
+    pub format: BodyFormat,
 }
 
 impl WebhookDestination {
     pub fn wants(&self, kind: EventKind) -> bool {
         self.events.is_empty() || self.events.contains(&kind)
+    }
+
+    /// The body of an event for this destination (signed and sent as is).
+    pub fn body(&self, event_bytes: &[u8]) -> Result<Vec<u8>, crate::events::fhir::FhirError> {
+        match &self.format {
+            BodyFormat::Envelope => Ok(event_bytes.to_vec()),
+            BodyFormat::Fhir { subject } => crate::events::fhir::bundle_bytes(event_bytes, subject),
+        }
     }
 
     /// Every header of one attempt: content type, agent, and the signatures.
@@ -56,8 +74,12 @@ impl WebhookDestination {
         timestamp_s: u64,
         body: &[u8],
     ) -> Vec<(&'static str, String)> {
+        let content_type = match self.format {
+            BodyFormat::Envelope => "application/json",
+            BodyFormat::Fhir { .. } => "application/fhir+json",
+        };
         let mut h = vec![
-            ("content-type", "application/json".to_string()),
+            ("content-type", content_type.to_string()),
             (
                 "user-agent",
                 format!("rppg-agent/{}", env!("CARGO_PKG_VERSION")),
@@ -175,8 +197,13 @@ pub async fn attempt(
     event: &PendingEvent,
     now_s: u64,
 ) -> AttemptResult {
-    let mut req = client.post(dest.url.clone()).body(event.bytes.clone());
-    for (k, v) in dest.headers(&event.meta.event_id, now_s, &event.bytes) {
+    let body = match dest.body(&event.bytes) {
+        Ok(b) => b,
+        Err(e) => return AttemptResult::Unsendable(e.to_string()),
+    };
+    let headers = dest.headers(&event.meta.event_id, now_s, &body);
+    let mut req = client.post(dest.url.clone()).body(body);
+    for (k, v) in headers {
         req = req.header(k, v);
     }
     match req.send().await {
@@ -198,6 +225,7 @@ fn describe(result: &AttemptResult) -> String {
         AttemptResult::Timeout => "timed out".into(),
         AttemptResult::Unreachable(e) => format!("unreachable: {e}"),
         AttemptResult::Failed(e) => format!("failed: {e}"),
+        AttemptResult::Unsendable(e) => format!("cannot be sent: {e}"),
     }
 }
 

@@ -17,6 +17,8 @@
 //! signature always covers exactly what the receiver parses. Stamping is
 //! pure: the wall-clock time and the id entropy are arguments.
 
+pub mod fhir;
+
 use crate::capture::SourceInfo;
 use crate::measurement::{CancelReason, Intermediate, ScanResult, Update};
 use serde::Serialize;
@@ -48,10 +50,12 @@ pub enum EventKind {
     MeasurementCanceled,
     ScanCompleted,
     GeneralError,
+    /// The camera exists but the agent may not open it (WMS-style event of its own).
+    CameraPermissionDenied,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 10] = [
+    pub const ALL: [EventKind; 11] = [
         EventKind::CameraStarted,
         EventKind::MeasurementCreated,
         EventKind::MeasurementStarted,
@@ -62,6 +66,7 @@ impl EventKind {
         EventKind::MeasurementCanceled,
         EventKind::ScanCompleted,
         EventKind::GeneralError,
+        EventKind::CameraPermissionDenied,
     ];
 
     /// The wire name (`CAMERA_STARTED`, ...).
@@ -77,6 +82,7 @@ impl EventKind {
             EventKind::MeasurementCanceled => "MEASUREMENT_CANCELED",
             EventKind::ScanCompleted => "SCAN_COMPLETED",
             EventKind::GeneralError => "GENERAL_ERROR",
+            EventKind::CameraPermissionDenied => "CAMERA_PERMISSION_DENIED",
         }
     }
 
@@ -85,7 +91,8 @@ impl EventKind {
             EventKind::LowSnr
             | EventKind::ConstraintViolation
             | EventKind::FailedInitBloodFlow
-            | EventKind::GeneralError => Severity::Error,
+            | EventKind::GeneralError
+            | EventKind::CameraPermissionDenied => Severity::Error,
             EventKind::MeasurementCanceled => Severity::Warn,
             _ => Severity::Info,
         }
@@ -132,6 +139,17 @@ impl Event {
                 "fps": round(info.fps, 3),
             }),
         }
+    }
+
+    /// The event for an input that failed, by its `details` code:
+    /// CAMERA_PERMISSION_DENIED has an event of its own, everything else is
+    /// GENERAL_ERROR (`CAMERA_START_ERROR`, `CAMERA_STALLED`, `INPUT_ERROR`).
+    pub fn input_failed(details: &str, message: &str) -> Event {
+        let mut e = Event::general_error(details, message);
+        if details == "CAMERA_PERMISSION_DENIED" {
+            e.kind = EventKind::CameraPermissionDenied;
+        }
+        e
     }
 
     /// GENERAL_ERROR with a WMS-style `details` code (e.g. `CAMERA_START_ERROR`).
@@ -475,9 +493,11 @@ mod tests {
         use EventKind::*;
         for k in EventKind::ALL {
             let want = match k {
-                LowSnr | ConstraintViolation | FailedInitBloodFlow | GeneralError => {
-                    Severity::Error
-                }
+                LowSnr
+                | ConstraintViolation
+                | FailedInitBloodFlow
+                | GeneralError
+                | CameraPermissionDenied => Severity::Error,
                 MeasurementCanceled => Severity::Warn,
                 _ => Severity::Info,
             };

@@ -505,3 +505,27 @@ fn eval_runs_in_a_short_mode_with_every_condition_and_the_robustness_verdicts() 
         missing.stderr
     );
 }
+
+#[cfg(not(feature = "camera"))]
+#[test]
+fn without_the_camera_feature_camera_requests_say_how_to_get_one() {
+    let r = run_bin(&["cameras"], None, MINUTE);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("--features camera"), "{}", r.stderr);
+    let r = run_bin(
+        &["scan", "--input", "camera:0,width=320,height=240", "-q"],
+        None,
+        MINUTE,
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("libclang1-14"), "{}", r.stderr);
+    // The kiosk backend hears about it too.
+    assert!(r.stdout.contains("CAMERA_START_ERROR"), "{}", r.stdout);
+    let bad = run_bin(&["scan", "--input", "camera:0,zoom=2"], None, MINUTE);
+    assert_eq!(bad.code, 2);
+    assert!(
+        bad.stderr.contains("unknown option \"zoom\""),
+        "{}",
+        bad.stderr
+    );
+}

@@ -5,7 +5,7 @@ use crate::util::{run_bin, MINUTE};
 use rppg_agent::app::receiver::{Receiver, Script};
 use rppg_agent::delivery::policy::RetryPolicy;
 use rppg_agent::delivery::signing::{parse_secret, Scheme, Secret};
-use rppg_agent::delivery::webhook::WebhookDestination;
+use rppg_agent::delivery::webhook::{BodyFormat, WebhookDestination};
 use rppg_agent::delivery::{Delivery, Setup};
 use rppg_agent::events::{Event, EventKind, Stamper};
 use rppg_agent::outbox::{Outbox, OutboxConfig};
@@ -48,6 +48,7 @@ fn destination(url: &str, attempts: usize) -> WebhookDestination {
         },
         allow_insecure: true,
         max_in_flight: 4,
+        format: BodyFormat::Envelope,
     }
 }
 
@@ -791,4 +792,127 @@ async fn a_week_offline_spends_no_attempts_and_ends_in_delivery_not_in_the_dead_
     assert!(ids.iter().all(|id| got.contains(id)));
     let s = outbox.stats("hook", u64::MAX).unwrap();
     assert_eq!((s.pending, s.dead), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fhir_destination_gets_only_completed_scans_as_signed_valid_r4_bundles() {
+    use rppg_agent::events::fhir::vital_signs_violations;
+    let dir = tempfile::tempdir().unwrap();
+    let rx = Receiver::start(Some((Scheme::Standard, vec![key()])), Script::default())
+        .await
+        .unwrap();
+    let path = dir.path().join("agent.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[outbox]\npath = {:?}\n[fhir]\nsubject = \"Patient/kiosk-default\"\n[[webhook]]\nname = \"ehr\"\nurl = {:?}\nsecret_env = [\"TEST_HOOK_SECRET\"]\nallow_insecure = true\nformat = \"fhir\"\n",
+            dir.path().join("outbox").display().to_string(),
+            rx.url()
+        ),
+    )
+    .unwrap();
+    let cfg = path.display().to_string();
+    let scan = tokio::task::spawn_blocking(move || {
+        bin_env(&[
+            "scan",
+            "--input",
+            "synthetic:hr=84,rr=16,width=320,height=240",
+            "--subject",
+            "Patient/42",
+            "--config",
+            &cfg,
+            "--json",
+        ])
+    })
+    .await
+    .unwrap();
+    assert_eq!(scan.code, 0, "{}", scan.stderr);
+    eventually("the bundle", Duration::from_secs(10), || {
+        !rx.received().is_empty()
+    })
+    .await;
+    let got = rx.received();
+    assert_eq!(
+        got.len(),
+        1,
+        "only SCAN_COMPLETED goes to a FHIR destination"
+    );
+    let r = &got[0];
+    assert_eq!(r.verified, Ok(()), "the signature covers the bundle bytes");
+    assert!(r.webhook_id.as_deref().unwrap_or("").starts_with("evt_"));
+    let bundle: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(bundle["resourceType"], "Bundle");
+    let entries = bundle["entry"].as_array().unwrap();
+    assert_eq!(entries.len(), 2);
+    let hr = &entries[0]["resource"];
+    assert_eq!(vital_signs_violations(hr, "8867-4"), Vec::<String>::new());
+    assert_eq!(
+        vital_signs_violations(&entries[1]["resource"], "9279-1"),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        hr["subject"]["reference"], "Patient/42",
+        "the scan request's subject wins"
+    );
+    let value = hr["valueQuantity"]["value"].as_f64().unwrap();
+    assert!((value - 84.0).abs() < 2.0, "{value}");
+}
+
+#[test]
+fn scan_fhir_prints_one_valid_bundle_and_a_cancelled_scan_prints_none() {
+    use rppg_agent::events::fhir::vital_signs_violations;
+    let ok = run_bin(
+        &[
+            "scan",
+            "--input",
+            "synthetic:hr=66,rr=12,width=320,height=240",
+            "--fhir",
+            "-q",
+        ],
+        None,
+        MINUTE,
+    );
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+    let bundle: serde_json::Value = serde_json::from_str(ok.stdout.trim()).unwrap();
+    let obs = &bundle["entry"][0]["resource"];
+    assert!(vital_signs_violations(obs, "8867-4").is_empty(), "{obs}");
+    assert_eq!(obs["subject"]["display"], "anonymous kiosk user");
+    let none = run_bin(
+        &[
+            "scan",
+            "--input",
+            "synthetic:pulse=0,width=160,height=120",
+            "--fhir",
+            "-q",
+        ],
+        None,
+        MINUTE,
+    );
+    assert_eq!(none.code, 3);
+    assert!(none.stdout.trim().is_empty(), "{}", none.stdout);
+    assert!(
+        none.stderr.contains("cancelled (LOW_SNR)"),
+        "{}",
+        none.stderr
+    );
+    // Bad FHIR destination settings are explained, each with its key.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[[webhook]]\nname = \"a\"\nurl = \"https://x.example\"\nsecrets = [\"k\"]\nschemes = [\"api-key\"]\nformat = \"fhir\"\nevents = [\"LOW_SNR\"]\n[[webhook]]\nname = \"b\"\nurl = \"https://y.example\"\nsecrets = [\"k\"]\nschemes = [\"api-key\"]\nformat = \"xml\"\n",
+    )
+    .unwrap();
+    let bad = run_bin(&["config", "check", path.to_str().unwrap()], None, MINUTE);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(
+        bad.stderr.contains("webhook[0].events") && bad.stderr.contains("completed scans only"),
+        "{}",
+        bad.stderr
+    );
+    assert!(
+        bad.stderr.contains("webhook[1].format") && bad.stderr.contains("\"fhir\""),
+        "{}",
+        bad.stderr
+    );
 }

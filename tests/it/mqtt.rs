@@ -381,10 +381,13 @@ async fn events_reach_an_mqtt5_broker_signed_and_leave_the_lane_only_on_puback()
     assert_eq!(outbox.stats("broker", u64::MAX).unwrap().delivered, 30);
 }
 
+/// Messages an MQTT 3.1.1 subscriber received: (topic, payload).
+type Inbox311 = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
 /// An MQTT 3.1.1 subscriber: (topic, payload) of every message.
-async fn subscribe_v311(addr: SocketAddr, filter: &str) -> Arc<Mutex<Vec<(String, Vec<u8>)>>> {
+async fn subscribe_v311(addr: SocketAddr, filter: &str) -> Inbox311 {
     use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-    let inbox: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+    let inbox: Inbox311 = Arc::default();
     let mut opts = MqttOptions::new("test-subscriber-311", addr.ip().to_string(), addr.port());
     opts.set_keep_alive(Duration::from_secs(5));
     let (client, mut eventloop) = AsyncClient::new(opts, 100);

@@ -89,6 +89,7 @@ pub fn scan_with(spec: &str, mut config: Config) -> (ScanReport, Vec<StampedEven
         config,
         device_id: "test-device".into(),
         realtime: false,
+        subject: None,
     };
     let report = run_scan(opts, &mut [&mut events], &mut |_, _| {}).expect("scan runs");
     (report, events.0)
