@@ -46,6 +46,34 @@ pub struct Config {
     pub vision: VisionSection,
     pub signal: SignalSection,
     pub fhir: FhirSection,
+    pub run: RunSection,
+    pub api: ApiSection,
+}
+
+/// `[run]`: the kiosk daemon (`rppg-agent run`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSection {
+    /// The source of every scan (as `scan --input`).
+    pub input: String,
+    /// Pace file and synthetic sources at their frame rate, as a camera would.
+    pub realtime: bool,
+    /// Start a scan by itself when a face has been steady this long (0 = only on request).
+    pub auto_start_steady_s: f64,
+    /// After a scan, wait this long before auto-starting another.
+    pub auto_start_cooldown_s: f64,
+    /// On SIGTERM/SIGINT, how long to keep delivering before exiting.
+    pub shutdown_drain_s: f64,
+}
+
+/// `[api]`: the local HTTP API of the daemon.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    /// Address to listen on; loopback by default.
+    pub listen: String,
+    /// Environment variable holding a bearer token (required off loopback).
+    pub token_env: String,
 }
 
 /// `[fhir]`: defaults for FHIR output.
@@ -1012,6 +1040,42 @@ impl Config {
                 });
             }
         };
+        let run = &self.run;
+        let non_negative = |v: f64| v.is_finite() && v >= 0.0;
+        for (key, v) in [
+            ("run.auto_start_steady_s", run.auto_start_steady_s),
+            ("run.auto_start_cooldown_s", run.auto_start_cooldown_s),
+            ("run.shutdown_drain_s", run.shutdown_drain_s),
+        ] {
+            check(
+                non_negative(v) && v <= 3600.0,
+                key,
+                format!("{v} is outside 0..3600"),
+                "use a number of seconds, e.g. 3",
+            );
+        }
+        if let Err(e) = run.input.parse::<crate::capture::SourceSpec>() {
+            check(
+                false,
+                "run.input",
+                e.to_string(),
+                "use a --input value, e.g. \"camera:0\"",
+            );
+        }
+        match self.api.listen.parse::<std::net::SocketAddr>() {
+            Err(_) => check(
+                false,
+                "api.listen",
+                format!("{:?} is not an address:port", self.api.listen),
+                "use e.g. \"127.0.0.1:8686\"",
+            ),
+            Ok(a) => check(
+                a.ip().is_loopback() || !self.api.token_env.is_empty(),
+                "api.token_env",
+                format!("the API listens on {a}, beyond this machine, without a token"),
+                "set token_env to a variable holding a long random token, or listen on 127.0.0.1",
+            ),
+        }
         let s = &self.scan;
         let positive = |v: f64| v.is_finite() && v > 0.0;
         for (key, v) in [

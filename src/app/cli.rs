@@ -59,6 +59,20 @@ pub enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// The kiosk daemon: delivery always on, scans on request (local HTTP
+    /// API) or when a face is steady, live events for the kiosk screen.
+    ///
+    /// API (loopback by default, [api] in the config):
+    ///   POST   /v1/scans            start a scan ({"subject","seconds"} optional); 409 if one runs
+    ///   DELETE /v1/scans/current    cancel it (MEASUREMENT_CANCELED, reason REQUESTED)
+    ///   GET    /v1/scans/{id}       state and result
+    ///   GET    /v1/events           Server-Sent Events: every event, live
+    ///   GET    /healthz, /metrics   liveness; Prometheus metrics
+    ///
+    /// SIGTERM/SIGINT cancel a running scan, deliver for run.shutdown_drain_s,
+    /// flush the outbox and exit 0. Logs go to stderr (journald under systemd).
+    #[command(verbatim_doc_comment)]
+    Run(RunArgs),
     /// List the cameras (V4L2, /dev/video*) and the formats each offers.
     ///
     /// Needs a build with the `camera` feature (the device builds in cross/
@@ -285,6 +299,19 @@ pub enum ConfigAction {
         /// The file to check.
         file: PathBuf,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Configuration file (see `rppg-agent config default`).
+    #[arg(long, env = "RPPG_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Listen here instead of api.listen (port 0: any free port, logged at start).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<String>,
+    /// Scan this source instead of run.input (e.g. synthetic for a demo kiosk).
+    #[arg(long, value_name = "SOURCE")]
+    pub input: Option<String>,
 }
 
 #[derive(Debug, Args)]

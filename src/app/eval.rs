@@ -335,6 +335,7 @@ pub fn run_trial(condition: usize, spec: &str, seconds: f64) -> Result<Trial, Ap
             device_id: "eval".into(),
             realtime: false,
             subject: None,
+            cancel: None,
         },
         &mut [],
         &mut |_, _| {},

@@ -12,6 +12,7 @@
 pub mod analyze;
 pub mod bench;
 pub mod cli;
+pub mod daemon;
 pub mod deliver;
 pub mod eval;
 pub mod receiver;
@@ -216,6 +217,7 @@ pub fn run(cli: Cli) -> Result<i32, AppError> {
             Ok(0)
         }
         Command::Eval(a) => eval_command(a),
+        Command::Run(a) => run_command(a),
         Command::Cameras => {
             let cameras = crate::capture::camera::list_cameras()?;
             if cameras.is_empty() {
@@ -227,6 +229,44 @@ pub fn run(cli: Cli) -> Result<i32, AppError> {
             Ok(0)
         }
     }
+}
+
+/// `run`: the kiosk daemon until SIGTERM/SIGINT.
+fn run_command(a: cli::RunArgs) -> Result<i32, AppError> {
+    let mut config = load_config(a.config.as_deref())?;
+    if let Some(input) = a.input {
+        input.parse::<SourceSpec>()?;
+        config.run.input = input;
+    }
+    if let Some(listen) = a.listen {
+        config.api.listen = listen;
+    }
+    let addr: std::net::SocketAddr = config.api.listen.parse().map_err(|_| {
+        AppError::Usage(format!(
+            "--listen / api.listen {:?} is not an address:port, e.g. 127.0.0.1:8686",
+            config.api.listen
+        ))
+    })?;
+    if !addr.ip().is_loopback() && config.api.token_env.is_empty() {
+        return Err(AppError::Usage(format!(
+            "the API would listen on {addr}, beyond this machine, without a token: set api.token_env"
+        )));
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false)
+        .try_init();
+    let rt = deliver::runtime()?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            AppError::Usage(format!(
+                "cannot listen on {addr}: {e} (api.listen / --listen)"
+            ))
+        })?;
+        daemon::serve(config, listener, daemon::termination()).await
+    })?;
+    Ok(0)
 }
 
 /// `eval`: the synthetic sweep, the robustness cases, optionally Welltory.
@@ -517,6 +557,7 @@ fn scan_command(a: cli::ScanArgs) -> Result<i32, AppError> {
         config,
         realtime: false,
         subject: a.subject.clone(),
+        cancel: None,
     };
     let report = scan::run_scan(opts, &mut sinks, &mut |p, e| {
         if e.is_some() {
@@ -682,6 +723,7 @@ fn demo(a: cli::DemoArgs) -> Result<i32, AppError> {
         config,
         realtime: !a.fast,
         subject: None,
+        cancel: None,
     };
     let mut print_error = None;
     let report = scan::run_scan(

@@ -29,6 +29,8 @@ pub struct ScanOptions {
     pub realtime: bool,
     /// Who is measured (`Patient/<id>`), carried in SCAN_COMPLETED for FHIR.
     pub subject: Option<String>,
+    /// Set from outside (API, shutdown) to cancel the scan with reason REQUESTED.
+    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Live state, reported after every frame.
@@ -180,6 +182,14 @@ pub fn run_scan(
         }
         if ended.is_some() || failure.is_some() {
             break;
+        }
+        if opts
+            .cancel
+            .as_ref()
+            .is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+        {
+            measurement.cancel(CancelReason::Requested, &mut updates);
+            continue;
         }
         match source.next_frame(&mut frame) {
             Ok(true) => {}

@@ -61,7 +61,7 @@ pub(crate) async fn blocking<T: Send + 'static>(
 #[derive(Default)]
 pub(crate) struct AckBatch {
     buffered: Vec<Ack>,
-    writing: Option<(usize, tokio::task::JoinHandle<Result<(), OutboxError>>)>,
+    writing: Option<(Vec<Ack>, tokio::task::JoinHandle<Result<(), OutboxError>>)>,
     writing_ids: Vec<u64>,
 }
 
@@ -88,37 +88,35 @@ impl AckBatch {
         }
         let batch = std::mem::take(&mut self.buffered);
         self.writing_ids = batch.iter().map(|a| a.id).collect();
-        let (ob, name) = (outbox.clone(), dest.to_string());
-        let n = batch.len();
-        let handle = tokio::task::spawn_blocking(move || ob.ack_many(&name, &batch, now_ms));
-        self.writing = Some((n, handle));
+        let (ob, name, acks) = (outbox.clone(), dest.to_string(), batch.clone());
+        let handle = tokio::task::spawn_blocking(move || ob.ack_many(&name, &acks, now_ms));
+        self.writing = Some((batch, handle));
     }
 
-    /// Waits for the write under way; returns how many acks it recorded.
-    pub(crate) async fn written(&mut self) -> Result<usize, OutboxError> {
-        let Some((n, handle)) = self.writing.as_mut() else {
+    /// Waits for the write under way; returns the acks it recorded.
+    pub(crate) async fn written(&mut self) -> Result<Vec<Ack>, OutboxError> {
+        let Some((_, handle)) = self.writing.as_mut() else {
             return std::future::pending().await;
         };
-        let n = *n;
         let result = handle.await.expect("outbox task does not panic");
-        self.writing = None;
+        let (batch, _) = self.writing.take().expect("a write was under way");
         self.writing_ids.clear();
-        result.map(|()| n)
+        result.map(|()| batch)
     }
 
     /// Records everything acknowledged so far (when a connection ends).
-    async fn finish(
+    pub(crate) async fn finish(
         &mut self,
         outbox: &Arc<Outbox>,
         dest: &str,
         now_ms: u64,
-    ) -> Result<usize, OutboxError> {
-        let mut total = 0;
+    ) -> Result<Vec<Ack>, OutboxError> {
+        let mut all = Vec::new();
         while self.is_writing() || !self.buffered.is_empty() {
             self.start(outbox, dest, now_ms);
-            total += self.written().await?;
+            all.extend(self.written().await?);
         }
-        Ok(total)
+        Ok(all)
     }
 }
 

@@ -479,6 +479,7 @@ async fn connection(
                             id,
                             attempts: event.state.attempts + 1,
                             status: "PUBACK".into(),
+                            created_ms: event.meta.created_ms,
                         }),
                         Some(reason) => failed(ctx, dest, event, reason).await?,
                     }
@@ -487,7 +488,7 @@ async fn connection(
                 Err(e) => break Ended::Offline(e),
             },
             written = acks.written(), if acks.is_writing() => {
-                ctx.stats.delivered.fetch_add(written? as u64, Ordering::Relaxed);
+                ctx.stats.record_delivered(&written?, ctx.clock.now_ms());
             }
             _ = ctx.wake.notified() => (exhausted, asked) = (false, true),
             _ = tick.tick() => (exhausted, asked, ticked) = (false, true, true),
@@ -559,12 +560,9 @@ async fn connection(
         }
     };
     // Every PUBACK received is a real acknowledgement: record it before leaving.
-    let written = acks
-        .finish(&ctx.outbox, &dest.name, ctx.clock.now_ms())
-        .await?;
-    ctx.stats
-        .delivered
-        .fetch_add(written as u64, Ordering::Relaxed);
+    let now = ctx.clock.now_ms();
+    let written = acks.finish(&ctx.outbox, &dest.name, now).await?;
+    ctx.stats.record_delivered(&written, now);
     if matches!(ended, Ended::Stop | Ended::AckTimeout) {
         publisher.disconnect().await;
     }

@@ -92,6 +92,10 @@ impl WebhookDestination {
     }
 }
 
+/// Upper bounds (seconds) of the delivery-latency histogram buckets.
+pub const LATENCY_BUCKETS_S: [f64; 10] =
+    [0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 300.0, 3600.0, 86400.0];
+
 /// Live counters of a lane (for `sync`, `outbox stats` and metrics).
 #[derive(Debug, Default)]
 pub struct LaneStats {
@@ -100,9 +104,36 @@ pub struct LaneStats {
     pub dead_lettered: AtomicU64,
     pub offline: AtomicBool,
     pub last_error: Mutex<Option<String>>,
+    /// Unix ms of the last acknowledged delivery (0: none yet).
+    pub last_delivered_ms: AtomicU64,
+    /// Delivery latency (stored -> acknowledged): cumulative bucket counts
+    /// per [`LATENCY_BUCKETS_S`], then +Inf; and the sum in milliseconds.
+    pub latency_buckets: [AtomicU64; 11],
+    pub latency_sum_ms: AtomicU64,
 }
 
 impl LaneStats {
+    /// Counts acknowledged deliveries and their latency at `now_ms`.
+    pub fn record_delivered(&self, acks: &[Ack], now_ms: u64) {
+        if acks.is_empty() {
+            return;
+        }
+        self.delivered
+            .fetch_add(acks.len() as u64, Ordering::Relaxed);
+        self.last_delivered_ms.fetch_max(now_ms, Ordering::Relaxed);
+        for a in acks {
+            let ms = now_ms.saturating_sub(a.created_ms);
+            self.latency_sum_ms.fetch_add(ms, Ordering::Relaxed);
+            let s = ms as f64 / 1000.0;
+            for (i, bound) in LATENCY_BUCKETS_S.iter().enumerate() {
+                if s <= *bound {
+                    self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            self.latency_buckets[LATENCY_BUCKETS_S.len()].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     fn note_error(&self, e: String) {
         *self.last_error.lock().expect("stats lock") = Some(e);
     }
@@ -262,6 +293,7 @@ async fn settle(
             id,
             attempts: state.attempts + 1,
             status: describe(&result),
+            created_ms: event.meta.created_ms,
         }),
         Outcome::Retry { after, reason } => {
             state.attempts += 1;
@@ -318,10 +350,9 @@ async fn record_acks(
     dest: &WebhookDestination,
     acks: &mut AckBatch,
 ) -> Result<(), OutboxError> {
-    let n = acks
-        .finish(&ctx.outbox, &dest.name, ctx.clock.now_ms())
-        .await?;
-    ctx.stats.delivered.fetch_add(n as u64, Ordering::Relaxed);
+    let now = ctx.clock.now_ms();
+    let written = acks.finish(&ctx.outbox, &dest.name, now).await?;
+    ctx.stats.record_delivered(&written, now);
     Ok(())
 }
 
@@ -400,7 +431,7 @@ pub async fn run_lane(
                 }
             }
             written = acks.written(), if acks.is_writing() => {
-                ctx.stats.delivered.fetch_add(written? as u64, Ordering::Relaxed);
+                ctx.stats.record_delivered(&written?, ctx.clock.now_ms());
             }
             _ = ctx.stop.changed() => {}
         }

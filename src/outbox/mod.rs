@@ -171,6 +171,8 @@ pub struct Ack {
     pub attempts: u32,
     /// What acknowledged it, for the audit trail (`HTTP 200`, `PUBACK`).
     pub status: String,
+    /// When the event was stored (Unix ms), for delivery latency.
+    pub created_ms: u64,
 }
 
 /// An event waiting for one destination.
@@ -696,6 +698,7 @@ impl Outbox {
             id,
             attempts,
             status: status.to_string(),
+            created_ms: 0,
         };
         self.ack_many(dest, &[ack], now_ms)
     }
@@ -1075,6 +1078,7 @@ mod tests {
                 id,
                 attempts: 1,
                 status: "PUBACK".into(),
+                created_ms: 1,
             })
             .collect();
         ob.ack_many("a", &acks, 20).unwrap();

@@ -2,6 +2,7 @@
 
 mod accuracy;
 mod cli;
+mod daemon;
 mod delivery;
 mod lifecycle;
 mod mqtt;

@@ -90,6 +90,7 @@ pub fn scan_with(spec: &str, mut config: Config) -> (ScanReport, Vec<StampedEven
         device_id: "test-device".into(),
         realtime: false,
         subject: None,
+        cancel: None,
     };
     let report = run_scan(opts, &mut [&mut events], &mut |_, _| {}).expect("scan runs");
     (report, events.0)

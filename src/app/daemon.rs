@@ -1,0 +1,974 @@
+//! `run`: the kiosk daemon.
+//!
+//! Owns: the long-running process a kiosk, a Pi scanner or a telehealth cart
+//! runs all day — delivery lanes always on, one scan at a time (on request
+//! or, with `run.auto_start_steady_s`, when a face has been steady), and a
+//! local HTTP API for the kiosk screen and for monitoring:
+//!
+//! | request | answer |
+//! |---|---|
+//! | `POST /v1/scans` (`{"subject":"Patient/1","seconds":30}`, both optional) | 201 `{"id","state":"running"}`; 409 while a scan runs; 507 when the outbox is full |
+//! | `DELETE /v1/scans/current` | 202, the scan ends with MEASUREMENT_CANCELED (reason REQUESTED); 404 if none |
+//! | `GET /v1/scans/{id}` | `{"id","state","result"}`: running, completed, cancelled or failed; `result` is the `scan --json` object |
+//! | `GET /v1/events` | Server-Sent Events: every event as it is emitted (`event:` name, `id:` event id, `data:` envelope) |
+//! | `GET /healthz` | 200 `{"status":"ok",...}` |
+//! | `GET /metrics` | Prometheus text: frames, drops, scans, outbox depth and delivery counters per destination, latency histogram |
+//!
+//! Access: bound to loopback by default and then serves loopback clients
+//! only. With `api.token_env` set, every request needs
+//! `Authorization: Bearer <token>` (compared in constant time); a
+//! non-loopback `api.listen` without a token is a configuration error.
+//!
+//! Shutdown (SIGTERM/SIGINT, or the future passed to [`serve`]): stop
+//! accepting, cancel a running scan (its MEASUREMENT_CANCELED is stored),
+//! deliver for up to `run.shutdown_drain_s`, stop the lanes, flush the
+//! outbox. Whatever is still pending is delivered after the next start.
+//!
+//! Invariants: at most one scan runs; every event of a scan is durable in
+//! the outbox before it is shown on `/v1/events`; secrets and tokens never
+//! reach a log line or a response.
+
+use super::scan::{run_scan, ScanOptions};
+use super::sinks::OutboxSink;
+use super::{deliver, device_id, unix_ms, AppError};
+use crate::capture::{Frame, SourceSpec};
+use crate::config::Config;
+use crate::delivery::signing::ct_eq;
+use crate::delivery::webhook::LATENCY_BUCKETS_S;
+use crate::delivery::Lane;
+use crate::events::{ulid, EventKind, EventSink, SinkError, StampedEvent};
+use crate::outbox::Outbox;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Frame as BodyFrame, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc, watch};
+
+/// Scans whose state `GET /v1/scans/{id}` can still answer.
+const KEEP_SCANS: usize = 64;
+/// Size of a scan's event lifecycle, to check the outbox has room first.
+const SCAN_EVENT_BYTES: u64 = 64 * 1024;
+
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// Where a scan is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanState {
+    Running,
+    Completed,
+    Cancelled,
+    Failed,
+}
+
+impl ScanState {
+    fn name(self) -> &'static str {
+        match self {
+            ScanState::Running => "running",
+            ScanState::Completed => "completed",
+            ScanState::Cancelled => "cancelled",
+            ScanState::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct ScanRecord {
+    id: String,
+    state: ScanState,
+    started_unix_ms: u64,
+    result: Value,
+    error: Option<String>,
+}
+
+struct Running {
+    id: String,
+    cancel: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct State {
+    current: Option<Running>,
+    scans: VecDeque<ScanRecord>,
+    /// When the last scan ended (Unix ms), for the auto-start cool-down.
+    last_end_ms: u64,
+}
+
+/// Process-wide counters for `/metrics`.
+#[derive(Debug, Default)]
+struct Metrics {
+    frames: AtomicU64,
+    frames_dropped: AtomicU64,
+    completed: AtomicU64,
+    cancelled: AtomicU64,
+    failed: AtomicU64,
+    /// Frames per second of video processed by the last scan, ×1000.
+    last_fps_milli: AtomicU64,
+    events: AtomicU64,
+}
+
+struct Shared {
+    config: Config,
+    outbox: Arc<Outbox>,
+    lanes: Vec<Lane>,
+    events: broadcast::Sender<Arc<StampedEvent>>,
+    state: Mutex<State>,
+    metrics: Metrics,
+    token: Option<String>,
+    started_unix_ms: u64,
+}
+
+/// Why a scan could not start.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StartError {
+    Busy { id: String },
+    OutboxFull,
+}
+
+/// Fans events out to the SSE clients (after the outbox sink made them durable).
+struct Broadcast {
+    tx: broadcast::Sender<Arc<StampedEvent>>,
+    shared: Arc<Shared>,
+}
+
+impl EventSink for Broadcast {
+    fn accept(&mut self, event: &StampedEvent) -> Result<(), SinkError> {
+        self.shared.metrics.events.fetch_add(1, Ordering::Relaxed);
+        // No subscriber is fine: the kiosk screen may not be open.
+        let _ = self.tx.send(Arc::new(event.clone()));
+        Ok(())
+    }
+}
+
+impl Shared {
+    fn record(&self, id: &str) -> Option<ScanRecord> {
+        let st = self.state.lock().expect("state lock");
+        st.scans.iter().find(|r| r.id == id).cloned()
+    }
+
+    fn is_running(&self) -> bool {
+        self.state.lock().expect("state lock").current.is_some()
+    }
+
+    /// Starts a scan on its own thread.
+    fn start_scan(
+        self: &Arc<Self>,
+        subject: Option<String>,
+        seconds: Option<f64>,
+    ) -> Result<String, StartError> {
+        let mut st = self.state.lock().expect("state lock");
+        if let Some(r) = &st.current {
+            return Err(StartError::Busy { id: r.id.clone() });
+        }
+        if !self.outbox.has_room_for(SCAN_EVENT_BYTES) {
+            return Err(StartError::OutboxFull);
+        }
+        let id = format!("scn_{}", ulid(unix_ms(), super::random_u128()));
+        let cancel = Arc::new(AtomicBool::new(false));
+        let mut config = self.config.clone();
+        let mut source: SourceSpec = config
+            .run
+            .input
+            .parse()
+            .expect("run.input was validated at start");
+        if let Some(s) = seconds {
+            config.scan.duration_s = s;
+            config.scan.min_duration_s = config.scan.min_duration_s.min(s);
+        }
+        if let SourceSpec::Synthetic(p) = &mut source {
+            // A synthetic kiosk subject stays in front of the camera for the whole scan.
+            p.seconds = p.seconds.max(config.scan.duration_s + 2.0);
+        }
+        let opts = ScanOptions {
+            source,
+            device_id: device_id(&config),
+            realtime: config.run.realtime,
+            config,
+            subject,
+            cancel: Some(cancel.clone()),
+        };
+        st.scans.push_back(ScanRecord {
+            id: id.clone(),
+            state: ScanState::Running,
+            started_unix_ms: unix_ms(),
+            result: Value::Null,
+            error: None,
+        });
+        while st.scans.len() > KEEP_SCANS {
+            st.scans.pop_front();
+        }
+        let shared = self.clone();
+        let scan_id = id.clone();
+        let thread = std::thread::Builder::new()
+            .name("scan".into())
+            .spawn(move || shared.scan_thread(&scan_id, opts))
+            .expect("a thread can be started");
+        st.current = Some(Running {
+            id: id.clone(),
+            cancel,
+            thread,
+        });
+        tracing::info!(scan = %id, input = %self.config.run.input, "scan started");
+        Ok(id)
+    }
+
+    fn scan_thread(self: &Arc<Self>, id: &str, opts: ScanOptions) {
+        let mut outbox_sink = OutboxSink {
+            outbox: self.outbox.clone(),
+            lanes: self.lanes.clone(),
+        };
+        let mut live = Broadcast {
+            tx: self.events.clone(),
+            shared: self.clone(),
+        };
+        let mut sinks: Vec<&mut dyn EventSink> = vec![&mut outbox_sink, &mut live];
+        let metrics = &self.metrics;
+        let report = run_scan(opts, &mut sinks, &mut |_, e| {
+            if e.is_none() {
+                metrics.frames.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        let mut st = self.state.lock().expect("state lock");
+        let (state, result, error) = match report {
+            Ok(r) => {
+                self.metrics
+                    .frames_dropped
+                    .fetch_add(r.frames_dropped, Ordering::Relaxed);
+                if r.processing_time_ms > 0 {
+                    let fps = r.result.frames as f64 * 1000.0 / r.processing_time_ms as f64;
+                    self.metrics
+                        .last_fps_milli
+                        .store((fps * 1000.0) as u64, Ordering::Relaxed);
+                }
+                let state = if r.cancelled.is_some() {
+                    self.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+                    ScanState::Cancelled
+                } else {
+                    self.metrics.completed.fetch_add(1, Ordering::Relaxed);
+                    ScanState::Completed
+                };
+                tracing::info!(scan = %id, state = state.name(), reason = r.cancelled.map(|c| c.code()), "scan ended");
+                (state, r.to_json(), None)
+            }
+            Err(e) => {
+                self.metrics.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(scan = %id, error = %e, "scan failed");
+                (ScanState::Failed, Value::Null, Some(e.to_string()))
+            }
+        };
+        if let Some(rec) = st.scans.iter_mut().find(|r| r.id == id) {
+            rec.state = state;
+            rec.result = result;
+            rec.error = error;
+        }
+        st.last_end_ms = unix_ms();
+        if st.current.as_ref().is_some_and(|r| r.id == id) {
+            // The handle is dropped, not joined: this is the thread itself.
+            st.current = None;
+        }
+    }
+
+    /// Asks the running scan to stop; returns its id.
+    fn cancel_current(&self) -> Option<String> {
+        let st = self.state.lock().expect("state lock");
+        st.current.as_ref().map(|r| {
+            r.cancel.store(true, Ordering::Relaxed);
+            r.id.clone()
+        })
+    }
+
+    /// Waits (bounded) for the running scan's thread to end.
+    fn wait_for_scan(&self, limit: Duration) -> bool {
+        let start = std::time::Instant::now();
+        loop {
+            let running = self
+                .state
+                .lock()
+                .expect("state lock")
+                .current
+                .as_ref()
+                .map(|r| r.thread.is_finished());
+            match running {
+                None | Some(true) => return true,
+                Some(false) if start.elapsed() >= limit => return false,
+                Some(false) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+}
+
+/// The Prometheus text of `/metrics`.
+fn metrics_text(shared: &Shared) -> String {
+    use std::fmt::Write as _;
+    let m = &shared.metrics;
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, lines: Vec<(String, String)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in lines {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    let plain = |v: u64| vec![(String::new(), v.to_string())];
+    metric(
+        "rppg_frames_processed_total",
+        "counter",
+        "Frames processed by scans.",
+        plain(m.frames.load(Ordering::Relaxed)),
+    );
+    metric(
+        "rppg_frames_dropped_total",
+        "counter",
+        "Frames the camera hand-off dropped because vision was behind.",
+        plain(m.frames_dropped.load(Ordering::Relaxed)),
+    );
+    metric(
+        "rppg_processing_fps",
+        "gauge",
+        "Frames per second of processing in the last scan.",
+        vec![(
+            String::new(),
+            format!(
+                "{:.1}",
+                m.last_fps_milli.load(Ordering::Relaxed) as f64 / 1000.0
+            ),
+        )],
+    );
+    metric(
+        "rppg_scans_total",
+        "counter",
+        "Scans by how they ended.",
+        vec![
+            (
+                "{status=\"completed\"}".into(),
+                m.completed.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "{status=\"cancelled\"}".into(),
+                m.cancelled.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "{status=\"failed\"}".into(),
+                m.failed.load(Ordering::Relaxed).to_string(),
+            ),
+        ],
+    );
+    metric(
+        "rppg_scan_running",
+        "gauge",
+        "1 while a scan runs.",
+        plain(u64::from(shared.is_running())),
+    );
+    metric(
+        "rppg_events_emitted_total",
+        "counter",
+        "Events emitted (and stored in the outbox).",
+        plain(m.events.load(Ordering::Relaxed)),
+    );
+    let now = unix_ms();
+    let per_lane = |f: &dyn Fn(&Lane) -> String| -> Vec<(String, String)> {
+        shared
+            .lanes
+            .iter()
+            .map(|l| (format!("{{destination=\"{}\"}}", l.name), f(l)))
+            .collect()
+    };
+    let stats: Vec<_> = shared
+        .lanes
+        .iter()
+        .map(|l| shared.outbox.stats(&l.name, now).unwrap_or_default())
+        .collect();
+    let by_index = |f: &dyn Fn(usize) -> u64| -> Vec<(String, String)> {
+        shared
+            .lanes
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (format!("{{destination=\"{}\"}}", l.name), f(i).to_string()))
+            .collect()
+    };
+    metric(
+        "rppg_outbox_pending",
+        "gauge",
+        "Events waiting for a destination.",
+        by_index(&|i| stats[i].pending),
+    );
+    metric(
+        "rppg_outbox_dead",
+        "gauge",
+        "Dead-lettered events of a destination.",
+        by_index(&|i| stats[i].dead),
+    );
+    metric(
+        "rppg_outbox_bytes",
+        "gauge",
+        "Bytes of stored events.",
+        plain(shared.outbox.stored_bytes()),
+    );
+    metric(
+        "rppg_delivered_total",
+        "counter",
+        "Events acknowledged by a destination (since start).",
+        per_lane(&|l| l.stats.delivered.load(Ordering::Relaxed).to_string()),
+    );
+    metric(
+        "rppg_retried_total",
+        "counter",
+        "Failed attempts that were rescheduled.",
+        per_lane(&|l| l.stats.retried.load(Ordering::Relaxed).to_string()),
+    );
+    metric(
+        "rppg_dead_lettered_total",
+        "counter",
+        "Events dead-lettered (since start).",
+        per_lane(&|l| l.stats.dead_lettered.load(Ordering::Relaxed).to_string()),
+    );
+    metric(
+        "rppg_destination_offline",
+        "gauge",
+        "1 while a destination cannot be reached.",
+        per_lane(&|l| u8::from(l.stats.offline.load(Ordering::Relaxed)).to_string()),
+    );
+    metric(
+        "rppg_last_delivery_timestamp_seconds",
+        "gauge",
+        "Unix time of the last acknowledged delivery (0: none since start).",
+        per_lane(&|l| {
+            format!(
+                "{:.3}",
+                l.stats.last_delivered_ms.load(Ordering::Relaxed) as f64 / 1000.0
+            )
+        }),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP rppg_delivery_latency_seconds From storing an event to its acknowledgement.\n# TYPE rppg_delivery_latency_seconds histogram"
+    );
+    for l in &shared.lanes {
+        let b = &l.stats.latency_buckets;
+        for (i, le) in LATENCY_BUCKETS_S.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "rppg_delivery_latency_seconds_bucket{{destination=\"{}\",le=\"{le}\"}} {}",
+                l.name,
+                b[i].load(Ordering::Relaxed)
+            );
+        }
+        let count = b[LATENCY_BUCKETS_S.len()].load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "rppg_delivery_latency_seconds_bucket{{destination=\"{0}\",le=\"+Inf\"}} {count}\nrppg_delivery_latency_seconds_sum{{destination=\"{0}\"}} {1:.3}\nrppg_delivery_latency_seconds_count{{destination=\"{0}\"}} {count}",
+            l.name,
+            l.stats.latency_sum_ms.load(Ordering::Relaxed) as f64 / 1000.0
+        );
+    }
+    out
+}
+
+/// A streaming response body fed by a channel (Server-Sent Events).
+struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<BodyFrame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|o| o.map(|b| Ok(BodyFrame::data(b))))
+    }
+}
+
+fn json_response(status: StatusCode, v: Value) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())).boxed());
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert("content-type", "application/json".parse().expect("static"));
+    r
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Body> {
+    json_response(status, json!({"error": message}))
+}
+
+/// One SSE message for an event.
+fn sse_message(e: &StampedEvent) -> Bytes {
+    let mut m = format!("event: {}\nid: {}\ndata: ", e.kind.name(), e.id).into_bytes();
+    m.extend_from_slice(&e.bytes);
+    m.extend_from_slice(b"\n\n");
+    Bytes::from(m)
+}
+
+fn sse(shared: &Arc<Shared>, stop: watch::Receiver<bool>) -> Response<Body> {
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    let mut events = shared.events.subscribe();
+    let mut stop = stop;
+    tokio::spawn(async move {
+        if tx
+            .send(Bytes::from_static(b": rppg-agent events\n\n"))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let mut keep_alive = tokio::time::interval(Duration::from_secs(15));
+        loop {
+            let msg = tokio::select! {
+                e = events.recv() => match e {
+                    Ok(e) => sse_message(&e),
+                    Err(broadcast::error::RecvError::Lagged(n)) => Bytes::from(format!(": {n} events skipped (slow client); they are in the outbox\n\n")),
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+                _ = keep_alive.tick() => Bytes::from_static(b": keep-alive\n\n"),
+                _ = stop.changed() => break,
+            };
+            if tx.send(msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut r = Response::new(ChannelBody(rx).boxed());
+    let h = r.headers_mut();
+    h.insert("content-type", "text/event-stream".parse().expect("static"));
+    h.insert("cache-control", "no-cache".parse().expect("static"));
+    r
+}
+
+/// Whether the request may be served: loopback peers, or the right token.
+fn authorised(
+    shared: &Shared,
+    peer: SocketAddr,
+    req: &Request<Incoming>,
+) -> Result<(), Response<Body>> {
+    match &shared.token {
+        Some(token) => {
+            let given = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            if ct_eq(given.as_bytes(), token.as_bytes()) {
+                Ok(())
+            } else {
+                let mut r = error(
+                    StatusCode::UNAUTHORIZED,
+                    "send Authorization: Bearer <token> (api.token_env)",
+                );
+                r.headers_mut()
+                    .insert("www-authenticate", "Bearer".parse().expect("static"));
+                Err(r)
+            }
+        }
+        None if peer.ip().is_loopback() => Ok(()),
+        None => Err(error(
+            StatusCode::FORBIDDEN,
+            "this API serves loopback clients only; set api.token_env to admit others",
+        )),
+    }
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    if let Err(r) = authorised(&shared, peer, &req) {
+        return Ok(r);
+    }
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let response = match (method, path.as_str()) {
+        (Method::POST, "/v1/scans") => {
+            let body = match req.into_body().collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => Bytes::new(),
+            };
+            let params: Value = if body.iter().all(u8::is_ascii_whitespace) {
+                json!({})
+            } else {
+                match serde_json::from_slice(&body) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        return Ok(error(
+                            StatusCode::BAD_REQUEST,
+                            &format!("body is not JSON: {e}"),
+                        ))
+                    }
+                }
+            };
+            let subject = params["subject"].as_str().map(str::to_string);
+            let seconds = match &params["seconds"] {
+                Value::Null => None,
+                v => match v.as_f64().filter(|s| (5.0..=3600.0).contains(s)) {
+                    Some(s) => Some(s),
+                    None => {
+                        return Ok(error(
+                            StatusCode::BAD_REQUEST,
+                            "seconds must be a number from 5 to 3600",
+                        ))
+                    }
+                },
+            };
+            let sh = shared.clone();
+            match tokio::task::spawn_blocking(move || sh.start_scan(subject, seconds))
+                .await
+                .expect("start does not panic")
+            {
+                Ok(id) => json_response(
+                    StatusCode::CREATED,
+                    json!({"id": id, "state": "running", "href": format!("/v1/scans/{id}")}),
+                ),
+                Err(StartError::Busy { id }) => json_response(
+                    StatusCode::CONFLICT,
+                    json!({"error": "a scan is running", "current": id}),
+                ),
+                Err(StartError::OutboxFull) => error(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "the outbox is full: let pending events drain or raise outbox.max_bytes",
+                ),
+            }
+        }
+        (Method::DELETE, "/v1/scans/current") => match shared.cancel_current() {
+            Some(id) => json_response(
+                StatusCode::ACCEPTED,
+                json!({"id": id, "state": "cancelling"}),
+            ),
+            None => error(StatusCode::NOT_FOUND, "no scan is running"),
+        },
+        (Method::GET, p) if p.starts_with("/v1/scans/") => {
+            let id = &p["/v1/scans/".len()..];
+            let id = if id == "current" {
+                shared
+                    .state
+                    .lock()
+                    .expect("state lock")
+                    .current
+                    .as_ref()
+                    .map(|r| r.id.clone())
+                    .unwrap_or_default()
+            } else {
+                id.to_string()
+            };
+            match shared.record(&id) {
+                Some(r) => json_response(
+                    StatusCode::OK,
+                    json!({"id": r.id, "state": r.state.name(), "started": r.started_unix_ms,
+                           "result": r.result, "error": r.error}),
+                ),
+                None => error(StatusCode::NOT_FOUND, "no such scan (the last 64 are kept)"),
+            }
+        }
+        (Method::GET, "/v1/events") => sse(&shared, stop),
+        (Method::GET, "/healthz") => json_response(
+            StatusCode::OK,
+            json!({
+                "status": "ok",
+                "version": env!("CARGO_PKG_VERSION"),
+                "uptime_s": (unix_ms() - shared.started_unix_ms) / 1000,
+                "scan_running": shared.is_running(),
+                "destinations": shared.lanes.iter().map(|l| json!({
+                    "name": l.name,
+                    "offline": l.stats.offline.load(Ordering::Relaxed),
+                })).collect::<Vec<_>>(),
+            }),
+        ),
+        (Method::GET, "/metrics") => {
+            let sh = shared.clone();
+            let text = tokio::task::spawn_blocking(move || metrics_text(&sh))
+                .await
+                .expect("metrics do not panic");
+            let mut r = Response::new(Full::new(Bytes::from(text)).boxed());
+            r.headers_mut().insert(
+                "content-type",
+                "text/plain; version=0.0.4".parse().expect("static"),
+            );
+            r
+        }
+        (_, "/v1/scans" | "/v1/scans/current" | "/v1/events" | "/healthz" | "/metrics") => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "see the API table in the README",
+        ),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "unknown path; see the API table in the README",
+        ),
+    };
+    Ok(response)
+}
+
+/// Watches the source between scans and starts one when a face has been
+/// steady for `run.auto_start_steady_s` (and the cool-down has passed).
+fn auto_start_loop(shared: Arc<Shared>, stop: Arc<AtomicBool>) {
+    let steady_s = shared.config.run.auto_start_steady_s;
+    let cooldown_ms = (shared.config.run.auto_start_cooldown_s * 1000.0) as u64;
+    while !stop.load(Ordering::Relaxed) {
+        let idle = {
+            let st = shared.state.lock().expect("state lock");
+            st.current.is_none() && unix_ms().saturating_sub(st.last_end_ms) >= cooldown_ms
+        };
+        if !idle {
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        }
+        match watch_for_face(&shared, steady_s, &stop) {
+            Ok(true) => {
+                if let Err(e) = shared.start_scan(None, None) {
+                    tracing::warn!(?e, "auto-start skipped");
+                }
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "auto-start cannot read the source; retrying in 10 s");
+                for _ in 0..50 {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+    }
+}
+
+/// Reads the source until a face has been present and steady for
+/// `steady_s` (true), or a scan started on request / shutdown (false).
+fn watch_for_face(
+    shared: &Arc<Shared>,
+    steady_s: f64,
+    stop: &AtomicBool,
+) -> Result<bool, AppError> {
+    let spec: SourceSpec = shared.config.run.input.parse()?;
+    let mut source = crate::capture::open(&spec)?;
+    let detector = super::scan::load_detector(&shared.config)?;
+    let mut vision = crate::vision::FaceRoiExtractor::new(detector, shared.config.vision());
+    let max_motion = shared.config.scan.max_motion_face_widths_per_s;
+    let mut frame = Frame::default();
+    let mut since: Option<f64> = None;
+    let mut last_t = 0.0;
+    let started = std::time::Instant::now();
+    while !stop.load(Ordering::Relaxed) && !shared.is_running() {
+        if !source.next_frame(&mut frame)? {
+            return Ok(false);
+        }
+        if shared.config.run.realtime {
+            let due = Duration::from_secs_f64(frame.t_s.max(0.0));
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        let dt = (frame.t_s - last_t).max(1e-3);
+        last_t = frame.t_s;
+        let obs = vision.process(&frame);
+        let steady = obs.face.is_some_and(|f| {
+            let speed = (obs.motion_px[0].hypot(obs.motion_px[1]) / dt) / f.w.max(1.0);
+            speed <= max_motion
+        });
+        match (steady, since) {
+            (true, None) => since = Some(frame.t_s),
+            (true, Some(t0)) if frame.t_s - t0 >= steady_s => {
+                tracing::info!(steady_s, "a steady face: starting a scan");
+                return Ok(true);
+            }
+            (false, _) => since = None,
+            _ => {}
+        }
+    }
+    Ok(false)
+}
+
+/// What the daemon did, for the caller's last log line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    pub scans: u64,
+    pub pending: u64,
+}
+
+/// Runs the daemon on `listener` until `shutdown` resolves; then cancels a
+/// running scan, drains, stops the lanes and flushes the outbox.
+pub async fn serve(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<Summary, AppError> {
+    let token = match config.api.token_env.as_str() {
+        "" => None,
+        var => Some(std::env::var(var).ok().filter(|t| t.len() >= 16).ok_or_else(|| {
+            AppError::Usage(format!(
+                "api.token_env: environment variable {var} must hold a token of at least 16 characters"
+            ))
+        })?),
+    };
+    for w in config.webhook.iter().filter(|w| w.url.scheme() == "http") {
+        tracing::warn!(destination = %w.name, url = %w.url, "events go unencrypted (allow_insecure = true)");
+    }
+    for m in config.mqtt.iter().filter(|m| m.tls.is_none()) {
+        tracing::warn!(destination = %m.name, host = %m.host, port = m.port, "events go unencrypted (allow_insecure = true)");
+    }
+    let outbox = deliver::open_outbox(&config)?;
+    let delivery = deliver::start(&config, outbox.clone(), false)?;
+    let (events, _) = broadcast::channel(256);
+    let shared = Arc::new(Shared {
+        lanes: delivery.lanes().to_vec(),
+        outbox: outbox.clone(),
+        events,
+        state: Mutex::new(State::default()),
+        metrics: Metrics::default(),
+        token,
+        started_unix_ms: unix_ms(),
+        config,
+    });
+    let addr = listener.local_addr()?;
+    tracing::info!(
+        %addr,
+        input = %shared.config.run.input,
+        destinations = shared.lanes.len(),
+        auto_start = shared.config.run.auto_start_steady_s > 0.0,
+        "rppg-agent run: listening"
+    );
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let auto_stop = Arc::new(AtomicBool::new(false));
+    let auto = (shared.config.run.auto_start_steady_s > 0.0).then(|| {
+        let (sh, st) = (shared.clone(), auto_stop.clone());
+        std::thread::spawn(move || auto_start_loop(sh, st))
+    });
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let Ok((stream, peer)) = accepted else { continue };
+                let (sh, stop) = (shared.clone(), stop_rx.clone());
+                tokio::spawn(async move {
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let service = hyper::service::service_fn(move |req| {
+                        handle(sh.clone(), stop.clone(), peer, req)
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, service)
+                        .await;
+                });
+            }
+        }
+    }
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    auto_stop.store(true, Ordering::Relaxed);
+    if let Some(id) = shared.cancel_current() {
+        tracing::info!(scan = %id, "cancelling the running scan");
+    }
+    let sh = shared.clone();
+    let finished = tokio::task::spawn_blocking(move || sh.wait_for_scan(Duration::from_secs(10)))
+        .await
+        .expect("wait does not panic");
+    if !finished {
+        tracing::warn!("the scan did not stop within 10 s; its stored events are kept");
+    }
+    if let Some(t) = auto {
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
+    }
+    let lanes = shared.lanes.clone();
+    let drain = Duration::from_secs_f64(shared.config.run.shutdown_drain_s);
+    let stats = deliver::drain(&outbox, &lanes, drain).await?;
+    for (name, e) in delivery.stop().await {
+        tracing::error!(destination = %name, error = %e, "lane failed");
+    }
+    outbox.flush()?;
+    let pending: u64 = stats.iter().map(|(_, s)| s.pending).sum();
+    let m = &shared.metrics;
+    let scans = m.completed.load(Ordering::Relaxed)
+        + m.cancelled.load(Ordering::Relaxed)
+        + m.failed.load(Ordering::Relaxed);
+    tracing::info!(
+        scans,
+        pending,
+        "stopped; pending events are delivered after the next start"
+    );
+    Ok(Summary { scans, pending })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn termination() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Events of a scan in order, from an SSE stream's text (for tests and tools).
+pub fn parse_sse(text: &str) -> Vec<(String, Value)> {
+    text.split("\n\n")
+        .filter_map(|block| {
+            let mut name = None;
+            let mut data = None;
+            for line in block.lines() {
+                if let Some(n) = line.strip_prefix("event: ") {
+                    name = Some(n.to_string());
+                } else if let Some(d) = line.strip_prefix("data: ") {
+                    data = serde_json::from_str(d).ok();
+                }
+            }
+            Some((name?, data?))
+        })
+        .collect()
+}
+
+/// Whether an event name ends a scan.
+pub fn ends_scan(name: &str) -> bool {
+    name == EventKind::ScanCompleted.name() || name == EventKind::MeasurementCanceled.name()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_messages_carry_the_event_name_id_and_exact_envelope_and_parse_back() {
+        let mut st = crate::events::Stamper::new("d", "s");
+        let e = st.stamp(
+            &crate::events::Event::general_error("X", "line\nbreak"),
+            1,
+            2,
+        );
+        let m = sse_message(&e);
+        let text = String::from_utf8(m.to_vec()).unwrap();
+        assert!(text.starts_with("event: GENERAL_ERROR\nid: evt_"));
+        assert!(text.ends_with("\n\n"));
+        // The envelope is one line of JSON (newlines inside strings are escaped).
+        assert_eq!(text.lines().filter(|l| l.starts_with("data: ")).count(), 1);
+        let parsed = parse_sse(&format!(": comment\n\n{text}"));
+        assert_eq!(parsed.len(), 1);
+        assert_eq!(parsed[0].1["payload"]["message"], "line\nbreak");
+        assert!(
+            ends_scan("SCAN_COMPLETED")
+                && ends_scan("MEASUREMENT_CANCELED")
+                && !ends_scan("LOW_SNR")
+        );
+    }
+}

@@ -1,0 +1,527 @@
+//! The kiosk daemon with real parts: its HTTP API on 127.0.0.1:0 in-process
+//! (`daemon::serve` with a synthetic source), a real webhook receiver, and
+//! the real binary stopped with SIGTERM.
+
+use crate::util::MINUTE;
+use rppg_agent::app::daemon::{ends_scan, parse_sse, serve};
+use rppg_agent::app::receiver::{Receiver, Script};
+use rppg_agent::config::Config;
+use rppg_agent::delivery::policy::RetryPolicy;
+use rppg_agent::delivery::signing::{parse_secret, Scheme};
+use rppg_agent::delivery::webhook::{BodyFormat, WebhookDestination};
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::time::{Duration, Instant};
+
+fn http_client() -> reqwest::Client {
+    rppg_agent::delivery::install_crypto_provider();
+    reqwest::Client::new()
+}
+
+/// The response body as JSON (reqwest is built without its `json` feature).
+trait JsonBody {
+    async fn body_json(self) -> Value;
+}
+
+impl JsonBody for reqwest::Response {
+    async fn body_json(self) -> Value {
+        let text = self.text().await.unwrap();
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    }
+}
+
+const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+
+fn config(dir: &std::path::Path, realtime: bool) -> Config {
+    let mut c = Config::default_config();
+    c.outbox.path = dir.join("outbox").display().to_string();
+    c.run.input = "synthetic:hr=78,rr=14,width=320,height=240".into();
+    c.run.realtime = realtime;
+    c.run.shutdown_drain_s = 3.0;
+    c.scan.duration_s = 12.0;
+    c.scan.min_duration_s = 10.0;
+    c.api.listen = "127.0.0.1:0".into();
+    c
+}
+
+fn hook(url: &str) -> WebhookDestination {
+    WebhookDestination {
+        name: "backend".into(),
+        url: url.parse().unwrap(),
+        signing: vec![(
+            Scheme::Standard,
+            vec![parse_secret(Scheme::Standard, SECRET).unwrap()],
+        )],
+        events: vec![],
+        timeout: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(3),
+        policy: RetryPolicy::default(),
+        allow_insecure: true,
+        max_in_flight: 4,
+        format: BodyFormat::Envelope,
+    }
+}
+
+/// Reads an SSE response until `done` holds for the parsed events (bounded).
+async fn read_sse(
+    resp: &mut reqwest::Response,
+    limit: Duration,
+    done: impl Fn(&[(String, Value)]) -> bool,
+) -> Vec<(String, Value)> {
+    let start = Instant::now();
+    let mut text = String::new();
+    loop {
+        let events = parse_sse(&text);
+        if done(&events) {
+            return events;
+        }
+        let left = limit.saturating_sub(start.elapsed());
+        assert!(!left.is_zero(), "SSE: timed out; got {events:?}");
+        match tokio::time::timeout(left, resp.chunk()).await {
+            Ok(Ok(Some(c))) => text.push_str(&String::from_utf8_lossy(&c)),
+            Ok(Ok(None)) => panic!("SSE stream ended; got {:?}", parse_sse(&text)),
+            Ok(Err(e)) => panic!("SSE: {e}"),
+            Err(_) => panic!("SSE: timed out; got {:?}", parse_sse(&text)),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_starts_a_scan_streams_its_events_refuses_a_second_and_cancels_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let rx = Receiver::start(
+        Some((
+            Scheme::Standard,
+            vec![parse_secret(Scheme::Standard, SECRET).unwrap()],
+        )),
+        Script::default(),
+    )
+    .await
+    .unwrap();
+    let mut cfg = config(dir.path(), false);
+    cfg.webhook = vec![hook(&rx.url())];
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let daemon = tokio::spawn(serve(cfg, listener, async {
+        let _ = stop_rx.await;
+    }));
+    let http = http_client();
+
+    let health: Value = http
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .body_json()
+        .await;
+    assert_eq!(health["status"], "ok");
+    let mut events = http.get(format!("{base}/v1/events")).send().await.unwrap();
+    assert_eq!(events.headers()["content-type"], "text/event-stream");
+
+    // Start; a second start while it runs is refused with the running id.
+    let started = http
+        .post(format!("{base}/v1/scans"))
+        .body(r#"{"subject":"Patient/7"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status(), 201);
+    let id = started.body_json().await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let busy = http.post(format!("{base}/v1/scans")).send().await.unwrap();
+    assert_eq!(busy.status(), 409);
+    assert_eq!(busy.body_json().await["current"], id.as_str());
+
+    // The kiosk screen sees the whole lifecycle, live.
+    let seen = read_sse(&mut events, MINUTE, |e| e.iter().any(|(n, _)| ends_scan(n))).await;
+    let names: Vec<&str> = seen.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names[..3],
+        [
+            "CAMERA_STARTED",
+            "MEASUREMENT_CREATED",
+            "MEASUREMENT_STARTED"
+        ]
+    );
+    assert_eq!(*names.last().unwrap(), "SCAN_COMPLETED", "{names:?}");
+    assert!(names.contains(&"INTERMEDIATE_RESULTS"));
+    let completed = &seen.last().unwrap().1;
+    assert_eq!(completed["payload"]["subject"], "Patient/7");
+
+    // The scan's state and result.
+    let start = Instant::now();
+    let rec = loop {
+        let r: Value = http
+            .get(format!("{base}/v1/scans/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .body_json()
+            .await;
+        if r["state"] != "running" {
+            break r;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(rec["state"], "completed");
+    let hr = rec["result"]["heart_rate_bpm"].as_f64().unwrap();
+    assert!((hr - 78.0).abs() < 3.0, "{hr}");
+    let unknown = http
+        .get(format!("{base}/v1/scans/scn_nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+
+    // Every event reached the backend, signed; metrics show it.
+    let start = Instant::now();
+    while rx.received().len() < seen.len() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the backend got {} of {}",
+            rx.received().len(),
+            seen.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(rx.received().iter().all(|r| r.verified.is_ok()));
+    // The receiver counts a request before the lane records its ack: wait for the counter.
+    let delivered = format!(
+        "rppg_delivered_total{{destination=\"backend\"}} {}",
+        seen.len()
+    );
+    let start = Instant::now();
+    let metrics = loop {
+        let m = http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if m.contains(&delivered) || start.elapsed() > Duration::from_secs(10) {
+            break m;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for needle in [
+        "rppg_scans_total{status=\"completed\"} 1",
+        "rppg_outbox_pending{destination=\"backend\"} 0",
+        &format!(
+            "rppg_delivered_total{{destination=\"backend\"}} {}",
+            seen.len()
+        ),
+        &format!(
+            "rppg_delivery_latency_seconds_count{{destination=\"backend\"}} {}",
+            seen.len()
+        ),
+        "rppg_scan_running 0",
+    ] {
+        assert!(metrics.contains(needle), "{needle} in\n{metrics}");
+    }
+    let frames: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("rppg_frames_processed_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(frames > 300, "{frames}");
+
+    // A second scan, cancelled from the kiosk.
+    let second = http
+        .post(format!("{base}/v1/scans"))
+        .body(r#"{"seconds": 60}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(second.status(), 201);
+    let id2 = second.body_json().await["id"].as_str().unwrap().to_string();
+    read_sse(&mut events, MINUTE, |e| {
+        e.iter().any(|(n, _)| n == "MEASUREMENT_STARTED")
+    })
+    .await;
+    let cancel = http
+        .delete(format!("{base}/v1/scans/current"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancel.status(), 202);
+    let seen = read_sse(&mut events, MINUTE, |e| {
+        e.iter().any(|(n, _)| n == "MEASUREMENT_CANCELED")
+    })
+    .await;
+    let cancelled = &seen
+        .iter()
+        .find(|(n, _)| n == "MEASUREMENT_CANCELED")
+        .unwrap()
+        .1;
+    assert_eq!(cancelled["payload"]["reason"], "REQUESTED");
+    let start = Instant::now();
+    loop {
+        let r: Value = http
+            .get(format!("{base}/v1/scans/{id2}"))
+            .send()
+            .await
+            .unwrap()
+            .body_json()
+            .await;
+        if r["state"] == "cancelled" {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{r}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        http.delete(format!("{base}/v1/scans/current"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    // Bad requests are explained.
+    let bad = http
+        .post(format!("{base}/v1/scans"))
+        .body("{nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let bad = http
+        .post(format!("{base}/v1/scans"))
+        .body(r#"{"seconds":1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    assert_eq!(
+        http.get(format!("{base}/nope"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+
+    stop_tx.send(()).unwrap();
+    let summary = tokio::time::timeout(Duration::from_secs(20), daemon)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!((summary.scans, summary.pending), (2, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_token_every_request_needs_it_and_a_wrong_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::env::set_var("RPPG_TEST_API_TOKEN", "a-long-random-test-token-0123456789");
+    let mut cfg = config(dir.path(), false);
+    cfg.api.token_env = "RPPG_TEST_API_TOKEN".into();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let daemon = tokio::spawn(serve(cfg, listener, async {
+        let _ = stop_rx.await;
+    }));
+    let http = http_client();
+    let none = http.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(none.status(), 401);
+    assert_eq!(none.headers()["www-authenticate"], "Bearer");
+    let wrong = http
+        .get(format!("{base}/metrics"))
+        .bearer_auth("a-long-random-test-token-0123456788")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let right = http
+        .get(format!("{base}/healthz"))
+        .bearer_auth("a-long-random-test-token-0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(right.status(), 200);
+    let body = right.text().await.unwrap();
+    assert!(!body.contains("a-long-random"), "the token is never echoed");
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(20), daemon)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+
+    // A short token is refused at start, naming the variable.
+    std::env::set_var("RPPG_TEST_SHORT_TOKEN", "short");
+    let mut cfg = config(dir.path(), false);
+    cfg.api.token_env = "RPPG_TEST_SHORT_TOKEN".into();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = serve(cfg, listener, async {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("RPPG_TEST_SHORT_TOKEN") && err.contains("16"),
+        "{err}"
+    );
+}
+
+#[test]
+fn sigterm_cancels_the_running_scan_stores_its_cancellation_and_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    // An unreachable destination: events stay pending in the outbox, where we can read them.
+    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let cfg_path = dir.path().join("agent.toml");
+    std::fs::write(
+        &cfg_path,
+        format!(
+            "[run]\ninput = \"synthetic:width=160,height=120\"\nrealtime = true\nshutdown_drain_s = 0.5\n[api]\nlisten = \"127.0.0.1:0\"\n[outbox]\npath = {:?}\n[delivery]\nprobe_initial_s = 0.05\nprobe_max_s = 0.2\n[[webhook]]\nname = \"later\"\nurl = \"http://{dead_port}/hooks\"\nsecrets = [\"{SECRET}\"]\nallow_insecure = true\n",
+            dir.path().join("outbox").display().to_string()
+        ),
+    )
+    .unwrap();
+    let cfg = cfg_path.to_str().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rppg-agent"))
+        .args(["run", "--config", cfg])
+        .env_remove("RPPG_CONFIG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The address is in the "listening" log line.
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let addr = loop {
+        let line = lines.next().expect("the daemon logs its address").unwrap();
+        if let Some(a) = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="))
+        {
+            break a.to_string();
+        }
+        seen.push(line);
+        assert!(seen.len() < 20, "no addr= in {seen:?}");
+    };
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("WARN") && l.contains("unencrypted")),
+        "an insecure destination is warned about: {seen:?}"
+    );
+    let log =
+        std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>().join("\n"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let http = http_client();
+        let r = http
+            .post(format!("http://{addr}/v1/scans"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        // Let the (real-time) scan get going.
+        let start = Instant::now();
+        loop {
+            let m = http
+                .get(format!("http://{addr}/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            if m.contains("rppg_events_emitted_total 3")
+                || m.contains("rppg_events_emitted_total 4")
+            {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "{m}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "did not stop within 20 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = log.join().unwrap();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(log.contains("reason=\"REQUESTED\""), "{log}");
+    assert!(!log.contains(SECRET), "secrets never reach the log");
+    // The cancellation is durable and waits for the destination.
+    let list = crate::util::run_bin(&["outbox", "list", "--json", "--config", cfg], None, MINUTE);
+    assert_eq!(list.code, 0, "{}", list.stderr);
+    assert!(
+        list.stdout.contains("MEASUREMENT_CANCELED"),
+        "{}",
+        list.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steady_face_starts_a_scan_by_itself_and_an_empty_scene_does_not() {
+    for (input, expect_scan) in [
+        ("synthetic:hr=70,width=320,height=240", true),
+        ("synthetic:face=0,width=160,height=120,seconds=600", false),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path(), false);
+        cfg.run.input = input.into();
+        cfg.run.auto_start_steady_s = 1.0;
+        cfg.run.auto_start_cooldown_s = 3600.0;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let daemon = tokio::spawn(serve(cfg, listener, async {
+            let _ = stop_rx.await;
+        }));
+        let http = http_client();
+        let mut events = http.get(format!("{base}/v1/events")).send().await.unwrap();
+        if expect_scan {
+            let seen = read_sse(&mut events, MINUTE, |e| e.iter().any(|(n, _)| ends_scan(n))).await;
+            assert_eq!(seen.last().unwrap().0, "SCAN_COMPLETED", "{input}");
+        } else {
+            // Watch an empty scene for a while: frames are read, no scan starts.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let m = http
+                .get(format!("{base}/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            assert!(m.contains("rppg_events_emitted_total 0"), "{m}");
+            assert!(m.contains("rppg_scan_running 0"), "{m}");
+        }
+        stop_tx.send(()).unwrap();
+        let summary = tokio::time::timeout(Duration::from_secs(20), daemon)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(summary.scans, u64::from(expect_scan), "{input}");
+    }
+}
