@@ -259,6 +259,10 @@ pub struct ScanArgs {
     /// A cancelled scan prints no bundle (exit 3).
     #[arg(long)]
     pub fhir: bool,
+    /// Also write a report of the scan to this SVG file: the pulse wave with
+    /// its beats, the spectrum with the HR peak and SNR bands, the breathing wave.
+    #[arg(long, value_name = "FILE.svg")]
+    pub report: Option<PathBuf>,
     /// Who is measured, e.g. Patient/123: the FHIR subject (default: [fhir] subject).
     #[arg(long, value_name = "REFERENCE")]
     pub subject: Option<String>,

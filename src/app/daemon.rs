@@ -545,11 +545,12 @@ fn sse(shared: &Arc<Shared>, stop: watch::Receiver<bool>) -> Response<Body> {
 }
 
 /// Whether the request may be served: loopback peers, or the right token.
+/// The refusal is boxed: it is the rare path.
 fn authorised(
     shared: &Shared,
     peer: SocketAddr,
     req: &Request<Incoming>,
-) -> Result<(), Response<Body>> {
+) -> Result<(), Box<Response<Body>>> {
     match &shared.token {
         Some(token) => {
             let given = req
@@ -567,14 +568,14 @@ fn authorised(
                 );
                 r.headers_mut()
                     .insert("www-authenticate", "Bearer".parse().expect("static"));
-                Err(r)
+                Err(Box::new(r))
             }
         }
         None if peer.ip().is_loopback() => Ok(()),
-        None => Err(error(
+        None => Err(Box::new(error(
             StatusCode::FORBIDDEN,
             "this API serves loopback clients only; set api.token_env to admit others",
-        )),
+        ))),
     }
 }
 
@@ -585,7 +586,7 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     if let Err(r) = authorised(&shared, peer, &req) {
-        return Ok(r);
+        return Ok(*r);
     }
     let path = req.uri().path().to_string();
     let method = req.method().clone();

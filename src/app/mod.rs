@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod deliver;
 pub mod eval;
 pub mod receiver;
+pub mod report;
 pub mod scan;
 pub mod sinks;
 
@@ -490,6 +491,16 @@ const SCAN_EVENT_BYTES: u64 = 64 * 1024;
 
 fn scan_command(a: cli::ScanArgs) -> Result<i32, AppError> {
     let mut config = load_config(a.config.as_deref())?;
+    if let Some(path) = &a.report {
+        // Fail before the scan, not after it.
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        if dir.is_some_and(|d| !d.is_dir()) {
+            return Err(AppError::Usage(format!(
+                "--report {}: the directory does not exist",
+                path.display()
+            )));
+        }
+    }
     let mut spec: SourceSpec = a.input.parse()?;
     scan_length(&mut config, &mut spec, &a.input, a.seconds)?;
     let mut file_sink = match &a.events {
@@ -585,6 +596,14 @@ fn scan_command(a: cli::ScanArgs) -> Result<i32, AppError> {
         }
     }
     let report = report?;
+    if let Some(path) = &a.report {
+        let svg = report::render_svg(&report).map_err(|e| AppError::Usage(e.to_string()))?;
+        std::fs::write(path, svg)
+            .map_err(|e| AppError::Usage(format!("--report {}: {e}", path.display())))?;
+        if !quiet {
+            eprintln!("report written to {}", path.display());
+        }
+    }
     if a.fhir {
         let completed = kept
             .0

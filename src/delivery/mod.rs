@@ -53,6 +53,9 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .expect("outbox task does not panic")
 }
 
+/// The blocking task that writes one batch of acks.
+type AckWrite = tokio::task::JoinHandle<Result<(), OutboxError>>;
+
 /// Acknowledged events not yet recorded: collected while the previous batch
 /// is being written, then written in one transaction ([`Outbox::ack_many`]),
 /// so a lane pays one blocking hop per batch instead of one per event.
@@ -61,7 +64,7 @@ pub(crate) async fn blocking<T: Send + 'static>(
 #[derive(Default)]
 pub(crate) struct AckBatch {
     buffered: Vec<Ack>,
-    writing: Option<(Vec<Ack>, tokio::task::JoinHandle<Result<(), OutboxError>>)>,
+    writing: Option<(Vec<Ack>, AckWrite)>,
     writing_ids: Vec<u64>,
 }
 

@@ -131,6 +131,10 @@ pub struct ScanResult {
     /// The band-passed pulse wave and beat times, for reports.
     pub pulse: Vec<f64>,
     pub beat_times_s: Vec<f64>,
+    /// The band-passed breathing wave (same rate as `pulse`), for reports.
+    pub respiration_wave: Vec<f64>,
+    /// Sample rate of `pulse` and `respiration_wave`.
+    pub wave_fs_hz: f64,
 }
 
 /// What happened, in order.
@@ -407,6 +411,12 @@ impl Measurement {
             duration_s: traces.duration_s(),
             frames: self.frames,
             beat_times_s: v.beats.iter().map(|b| b.t_s).collect(),
+            respiration_wave: v
+                .respiration
+                .as_ref()
+                .map(|r| r.wave.clone())
+                .unwrap_or_default(),
+            wave_fs_hz: traces.fs_hz,
             pulse: v.pulse,
         }
     }
@@ -434,12 +444,16 @@ impl Measurement {
             _ => (CancelReason::NoFace, None),
         };
         out.push(cause);
-        let result = ScanResult {
-            duration_s: self.elapsed_s(),
-            frames: self.frames,
-            snr_db,
-            ..ScanResult::default()
+        // Mid-scan, keep the waves for reports (a bad scan is what they debug);
+        // finish_cancelled drops every number.
+        let mut result = if reason != CancelReason::NoFace && self.t.len() >= 64 {
+            self.final_result()
+        } else {
+            ScanResult::default()
         };
+        result.duration_s = self.elapsed_s();
+        result.frames = self.frames;
+        result.snr_db = snr_db;
         self.finish_cancelled(reason, result, out);
     }
 

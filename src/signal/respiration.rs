@@ -60,6 +60,10 @@ pub struct RespirationEstimate {
     pub rate_bpm: f64,
     pub confidence: f64,
     pub surrogates: Vec<SurrogateEstimate>,
+    /// The band-passed uniform surrogate (brightness or head motion) of the
+    /// best quality, at the estimator's rate: the breathing wave of reports.
+    #[serde(skip)]
+    pub wave: Vec<f64>,
 }
 
 /// Uniformly sampled inputs for one window.
@@ -133,13 +137,22 @@ impl RespirationEstimator {
         self.fused.resize(bins.len(), 0.0);
         let mut surrogates = Vec::new();
 
+        let mut wave: (f64, Vec<f64>) = (f64::NEG_INFINITY, Vec::new());
         let mean = inputs.intensity.iter().sum::<f64>() / inputs.intensity.len() as f64;
         if mean.abs() > 1e-12 {
             let relative: Vec<f64> = inputs.intensity.iter().map(|v| v / mean - 1.0).collect();
-            surrogates.extend(self.add_uniform(Surrogate::Intensity, &relative, half_width));
+            if let Some(e) = self.add_uniform(Surrogate::Intensity, &relative, half_width) {
+                wave = (e.quality, self.filtered.clone());
+                surrogates.push(e);
+            }
         }
         if let Some(motion) = inputs.vertical_px {
-            surrogates.extend(self.add_uniform(Surrogate::Motion, motion, half_width));
+            if let Some(e) = self.add_uniform(Surrogate::Motion, motion, half_width) {
+                if e.quality > wave.0 {
+                    wave = (e.quality, self.filtered.clone());
+                }
+                surrogates.push(e);
+            }
         }
         if inputs.beats.len() >= 4 {
             let t: Vec<f64> = inputs.beats.iter().map(|b| b.t_s).collect();
@@ -175,6 +188,7 @@ impl RespirationEstimator {
             rate_bpm: peak.freq_hz * 60.0,
             confidence,
             surrogates,
+            wave: wave.1,
         })
     }
 

@@ -529,3 +529,60 @@ fn without_the_camera_feature_camera_requests_say_how_to_get_one() {
         bad.stderr
     );
 }
+
+#[test]
+fn scan_report_writes_an_svg_for_a_good_and_for_a_cancelled_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    for (spec, code, needle) in [
+        (
+            "synthetic:hr=84,rr=16,width=320,height=240",
+            0,
+            "completed: HR 8",
+        ),
+        (
+            "synthetic:pulse=0,width=320,height=240",
+            3,
+            "cancelled: LOW_SNR",
+        ),
+    ] {
+        let path = dir.path().join(format!("report-{code}.svg"));
+        let r = run_bin(
+            &[
+                "scan",
+                "--input",
+                spec,
+                "--report",
+                path.to_str().unwrap(),
+                "--json",
+            ],
+            None,
+            MINUTE,
+        );
+        assert_eq!(r.code, code, "{}", r.stderr);
+        let svg = std::fs::read_to_string(&path).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains(needle), "{needle}");
+        assert!(
+            svg.contains("detected beats") && svg.contains("<polyline"),
+            "the pulse wave is drawn"
+        );
+    }
+    let bad = run_bin(
+        &[
+            "scan",
+            "--input",
+            "synthetic:width=160,height=120,seconds=11",
+            "--seconds",
+            "10",
+            "--report",
+            "/nonexistent/dir/r.svg",
+        ],
+        None,
+        MINUTE,
+    );
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(
+        bad.stderr.contains("--report /nonexistent/dir/r.svg"),
+        "{}",
+        bad.stderr
+    );
+}
