@@ -320,9 +320,12 @@ async fn the_api_starts_a_scan_streams_its_events_refuses_a_second_and_cancels_o
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_token_every_request_needs_it_and_a_wrong_one_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    std::env::set_var("RPPG_TEST_API_TOKEN", "a-long-random-test-token-0123456789");
+    std::env::set_var(
+        "TEST_DAEMON_API_TOKEN",
+        "a-long-random-test-token-0123456789",
+    );
     let mut cfg = config(dir.path(), false);
-    cfg.api.token_env = "RPPG_TEST_API_TOKEN".into();
+    cfg.api.token_env = "TEST_DAEMON_API_TOKEN".into();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -357,16 +360,16 @@ async fn with_a_token_every_request_needs_it_and_a_wrong_one_is_refused() {
         .unwrap();
 
     // A short token is refused at start, naming the variable.
-    std::env::set_var("RPPG_TEST_SHORT_TOKEN", "short");
+    std::env::set_var("TEST_DAEMON_SHORT_TOKEN", "short");
     let mut cfg = config(dir.path(), false);
-    cfg.api.token_env = "RPPG_TEST_SHORT_TOKEN".into();
+    cfg.api.token_env = "TEST_DAEMON_SHORT_TOKEN".into();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let err = serve(cfg, listener, async {})
         .await
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("RPPG_TEST_SHORT_TOKEN") && err.contains("16"),
+        err.contains("TEST_DAEMON_SHORT_TOKEN") && err.contains("16"),
         "{err}"
     );
 }
@@ -375,10 +378,7 @@ async fn with_a_token_every_request_needs_it_and_a_wrong_one_is_refused() {
 fn sigterm_cancels_the_running_scan_stores_its_cancellation_and_exits_0() {
     let dir = tempfile::tempdir().unwrap();
     // An unreachable destination: events stay pending in the outbox, where we can read them.
-    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let dead_port = crate::util::free_addr();
     let cfg_path = dir.path().join("agent.toml");
     std::fs::write(
         &cfg_path,

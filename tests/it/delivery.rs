@@ -1,34 +1,21 @@
 //! Delivery with real parts: sled on disk, the lanes, a real HTTP receiver
 //! on 127.0.0.1:0, and the real binary for `scan`, `sync` and `outbox`.
 
-use crate::util::{run_bin, MINUTE};
+use crate::util::{free_addr, open_outbox, run_bin, MINUTE};
 use rppg_agent::app::receiver::{Receiver, Script};
 use rppg_agent::delivery::policy::RetryPolicy;
 use rppg_agent::delivery::signing::{parse_secret, Scheme, Secret};
 use rppg_agent::delivery::webhook::{BodyFormat, WebhookDestination};
 use rppg_agent::delivery::{Delivery, Setup};
 use rppg_agent::events::{Event, EventKind, Stamper};
-use rppg_agent::outbox::{Outbox, OutboxConfig};
+use rppg_agent::outbox::Outbox;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 
 fn key() -> Secret {
     parse_secret(Scheme::Standard, SECRET).unwrap()
-}
-
-fn open(dir: &Path) -> Arc<Outbox> {
-    Arc::new(
-        Outbox::open(OutboxConfig {
-            path: dir.join("outbox"),
-            max_bytes: 1 << 30,
-            cache_capacity_bytes: 1 << 20,
-            retention_ms: 3_600_000,
-        })
-        .unwrap(),
-    )
 }
 
 /// A destination with a fast schedule: waits of 50 ms between attempts.
@@ -100,7 +87,7 @@ async fn eventually(what: &str, limit: Duration, mut cond: impl FnMut() -> bool)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_on_503_then_delivers_once_with_the_same_id_and_a_valid_signature() {
     let dir = tempfile::tempdir().unwrap();
-    let outbox = open(dir.path());
+    let outbox = open_outbox(dir.path());
     let rx = Receiver::start(
         Some((Scheme::Standard, vec![key()])),
         Script {
@@ -140,7 +127,7 @@ async fn retries_on_503_then_delivers_once_with_the_same_id_and_a_valid_signatur
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gone_410_dead_letters_at_once_with_the_reason_and_history() {
     let dir = tempfile::tempdir().unwrap();
-    let outbox = open(dir.path());
+    let outbox = open_outbox(dir.path());
     let rx = Receiver::start(
         None,
         Script {
@@ -172,7 +159,7 @@ async fn gone_410_dead_letters_at_once_with_the_reason_and_history() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exhausting_the_schedule_dead_letters_with_every_attempt_recorded() {
     let dir = tempfile::tempdir().unwrap();
-    let outbox = open(dir.path());
+    let outbox = open_outbox(dir.path());
     let rx = Receiver::start(
         None,
         Script {
@@ -212,7 +199,7 @@ async fn exhausting_the_schedule_dead_letters_with_every_attempt_recorded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_from_a_429_is_honoured() {
     let dir = tempfile::tempdir().unwrap();
-    let outbox = open(dir.path());
+    let outbox = open_outbox(dir.path());
     let rx = Receiver::start(
         None,
         Script {
@@ -247,12 +234,9 @@ async fn retry_after_from_a_429_is_honoured() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_receiver_spends_no_attempts_and_delivery_resumes_when_it_returns() {
     let dir = tempfile::tempdir().unwrap();
-    let outbox = open(dir.path());
+    let outbox = open_outbox(dir.path());
     // A port nobody listens on (bound, then released).
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let addr = free_addr();
     let ids = append(&outbox, 5);
     let d = Delivery::start(
         outbox.clone(),
@@ -302,7 +286,7 @@ async fn an_unreachable_receiver_spends_no_attempts_and_delivery_resumes_when_it
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_failing_event_does_not_hold_back_the_others() {
     let dir = tempfile::tempdir().unwrap();
-    let outbox = open(dir.path());
+    let outbox = open_outbox(dir.path());
     let rx = Receiver::start(
         None,
         Script {
@@ -433,10 +417,7 @@ fn bin_env(args: &[&str]) -> crate::util::Run {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scan_while_offline_keeps_its_events_and_sync_delivers_them_later() {
     let dir = tempfile::tempdir().unwrap();
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let addr = free_addr();
     let cfg = config_file(dir.path(), &format!("http://{addr}/hooks"));
     let scan = bin_env(&[
         "scan",
@@ -699,7 +680,7 @@ async fn eventually_virtual(what: &str, limit: Duration, mut cond: impl FnMut() 
 #[tokio::test(start_paused = true)]
 async fn the_lane_waits_exactly_the_configured_schedule_between_attempts_then_dead_letters() {
     let dir = tempfile::tempdir().unwrap();
-    let outbox = open(dir.path());
+    let outbox = open_outbox(dir.path());
     let rx = Receiver::start(
         None,
         Script {
@@ -746,12 +727,9 @@ async fn the_lane_waits_exactly_the_configured_schedule_between_attempts_then_de
 #[tokio::test(start_paused = true)]
 async fn a_week_offline_spends_no_attempts_and_ends_in_delivery_not_in_the_dead_letter_store() {
     let dir = tempfile::tempdir().unwrap();
-    let outbox = open(dir.path());
+    let outbox = open_outbox(dir.path());
     // Reserve a port, then leave it closed: connections are refused.
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let addr = free_addr();
     let dest = destination(&format!("http://{addr}/hooks"), 6);
     let ids = append(&outbox, 3);
     let d = Delivery::start(

@@ -1,13 +1,14 @@
 //! MQTT delivery against a real broker (rumqttd, in-process on a free port)
 //! and a real MQTT 5 subscriber that verifies every signature.
 
+use crate::util::{free_addr, open_outbox};
 use rppg_agent::delivery::mqtt::MqttTls;
 use rppg_agent::delivery::mqtt::{MqttDestination, MqttProtocol};
 use rppg_agent::delivery::policy::RetryPolicy;
 use rppg_agent::delivery::signing::{open_envelope, parse_secret, verify, Scheme, Secret};
 use rppg_agent::delivery::{Delivery, Setup};
 use rppg_agent::events::{Event, Stamper};
-use rppg_agent::outbox::{Outbox, OutboxConfig};
+use rppg_agent::outbox::Outbox;
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event as MqttEvent, MqttOptions};
@@ -20,13 +21,6 @@ const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 
 fn key() -> Secret {
     parse_secret(Scheme::Standard, SECRET).unwrap()
-}
-
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
 }
 
 /// How the in-process broker listens.
@@ -151,18 +145,6 @@ async fn wait_for_port(addr: SocketAddr) {
     }
 }
 
-fn open_outbox(dir: &std::path::Path) -> Arc<Outbox> {
-    Arc::new(
-        Outbox::open(OutboxConfig {
-            path: dir.join("outbox"),
-            max_bytes: 1 << 30,
-            cache_capacity_bytes: 1 << 20,
-            retention_ms: 3_600_000,
-        })
-        .unwrap(),
-    )
-}
-
 /// A plain-TCP destination on `addr` speaking `protocol`.
 fn destination(name: &str, addr: SocketAddr, protocol: MqttProtocol) -> MqttDestination {
     MqttDestination {
@@ -274,7 +256,7 @@ fn now_ms() -> u64 {
 async fn events_reach_an_mqtt5_broker_signed_and_leave_the_lane_only_on_puback() {
     let dir = tempfile::tempdir().unwrap();
     let outbox = open_outbox(dir.path());
-    let addr = free_port();
+    let addr = free_addr();
     let dest = destination("broker", addr, MqttProtocol::V5);
     let mut st = Stamper::new("kiosk-1", "ses_mqtt");
     let ids: Vec<String> = (0..20)
@@ -425,7 +407,7 @@ async fn subscribe_v311(addr: SocketAddr, filter: &str) -> Inbox311 {
 async fn mqtt_311_brokers_get_a_signed_envelope_whose_body_is_the_exact_event() {
     let dir = tempfile::tempdir().unwrap();
     let outbox = open_outbox(dir.path());
-    let addr = free_port();
+    let addr = free_addr();
     start_broker(addr, Listener::V311);
     wait_for_port(addr).await;
     let inbox = subscribe_v311(addr, "rppg/#").await;
@@ -501,7 +483,7 @@ async fn mutual_tls_delivers_with_the_right_ca_and_client_certificate_and_stays_
     let outbox = open_outbox(dir.path());
     let pki = make_pki(dir.path(), "good");
     let other = make_pki(dir.path(), "other");
-    let addr = free_port();
+    let addr = free_addr();
     start_broker(addr, Listener::MutualTls(pki.clone()));
     wait_for_port(addr).await;
     let tls_dest = |name: &str, ca: &std::path::Path, files: &TlsFiles| MqttDestination {
@@ -555,7 +537,7 @@ async fn mutual_tls_delivers_with_the_right_ca_and_client_certificate_and_stays_
 async fn a_backlog_drains_through_a_small_window_with_every_event_recorded_once() {
     let dir = tempfile::tempdir().unwrap();
     let outbox = open_outbox(dir.path());
-    let addr = free_port();
+    let addr = free_addr();
     start_broker(addr, Listener::V5);
     wait_for_port(addr).await;
     let sent = append(&outbox, &["window"], 500);

@@ -111,3 +111,25 @@ pub fn synthetic_frames(list: &str) -> Vec<Frame> {
 pub fn names(events: &[StampedEvent]) -> Vec<&'static str> {
     events.iter().map(|e| e.kind.name()).collect()
 }
+
+/// A loopback address nobody listens on (bound, then released): connections
+/// are refused until a test starts a server there.
+pub fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// A real sled outbox in `dir` with room to spare.
+pub fn open_outbox(dir: &std::path::Path) -> std::sync::Arc<rppg_agent::outbox::Outbox> {
+    std::sync::Arc::new(
+        rppg_agent::outbox::Outbox::open(rppg_agent::outbox::OutboxConfig {
+            path: dir.join("outbox"),
+            max_bytes: 1 << 30,
+            cache_capacity_bytes: 1 << 20,
+            retention_ms: 3_600_000,
+        })
+        .unwrap(),
+    )
+}
