@@ -11,6 +11,7 @@
 
 use super::scan::ScanReport;
 use crate::signal::spectrum::SpectrumEstimator;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 /// Why a report could not be drawn.
@@ -20,6 +21,32 @@ pub struct ReportError(String);
 
 fn err(e: impl std::fmt::Display) -> ReportError {
     ReportError(e.to_string())
+}
+
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// One captioned panel with labelled axes.
+fn panel<'a, 'b>(
+    area: &'a DrawingArea<SVGBackend<'b>, plotters::coord::Shift>,
+    caption: &str,
+    x: std::ops::Range<f64>,
+    y: std::ops::Range<f64>,
+    (x_desc, y_desc): (&str, &str),
+) -> Result<Chart<'a, 'b>, ReportError> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 14))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(50)
+        .build_cartesian_2d(x, y)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .draw()
+        .map_err(err)?;
+    Ok(chart)
 }
 
 /// The SVG text of the report.
@@ -61,26 +88,18 @@ pub fn render_svg(report: &ScanReport) -> Result<String, ReportError> {
             .collect();
         let span = pulse.last().map_or(1.0, |p| p.0.max(1.0));
         let amp = r.pulse.iter().fold(1e-9f64, |m, v| m.max(v.abs())) * 1.1;
-        let mut chart = ChartBuilder::on(&panels[0])
-            .caption(
-                format!(
-                    "{}: pulse wave (band-passed) and {} detected beats",
-                    report.measurement_id,
-                    r.beat_times_s.len()
-                ),
-                ("sans-serif", 14),
-            )
-            .margin(10)
-            .x_label_area_size(30)
-            .y_label_area_size(50)
-            .build_cartesian_2d(0.0..span, -amp..amp)
-            .map_err(err)?;
-        chart
-            .configure_mesh()
-            .x_desc("seconds")
-            .y_desc("pulse (a.u.)")
-            .draw()
-            .map_err(err)?;
+        let caption = format!(
+            "{}: pulse wave (band-passed) and {} detected beats",
+            report.measurement_id,
+            r.beat_times_s.len()
+        );
+        let mut chart = panel(
+            &panels[0],
+            &caption,
+            0.0..span,
+            -amp..amp,
+            ("seconds", "pulse (a.u.)"),
+        )?;
         chart
             .draw_series(LineSeries::new(pulse.iter().copied(), &RED))
             .map_err(err)?;
@@ -113,22 +132,13 @@ pub fn render_svg(report: &ScanReport) -> Result<String, ReportError> {
             .map(|(f, p)| (f * 60.0, p))
             .collect();
         let top = pts.iter().fold(1e-12f64, |m, p| m.max(p.1)) * 1.1;
-        let mut chart = ChartBuilder::on(&panels[1])
-            .caption(
-                "pulse spectrum: HR peak (line), SNR signal bands (shaded)",
-                ("sans-serif", 14),
-            )
-            .margin(10)
-            .x_label_area_size(30)
-            .y_label_area_size(50)
-            .build_cartesian_2d(lo * 60.0..hi * 60.0, 0.0..top)
-            .map_err(err)?;
-        chart
-            .configure_mesh()
-            .x_desc("beats per minute")
-            .y_desc("power")
-            .draw()
-            .map_err(err)?;
+        let mut chart = panel(
+            &panels[1],
+            "pulse spectrum: HR peak (line), SNR signal bands (shaded)",
+            lo * 60.0..hi * 60.0,
+            0.0..top,
+            ("beats per minute", "power"),
+        )?;
         if let Some(hr) = r.hr_bpm {
             let f0 = hr / 60.0;
             for (c, w) in [(f0, 0.1), (2.0 * f0, 0.2)] {
@@ -163,30 +173,22 @@ pub fn render_svg(report: &ScanReport) -> Result<String, ReportError> {
             .iter()
             .fold(1e-12f64, |m, v| m.max(v.abs()))
             * 1.1;
-        let mut chart = ChartBuilder::on(&panels[2])
-            .caption(
-                if r.respiration_wave.is_empty() {
-                    "breathing wave: not measured (it needs 20 s of signal)".to_string()
-                } else {
-                    format!(
-                        "breathing wave (best surrogate, band-passed): RR {} /min, confidence {:.2}",
-                        num(r.rr_bpm, 1),
-                        r.rr_confidence
-                    )
-                },
-                ("sans-serif", 14),
+        let caption = if r.respiration_wave.is_empty() {
+            "breathing wave: not measured (it needs 20 s of signal)".to_string()
+        } else {
+            format!(
+                "breathing wave (best surrogate, band-passed): RR {} /min, confidence {:.2}",
+                num(r.rr_bpm, 1),
+                r.rr_confidence
             )
-            .margin(10)
-            .x_label_area_size(30)
-            .y_label_area_size(50)
-            .build_cartesian_2d(0.0..span, -amp..amp)
-            .map_err(err)?;
-        chart
-            .configure_mesh()
-            .x_desc("seconds")
-            .y_desc("breathing (a.u.)")
-            .draw()
-            .map_err(err)?;
+        };
+        let mut chart = panel(
+            &panels[2],
+            &caption,
+            0.0..span,
+            -amp..amp,
+            ("seconds", "breathing (a.u.)"),
+        )?;
         chart
             .draw_series(LineSeries::new(wave.iter().copied(), &BLUE))
             .map_err(err)?;

@@ -18,6 +18,14 @@ fn http_client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
+async fn get_text(http: &reqwest::Client, url: String) -> String {
+    http.get(url).send().await.unwrap().text().await.unwrap()
+}
+
+async fn get_json(http: &reqwest::Client, url: String) -> Value {
+    http.get(url).send().await.unwrap().body_json().await
+}
+
 /// The response body as JSON (reqwest is built without its `json` feature).
 trait JsonBody {
     async fn body_json(self) -> Value;
@@ -108,13 +116,7 @@ async fn the_api_starts_a_scan_streams_its_events_refuses_a_second_and_cancels_o
     }));
     let http = http_client();
 
-    let health: Value = http
-        .get(format!("{base}/healthz"))
-        .send()
-        .await
-        .unwrap()
-        .body_json()
-        .await;
+    let health: Value = get_json(&http, format!("{base}/healthz")).await;
     assert_eq!(health["status"], "ok");
     let mut events = http.get(format!("{base}/v1/events")).send().await.unwrap();
     assert_eq!(events.headers()["content-type"], "text/event-stream");
@@ -154,13 +156,7 @@ async fn the_api_starts_a_scan_streams_its_events_refuses_a_second_and_cancels_o
     // The scan's state and result.
     let start = Instant::now();
     let rec = loop {
-        let r: Value = http
-            .get(format!("{base}/v1/scans/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .body_json()
-            .await;
+        let r: Value = get_json(&http, format!("{base}/v1/scans/{id}")).await;
         if r["state"] != "running" {
             break r;
         }
@@ -196,14 +192,7 @@ async fn the_api_starts_a_scan_streams_its_events_refuses_a_second_and_cancels_o
     );
     let start = Instant::now();
     let metrics = loop {
-        let m = http
-            .get(format!("{base}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let m = get_text(&http, format!("{base}/metrics")).await;
         if m.contains(&delivered) || start.elapsed() > Duration::from_secs(10) {
             break m;
         }
@@ -263,13 +252,7 @@ async fn the_api_starts_a_scan_streams_its_events_refuses_a_second_and_cancels_o
     assert_eq!(cancelled["payload"]["reason"], "REQUESTED");
     let start = Instant::now();
     loop {
-        let r: Value = http
-            .get(format!("{base}/v1/scans/{id2}"))
-            .send()
-            .await
-            .unwrap()
-            .body_json()
-            .await;
+        let r: Value = get_json(&http, format!("{base}/v1/scans/{id2}")).await;
         if r["state"] == "cancelled" {
             break;
         }
@@ -433,14 +416,7 @@ fn sigterm_cancels_the_running_scan_stores_its_cancellation_and_exits_0() {
         // Let the (real-time) scan get going.
         let start = Instant::now();
         loop {
-            let m = http
-                .get(format!("http://{addr}/metrics"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let m = get_text(&http, format!("http://{addr}/metrics")).await;
             if m.contains("rppg_events_emitted_total 3")
                 || m.contains("rppg_events_emitted_total 4")
             {
@@ -505,14 +481,7 @@ async fn a_steady_face_starts_a_scan_by_itself_and_an_empty_scene_does_not() {
         } else {
             // Watch an empty scene for a while: frames are read, no scan starts.
             tokio::time::sleep(Duration::from_secs(2)).await;
-            let m = http
-                .get(format!("{base}/metrics"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let m = get_text(&http, format!("{base}/metrics")).await;
             assert!(m.contains("rppg_events_emitted_total 0"), "{m}");
             assert!(m.contains("rppg_scan_running 0"), "{m}");
         }
