@@ -193,62 +193,64 @@ fn main() {
     while std::net::TcpStream::connect(addr).is_err() {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let rates: Vec<f64> = (0..runs)
-        .map(|run| {
-            rt.block_on(async {
-                let dir = tempfile::tempdir().unwrap();
-                let ob = open(dir.path());
-                for e in events(n * 4, "mqtt") {
-                    ob.append(&e, &["broker"], now_ms()).unwrap();
-                }
-                let dest = MqttDestination {
-                    name: "broker".into(),
-                    host: addr.ip().to_string(),
-                    port: addr.port(),
-                    protocol: MqttProtocol::V5,
-                    tls: None,
-                    username: None,
-                    password: None,
-                    client_id: format!("bench-{run}"),
-                    topic: "rppg/{deviceId}/events/{event}".into(),
-                    keys: vec![key.clone()],
-                    events: vec![],
-                    policy: RetryPolicy::default(),
-                    keep_alive: Duration::from_secs(30),
-                    ack_timeout: Duration::from_secs(10),
-                    max_in_flight: 256,
-                };
-                let t0 = Instant::now();
-                let d = Delivery::start(
-                    ob.clone(),
-                    Setup {
-                        webhooks: &[],
-                        mqtt: &[dest],
-                        device_id: "bench".into(),
-                        probe: (Duration::from_millis(50), Duration::from_secs(1)),
-                        first_pass_all: false,
-                    },
-                    now_ms(),
-                )
-                .unwrap();
-                let delivered = d.lanes()[0].stats.clone();
-                while delivered
-                    .delivered
-                    .load(std::sync::atomic::Ordering::Relaxed)
-                    < (n * 4) as u64
-                {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                let rate = (n * 4) as f64 / t0.elapsed().as_secs_f64();
-                d.stop().await;
-                rate
+    for window in [256usize, 1024] {
+        let rates: Vec<f64> = (0..runs)
+            .map(|run| {
+                rt.block_on(async {
+                    let dir = tempfile::tempdir().unwrap();
+                    let ob = open(dir.path());
+                    for e in events(n * 4, "mqtt") {
+                        ob.append(&e, &["broker"], now_ms()).unwrap();
+                    }
+                    let dest = MqttDestination {
+                        name: "broker".into(),
+                        host: addr.ip().to_string(),
+                        port: addr.port(),
+                        protocol: MqttProtocol::V5,
+                        tls: None,
+                        username: None,
+                        password: None,
+                        client_id: format!("bench-{window}-{run}"),
+                        topic: "rppg/{deviceId}/events/{event}".into(),
+                        keys: vec![key.clone()],
+                        events: vec![],
+                        policy: RetryPolicy::default(),
+                        keep_alive: Duration::from_secs(30),
+                        ack_timeout: Duration::from_secs(10),
+                        max_in_flight: window,
+                    };
+                    let t0 = Instant::now();
+                    let d = Delivery::start(
+                        ob.clone(),
+                        Setup {
+                            webhooks: &[],
+                            mqtt: &[dest],
+                            device_id: "bench".into(),
+                            probe: (Duration::from_millis(50), Duration::from_secs(1)),
+                            first_pass_all: false,
+                        },
+                        now_ms(),
+                    )
+                    .unwrap();
+                    let delivered = d.lanes()[0].stats.clone();
+                    while delivered
+                        .delivered
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                        < (n * 4) as u64
+                    {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    let rate = (n * 4) as f64 / t0.elapsed().as_secs_f64();
+                    d.stop().await;
+                    rate
+                })
             })
-        })
-        .collect();
-    println!(
-        "| backlog drain to MQTT 5 (rumqttd, 256 in flight, PUBACK matched) | **{:.0} msgs/s** |",
+            .collect();
+        println!(
+        "| backlog drain to MQTT 5 (rumqttd, {window} in flight, PUBACK matched) | **{:.0} msgs/s** |",
         median(rates)
     );
+    }
     println!(
         "\nPeak RSS of this process, including the in-process broker and receiver: {:.1} MiB",
         rss_mib()

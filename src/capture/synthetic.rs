@@ -557,6 +557,20 @@ impl FrameSource for SyntheticSource {
         let (bx, by) = (-sn, c);
         let clamp_x = |x: isize| x.clamp(0, w as isize - 1) as usize;
         let clamp_y = |y: isize| y.clamp(0, h as isize - 1) as usize;
+        let bilinear = |fx: f32, fy: f32| {
+            [
+                (1.0 - fx) * (1.0 - fy),
+                fx * (1.0 - fy),
+                (1.0 - fx) * fy,
+                fx * fy,
+            ]
+        };
+        // Without rotation or zoom every pixel shares one sub-pixel offset:
+        // the weights are computed once per frame (most videos, and fast).
+        let affine = angle != 0.0 || scale != 1.0;
+        let (tx, ty) = ((-dx).floor(), (-dy).floor());
+        let shift_weights = bilinear((-dx - tx) as f32, (-dy - ty) as f32);
+        let (tx, ty) = (tx as isize, ty as isize);
         let mut noise = [0.0f32; 4];
         let mut used = 4;
         for y in 0..h {
@@ -565,20 +579,18 @@ impl FrameSource for SyntheticSource {
             let mut sy = cy + ay * rx0 + by * ry;
             let row_out = &mut frame.rgb[y * w * 3..(y + 1) * w * 3];
             for x in 0..w {
-                let (fx0, fy0) = (sx.floor(), sy.floor());
-                let (fx, fy) = ((sx - fx0) as f32, (sy - fy0) as f32);
-                let (ix, iy) = (fx0 as isize, fy0 as isize);
-                sx += ax;
-                sy += ay;
+                let (ix, iy, weights) = if affine {
+                    let (fx0, fy0) = (sx.floor(), sy.floor());
+                    let w = bilinear((sx - fx0) as f32, (sy - fy0) as f32);
+                    sx += ax;
+                    sy += ay;
+                    (fx0 as isize, fy0 as isize, w)
+                } else {
+                    (x as isize + tx, y as isize + ty, shift_weights)
+                };
                 let (x0, x1) = (clamp_x(ix), clamp_x(ix + 1));
                 let (y0, y1) = (clamp_y(iy), clamp_y(iy + 1));
                 let taps = [y0 * w + x0, y0 * w + x1, y1 * w + x0, y1 * w + x1];
-                let weights = [
-                    (1.0 - fx) * (1.0 - fy),
-                    fx * (1.0 - fy),
-                    (1.0 - fx) * fy,
-                    fx * fy,
-                ];
                 let mut skin = 0.0;
                 let mut rgb = [0.0f32; 3];
                 for (tap, wt) in taps.iter().zip(weights) {

@@ -243,6 +243,12 @@ fn encode_event(meta: &EventMeta, bytes: &[u8]) -> Vec<u8> {
 }
 
 fn decode_event(id: u64, value: &[u8]) -> Result<(EventMeta, Vec<u8>), OutboxError> {
+    let (meta, body_at) = decode_meta(id, value)?;
+    Ok((meta, value[body_at..].to_vec()))
+}
+
+/// The metadata of a stored event, and where its bytes start (no copy).
+fn decode_meta(id: u64, value: &[u8]) -> Result<(EventMeta, usize), OutboxError> {
     let corrupt = |problem: &str| OutboxError::Corrupt {
         key: format!("event {id}"),
         problem: problem.to_string(),
@@ -263,7 +269,7 @@ fn decode_event(id: u64, value: &[u8]) -> Result<(EventMeta, Vec<u8>), OutboxErr
         .get(4..4 + len)
         .ok_or_else(|| corrupt("short metadata"))?;
     let meta = serde_json::from_slice(meta_bytes).map_err(|e| corrupt(&e.to_string()))?;
-    Ok((meta, rest[4 + len..].to_vec()))
+    Ok((meta, 1 + 4 + len))
 }
 
 /// Group commit: one flush covers every write made before it started.
@@ -516,7 +522,7 @@ impl Outbox {
             }
             let (k, v) = item.map_err(|e| self.storage("shedding", e))?;
             let id = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
-            let Ok((meta, _)) = decode_event(id, &v) else {
+            let Ok((meta, _)) = decode_meta(id, &v) else {
                 continue;
             };
             if meta.kind != shed_name {
@@ -661,7 +667,18 @@ impl Outbox {
         else {
             return Ok(());
         };
-        let (meta, _) = decode_event(id, &value)?;
+        let (meta, _) = decode_meta(id, &value)?;
+        self.drop_if_no_lane_holds(id, &meta, value.len() as u64)
+    }
+
+    /// Deletes event `id` (stored as `stored_len` bytes) if none of its lanes
+    /// holds it pending or dead.
+    fn drop_if_no_lane_holds(
+        &self,
+        id: u64,
+        meta: &EventMeta,
+        stored_len: u64,
+    ) -> Result<(), OutboxError> {
         for dest in &meta.destinations {
             let key = lane_key(dest, id);
             for tree in [&self.pending, &self.dead] {
@@ -679,8 +696,7 @@ impl Outbox {
             .map_err(|e| self.storage("removing an event", e))?
             .is_some()
         {
-            self.stored_bytes
-                .fetch_sub(value.len() as u64, Ordering::SeqCst);
+            self.stored_bytes.fetch_sub(stored_len, Ordering::SeqCst);
         }
         Ok(())
     }
@@ -709,20 +725,27 @@ impl Outbox {
     /// event that is no longer pending there (already settled, replayed
     /// elsewhere, or shed by the cap) changes nothing: one terminal state.
     pub fn ack_many(&self, dest: &str, acks: &[Ack], now_ms: u64) -> Result<(), OutboxError> {
+        // Each event is read and decoded once: for its audit record, and
+        // afterwards to see whether its last lane has let it go.
         let mut writes = Vec::with_capacity(acks.len());
+        let mut done = Vec::with_capacity(acks.len());
         for a in acks {
-            let meta = match self.event(a.id) {
-                Ok((meta, _)) => meta,
-                Err(OutboxError::NotFound(_)) => continue,
-                Err(e) => return Err(e),
+            let Some(value) = self
+                .events
+                .get(a.id.to_be_bytes())
+                .map_err(|e| self.storage("reading an event", e))?
+            else {
+                continue;
             };
+            let (meta, _) = decode_meta(a.id, &value)?;
             let record = encode_json(&Delivered {
-                event_id: meta.event_id,
+                event_id: meta.event_id.clone(),
                 delivered_at_ms: now_ms,
                 attempts: a.attempts,
                 status: a.status.clone(),
             });
             writes.push((lane_key(dest, a.id), record));
+            done.push((a.id, meta, value.len() as u64));
         }
         (&self.pending, &self.delivered)
             .transaction(|(pending, delivered)| {
@@ -734,8 +757,8 @@ impl Outbox {
                 Ok::<(), ConflictableTransactionError<()>>(())
             })
             .map_err(|e| self.tx_error("recording a delivery", e))?;
-        for a in acks {
-            self.drop_event_if_done(a.id)?;
+        for (id, meta, len) in &done {
+            self.drop_if_no_lane_holds(*id, meta, *len)?;
         }
         Ok(())
     }
@@ -859,7 +882,7 @@ impl Outbox {
         for item in self.events.iter() {
             let (k, v) = item.map_err(|e| self.storage("listing events", e))?;
             let id = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
-            out.push((id, decode_event(id, &v)?.0));
+            out.push((id, decode_meta(id, &v)?.0));
         }
         Ok(out)
     }
