@@ -30,6 +30,29 @@ pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 /// Environment variables that are not config keys.
 const NON_KEY_ENV: [&str; 2] = ["RPPG_CONFIG", "RPPG_LOG"];
 
+/// Names of the environment variables that the configuration reads secrets
+/// from: every destination's `secret_env` and `password_env`, and `api.token_env`.
+fn secret_variables(merged: &Table) -> Vec<String> {
+    let mut out = Vec::new();
+    for section in ["webhook", "mqtt"] {
+        let entries = merged.get(section).and_then(Value::as_array);
+        for entry in entries.into_iter().flatten().filter_map(Value::as_table) {
+            if let Some(list) = entry.get("secret_env").and_then(Value::as_array) {
+                out.extend(list.iter().filter_map(Value::as_str).map(str::to_string));
+            }
+            if let Some(v) = entry.get("password_env").and_then(Value::as_str) {
+                out.push(v.to_string());
+            }
+        }
+    }
+    let token = merged
+        .get("api")
+        .and_then(|a| a.get("token_env"))
+        .and_then(Value::as_str);
+    out.extend(token.map(str::to_string));
+    out
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -946,9 +969,12 @@ impl Config {
         let mut rppg: Vec<&(String, String)> =
             env.iter().filter(|(k, _)| k.starts_with("RPPG_")).collect();
         rppg.sort();
+        // Variables the configuration names as holders of secrets
+        // (`secret_env`, `password_env`, `api.token_env`) are not keys.
+        let secret_vars = secret_variables(&merged);
         for (var, raw) in rppg {
             let (var, raw) = (var.clone(), raw.as_str());
-            if NON_KEY_ENV.contains(&var.as_str()) {
+            if NON_KEY_ENV.contains(&var.as_str()) || secret_vars.contains(&var) {
                 continue;
             }
             let rest = var["RPPG_".len()..].to_ascii_lowercase();
@@ -1351,6 +1377,37 @@ mod tests {
         assert_eq!(c.scan.duration_s, 45.0);
         assert_eq!(c.signal.method, Method::Chrom);
         assert_eq!(c.scan.face_lost_timeout_s, 2.0);
+    }
+
+    #[test]
+    fn variables_named_as_secret_holders_are_not_mistaken_for_unknown_keys() {
+        let text = "[api]\ntoken_env = \"RPPG_API_TOKEN\"\n[[webhook]]\nname = \"b\"\nurl = \"https://x.example\"\nsecret_env = [\"RPPG_HOOK_SECRET\"]\n[[mqtt]]\nname = \"m\"\nhost = \"h\"\nallow_insecure = true\nsecret_env = [\"RPPG_HOOK_SECRET\"]\nusername = \"u\"\npassword_env = \"RPPG_MQTT_PASSWORD\"\n";
+        let c = Config::load(
+            Some(("agent.toml", text)),
+            env(&[
+                ("RPPG_HOOK_SECRET", "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"),
+                ("RPPG_API_TOKEN", "a-long-random-token-1234"),
+                ("RPPG_MQTT_PASSWORD", "pw"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.webhook.len(), 1);
+        assert_eq!(c.mqtt.len(), 1);
+        // Any other unknown RPPG_ variable is still an error.
+        let err = Config::load(
+            Some(("agent.toml", text)),
+            env(&[
+                ("RPPG_HOOK_SECRET", "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"),
+                ("RPPG_MQTT_PASSWORD", "pw"),
+                ("RPPG_API_TOKEM", "x"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("RPPG_API_TOKEM (environment): is not a configuration key"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -59,8 +59,9 @@ pub enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
-    /// The kiosk daemon: delivery always on, scans on request (local HTTP
-    /// API) or when a face is steady, live events for the kiosk screen.
+    /// The kiosk daemon: scans on request or on a steady face, a local HTTP API.
+    ///
+    /// Delivery lanes are always on; the kiosk screen follows every event live.
     ///
     /// API (loopback by default, [api] in the config):
     ///   POST   /v1/scans            start a scan ({"subject","seconds"} optional); 409 if one runs
@@ -80,8 +81,9 @@ pub enum Command {
     Cameras,
     /// Measure the speed of every pipeline stage (medians) and peak memory.
     Bench(BenchArgs),
-    /// Measure accuracy: a seeded synthetic sweep with known truth, the
-    /// robustness cases that must be cancelled, and optionally real recordings.
+    /// Measure accuracy on seeded synthetic video with known truth (and real recordings).
+    ///
+    /// Also runs the robustness cases that must be cancelled, never measured.
     ///
     /// Each condition (resolution, frame rate, skin tone, noise, motion,
     /// rotation, sudden moves, lighting, flicker, dropped frames) runs at
