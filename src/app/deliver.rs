@@ -4,7 +4,7 @@
 use super::{unix_ms, AppError};
 use crate::config::Config;
 use crate::delivery::{Delivery, Lane, Setup};
-use crate::outbox::{DestinationStats, Outbox, OutboxConfig};
+use crate::outbox::{DestinationStats, Outbox, OutboxConfig, OutboxError};
 use serde_json::json;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -27,8 +27,39 @@ pub fn outbox_path(config: &Config) -> PathBuf {
     }
 }
 
-/// Opens the outbox named by the config, creating its directory.
+/// Opens the outbox named by the config, creating its directory. A damaged
+/// database is moved aside (kept as evidence, never deleted) and a fresh
+/// outbox is started, with a warning that says where the old one went:
+/// a kiosk must keep measuring and delivering after a power cut.
 pub fn open_outbox(config: &Config) -> Result<Arc<Outbox>, AppError> {
+    match open_outbox_as_is(config) {
+        Err(AppError::Outbox(OutboxError::Damaged { path, detail })) => {
+            let aside = path.with_file_name(format!(
+                "{}.damaged-{}",
+                path.file_name()
+                    .map_or("outbox".into(), |n| n.to_string_lossy()),
+                unix_ms()
+            ));
+            std::fs::rename(&path, &aside).map_err(|source| AppError::OutboxDir {
+                path: format!("{} (moving the damaged outbox aside)", path.display()),
+                source,
+            })?;
+            eprintln!(
+                "warning: the outbox at {} is damaged ({detail}). It was moved aside to {} and kept as \
+                 evidence (nothing was deleted); a new outbox starts now. Events stored there before \
+                 the damage are not delivered: inspect them with outbox.path set to that directory.",
+                path.display(),
+                aside.display()
+            );
+            open_outbox_as_is(config)
+        }
+        other => other,
+    }
+}
+
+/// Opens the outbox named by the config as it is (for inspection: a damaged
+/// database is an error, not moved).
+pub fn open_outbox_as_is(config: &Config) -> Result<Arc<Outbox>, AppError> {
     let path = outbox_path(config);
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|source| AppError::OutboxDir {
@@ -204,7 +235,7 @@ fn lane_names(config: &Config, outbox: &Outbox) -> Result<Vec<String>, AppError>
 /// `outbox stats|list|show|replay|purge`.
 pub fn outbox_command(config: &Config, action: super::cli::OutboxAction) -> Result<i32, AppError> {
     use super::cli::OutboxAction::*;
-    let outbox = open_outbox(config)?;
+    let outbox = open_outbox_as_is(config)?;
     let now = unix_ms();
     match action {
         Stats { json } => {

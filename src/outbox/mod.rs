@@ -42,6 +42,15 @@
 //!   counted; lifecycle events and SCAN_COMPLETED are never shed. If there
 //!   is still no room, the append fails with [`OutboxError::Full`].
 //! - sled and I/O failures are [`OutboxError`]s that say what to do, never panics.
+//!
+//! # Damage
+//!
+//! A database sled reports as corrupt, or panics on while opening, is
+//! [`OutboxError::Damaged`]. The commands that deliver move it aside
+//! (`<path>.damaged-<unix ms>`, kept byte for byte) and start a new outbox;
+//! nothing is deleted. Known limit: sled 0.34 treats damage inside a freshly
+//! written log (before the file was reopened) as a torn write and silently
+//! drops the records from there on; this outbox cannot see that loss yet.
 
 use crate::events::{EventKind, StampedEvent};
 use serde::{Deserialize, Serialize};
@@ -75,6 +84,8 @@ pub enum OutboxError {
         #[source]
         source: sled::Error,
     },
+    #[error("the outbox at {path} is damaged: {detail}; `scan`, `run` and `sync` move it aside (kept, never deleted) and start a new one")]
+    Damaged { path: PathBuf, detail: String },
     #[error("outbox storage error ({context}): {source}; if the disk is full, free space; if the database is damaged, stop the agent and move {path} aside")]
     Storage {
         context: &'static str,
@@ -311,8 +322,39 @@ impl std::fmt::Debug for Outbox {
 }
 
 impl Outbox {
-    /// Opens (or creates) the outbox at `cfg.path`.
+    /// Opens (or creates) the outbox at `cfg.path`. A database the storage
+    /// engine finds corrupt (or panics on) is [`OutboxError::Damaged`]; what
+    /// to do with it is the caller's decision, never a silent delete.
     pub fn open(cfg: OutboxConfig) -> Result<Self, OutboxError> {
+        let path = cfg.path.clone();
+        let damaged = |detail: String| OutboxError::Damaged {
+            path: path.clone(),
+            detail,
+        };
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Self::open_inner(cfg))) {
+            Ok(Err(OutboxError::Open {
+                source: e @ sled::Error::Corruption { .. },
+                ..
+            }))
+            | Ok(Err(OutboxError::Storage {
+                source: e @ sled::Error::Corruption { .. },
+                ..
+            })) => Err(damaged(e.to_string())),
+            Ok(result) => result,
+            Err(panic) => {
+                let why = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("unknown");
+                Err(damaged(format!(
+                    "the storage engine failed reading it ({why})"
+                )))
+            }
+        }
+    }
+
+    fn open_inner(cfg: OutboxConfig) -> Result<Self, OutboxError> {
         let path = cfg.path.clone();
         let db = sled::Config::new()
             .path(&path)
