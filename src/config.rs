@@ -99,6 +99,28 @@ pub struct ApiSection {
     pub token_env: String,
 }
 
+impl ApiSection {
+    /// The address to listen on, or (key, problem, fix): it must parse, and
+    /// an address beyond loopback needs a token.
+    pub fn address(&self) -> Result<std::net::SocketAddr, (&'static str, String, &'static str)> {
+        let a: std::net::SocketAddr = self.listen.parse().map_err(|_| {
+            (
+                "api.listen",
+                format!("{:?} is not an address:port", self.listen),
+                "use e.g. \"127.0.0.1:8686\"",
+            )
+        })?;
+        if !a.ip().is_loopback() && self.token_env.is_empty() {
+            return Err((
+                "api.token_env",
+                format!("the API listens on {a}, beyond this machine, without a token"),
+                "set token_env to a variable holding a long random token, or listen on 127.0.0.1",
+            ));
+        }
+        Ok(a)
+    }
+}
+
 /// `[fhir]`: defaults for FHIR output.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1088,19 +1110,8 @@ impl Config {
                 "use a --input value, e.g. \"camera:0\"",
             );
         }
-        match self.api.listen.parse::<std::net::SocketAddr>() {
-            Err(_) => check(
-                false,
-                "api.listen",
-                format!("{:?} is not an address:port", self.api.listen),
-                "use e.g. \"127.0.0.1:8686\"",
-            ),
-            Ok(a) => check(
-                a.ip().is_loopback() || !self.api.token_env.is_empty(),
-                "api.token_env",
-                format!("the API listens on {a}, beyond this machine, without a token"),
-                "set token_env to a variable holding a long random token, or listen on 127.0.0.1",
-            ),
+        if let Err((key, problem, fix)) = self.api.address() {
+            check(false, key, problem, fix);
         }
         let s = &self.scan;
         let positive = |v: f64| v.is_finite() && v > 0.0;

@@ -374,37 +374,31 @@ fn metrics_text(shared: &Shared) -> String {
         plain(m.events.load(Ordering::Relaxed)),
     );
     let now = unix_ms();
-    let per_lane = |f: &dyn Fn(&Lane) -> String| -> Vec<(String, String)> {
-        shared
-            .lanes
-            .iter()
-            .map(|l| (format!("{{destination=\"{}\"}}", l.name), f(l)))
-            .collect()
-    };
+    // A storage error leaves the sample out rather than reporting 0.
     let stats: Vec<_> = shared
         .lanes
         .iter()
-        .map(|l| shared.outbox.stats(&l.name, now).unwrap_or_default())
+        .map(|l| shared.outbox.stats(&l.name, now).ok())
         .collect();
-    let by_index = |f: &dyn Fn(usize) -> u64| -> Vec<(String, String)> {
+    let per_lane = |f: &dyn Fn(usize, &Lane) -> Option<String>| -> Vec<(String, String)> {
         shared
             .lanes
             .iter()
             .enumerate()
-            .map(|(i, l)| (format!("{{destination=\"{}\"}}", l.name), f(i).to_string()))
+            .filter_map(|(i, l)| Some((format!("{{destination=\"{}\"}}", l.name), f(i, l)?)))
             .collect()
     };
     metric(
         "rppg_outbox_pending",
         "gauge",
         "Events waiting for a destination.",
-        by_index(&|i| stats[i].pending),
+        per_lane(&|i, _| stats[i].as_ref().map(|s| s.pending.to_string())),
     );
     metric(
         "rppg_outbox_dead",
         "gauge",
         "Dead-lettered events of a destination.",
-        by_index(&|i| stats[i].dead),
+        per_lane(&|i, _| stats[i].as_ref().map(|s| s.dead.to_string())),
     );
     metric(
         "rppg_outbox_bytes",
@@ -416,35 +410,33 @@ fn metrics_text(shared: &Shared) -> String {
         "rppg_delivered_total",
         "counter",
         "Events acknowledged by a destination (since start).",
-        per_lane(&|l| l.stats.delivered.load(Ordering::Relaxed).to_string()),
+        per_lane(&|_, l| Some(l.stats.delivered.load(Ordering::Relaxed).to_string())),
     );
     metric(
         "rppg_retried_total",
         "counter",
         "Failed attempts that were rescheduled.",
-        per_lane(&|l| l.stats.retried.load(Ordering::Relaxed).to_string()),
+        per_lane(&|_, l| Some(l.stats.retried.load(Ordering::Relaxed).to_string())),
     );
     metric(
         "rppg_dead_lettered_total",
         "counter",
         "Events dead-lettered (since start).",
-        per_lane(&|l| l.stats.dead_lettered.load(Ordering::Relaxed).to_string()),
+        per_lane(&|_, l| Some(l.stats.dead_lettered.load(Ordering::Relaxed).to_string())),
     );
     metric(
         "rppg_destination_offline",
         "gauge",
         "1 while a destination cannot be reached.",
-        per_lane(&|l| u8::from(l.stats.offline.load(Ordering::Relaxed)).to_string()),
+        per_lane(&|_, l| Some(u8::from(l.stats.offline.load(Ordering::Relaxed)).to_string())),
     );
     metric(
         "rppg_last_delivery_timestamp_seconds",
         "gauge",
         "Unix time of the last acknowledged delivery (0: none since start).",
-        per_lane(&|l| {
-            format!(
-                "{:.3}",
-                l.stats.last_delivered_ms.load(Ordering::Relaxed) as f64 / 1000.0
-            )
+        per_lane(&|_, l| {
+            let ms = l.stats.last_delivered_ms.load(Ordering::Relaxed);
+            Some(format!("{:.3}", ms as f64 / 1000.0))
         }),
     );
     let _ = writeln!(

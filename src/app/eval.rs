@@ -246,33 +246,43 @@ fn mean(v: &[f64]) -> Option<f64> {
     (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
 }
 
+/// [`error_stats`] of the `(truth, estimate)` pairs that `pick` finds in `rows`.
+fn stats_of<T>(rows: &[T], pick: impl Fn(&T) -> Option<(f64, f64)>) -> ErrorStats {
+    error_stats(&rows.iter().filter_map(pick).collect::<Vec<_>>())
+}
+
+/// Confidences of the estimates within `tolerance` of the truth (right) and
+/// of the others (wrong); items are `(estimate, truth, confidence)`.
+fn split_by_rightness(
+    items: impl Iterator<Item = (Option<f64>, f64, f64)>,
+    tolerance: f64,
+) -> (Vec<f64>, Vec<f64>) {
+    let (mut right, mut wrong) = (Vec::new(), Vec::new());
+    for (estimate, truth, confidence) in items {
+        match estimate {
+            Some(e) if (e - truth).abs() <= tolerance => right.push(confidence),
+            Some(_) => wrong.push(confidence),
+            None => {}
+        }
+    }
+    (right, wrong)
+}
+
 /// Summarises trials (pure).
 pub fn summarize(trials: &[&Trial], expect: Expect) -> ConditionSummary {
-    let done: Vec<&&Trial> = trials.iter().filter(|t| t.cancelled.is_none()).collect();
-    let pairs = |f: &dyn Fn(&Trial) -> Option<(f64, f64)>| -> Vec<(f64, f64)> {
-        done.iter().filter_map(|t| f(t)).collect()
-    };
-    let hr = pairs(&|t| t.hr.map(|h| (t.hr_true, h)));
-    let (mut right, mut wrong) = (Vec::new(), Vec::new());
-    for t in &done {
-        if let Some(h) = t.hr {
-            if (h - t.hr_true).abs() <= HR_RIGHT_BPM {
-                right.push(t.confidence);
-            } else {
-                wrong.push(t.confidence);
-            }
-        }
-    }
-    let (mut rr_right, mut rr_wrong) = (Vec::new(), Vec::new());
-    for t in &done {
-        if let Some(r) = t.rr {
-            if (r - t.rr_true).abs() <= RR_RIGHT_PER_MIN {
-                rr_right.push(t.rr_confidence);
-            } else {
-                rr_wrong.push(t.rr_confidence);
-            }
-        }
-    }
+    let done: Vec<&Trial> = trials
+        .iter()
+        .copied()
+        .filter(|t| t.cancelled.is_none())
+        .collect();
+    let (right, wrong) = split_by_rightness(
+        done.iter().map(|t| (t.hr, t.hr_true, t.confidence)),
+        HR_RIGHT_BPM,
+    );
+    let (rr_right, rr_wrong) = split_by_rightness(
+        done.iter().map(|t| (t.rr, t.rr_true, t.rr_confidence)),
+        RR_RIGHT_PER_MIN,
+    );
     let codes: Vec<String> = trials
         .iter()
         .filter_map(|t| t.cancelled.map(|c| c.code().to_string()))
@@ -288,9 +298,9 @@ pub fn summarize(trials: &[&Trial], expect: Expect) -> ConditionSummary {
         trials: trials.len(),
         completed: done.len(),
         cancelled_as_expected,
-        hr: error_stats(&hr),
-        rr: error_stats(&pairs(&|t| t.rr.map(|r| (t.rr_true, r)))),
-        rmssd: error_stats(&pairs(&|t| t.rmssd.map(|r| (t.rmssd_true, r)))),
+        hr: stats_of(&done, |t| t.hr.map(|h| (t.hr_true, h))),
+        rr: stats_of(&done, |t| t.rr.map(|r| (t.rr_true, r))),
+        rmssd: stats_of(&done, |t| t.rmssd.map(|r| (t.rmssd_true, r))),
         conf_right: mean(&right),
         conf_wrong: mean(&wrong),
         wrong: wrong.len(),
@@ -633,46 +643,15 @@ fn dedup_counts(items: &[String]) -> String {
 /// The real-recording results as Markdown.
 pub fn welltory_table(trials: &[RealTrial]) -> String {
     let done: Vec<&RealTrial> = trials.iter().filter(|t| t.completed).collect();
-    let ours = error_stats(
-        &done
-            .iter()
-            .filter_map(|t| t.hr.map(|h| (t.hr_true, h)))
-            .collect::<Vec<_>>(),
+    let ours = stats_of(&done, |t| t.hr.map(|h| (t.hr_true, h)));
+    let plain_same = stats_of(&done, |t| t.hr_plain_fft.map(|h| (t.hr_true, h)));
+    let ours_all = stats_of(trials, |t| t.hr.map(|h| (t.hr_true, h)));
+    let plain_all = stats_of(trials, |t| t.hr_plain_fft.map(|h| (t.hr_true, h)));
+    let rmssd = stats_of(&done, |t| t.rmssd.map(|r| (t.rmssd_true, r)));
+    let (right, wrong) = split_by_rightness(
+        trials.iter().map(|t| (t.hr, t.hr_true, t.confidence)),
+        HR_RIGHT_BPM,
     );
-    let plain_all = error_stats(
-        &trials
-            .iter()
-            .filter_map(|t| t.hr_plain_fft.map(|h| (t.hr_true, h)))
-            .collect::<Vec<_>>(),
-    );
-    let plain_same = error_stats(
-        &done
-            .iter()
-            .filter_map(|t| t.hr_plain_fft.map(|h| (t.hr_true, h)))
-            .collect::<Vec<_>>(),
-    );
-    let ours_all = error_stats(
-        &trials
-            .iter()
-            .filter_map(|t| t.hr.map(|h| (t.hr_true, h)))
-            .collect::<Vec<_>>(),
-    );
-    let rmssd = error_stats(
-        &done
-            .iter()
-            .filter_map(|t| t.rmssd.map(|r| (t.rmssd_true, r)))
-            .collect::<Vec<_>>(),
-    );
-    let (mut right, mut wrong) = (Vec::new(), Vec::new());
-    for t in trials {
-        if let Some(h) = t.hr {
-            if (h - t.hr_true).abs() <= HR_RIGHT_BPM {
-                right.push(t.confidence);
-            } else {
-                wrong.push(t.confidence);
-            }
-        }
-    }
     let mut out = String::new();
     out.push_str(
         "| method | recordings | HR MAE | HR RMSE | HR MAPE | HR r |\n|---|---|---|---|---|---|\n",

@@ -242,17 +242,10 @@ fn run_command(a: cli::RunArgs) -> Result<i32, AppError> {
     if let Some(listen) = a.listen {
         config.api.listen = listen;
     }
-    let addr: std::net::SocketAddr = config.api.listen.parse().map_err(|_| {
-        AppError::Usage(format!(
-            "--listen / api.listen {:?} is not an address:port, e.g. 127.0.0.1:8686",
-            config.api.listen
-        ))
+    // Checked again: --listen may have changed the address after loading.
+    let addr = config.api.address().map_err(|(key, problem, fix)| {
+        AppError::Usage(format!("{key} (or --listen): {problem}; {fix}"))
     })?;
-    if !addr.ip().is_loopback() && config.api.token_env.is_empty() {
-        return Err(AppError::Usage(format!(
-            "the API would listen on {addr}, beyond this machine, without a token: set api.token_env"
-        )));
-    }
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)

@@ -65,7 +65,6 @@ type AckWrite = tokio::task::JoinHandle<Result<(), OutboxError>>;
 pub(crate) struct AckBatch {
     buffered: Vec<Ack>,
     writing: Option<(Vec<Ack>, AckWrite)>,
-    writing_ids: Vec<u64>,
 }
 
 impl AckBatch {
@@ -74,10 +73,8 @@ impl AckBatch {
     }
 
     pub(crate) fn ids(&self) -> impl Iterator<Item = u64> + '_ {
-        self.buffered
-            .iter()
-            .map(|a| a.id)
-            .chain(self.writing_ids.iter().copied())
+        let writing = self.writing.iter().flat_map(|(batch, _)| batch);
+        self.buffered.iter().chain(writing).map(|a| a.id)
     }
 
     pub(crate) fn is_writing(&self) -> bool {
@@ -90,7 +87,6 @@ impl AckBatch {
             return;
         }
         let batch = std::mem::take(&mut self.buffered);
-        self.writing_ids = batch.iter().map(|a| a.id).collect();
         let (ob, name, acks) = (outbox.clone(), dest.to_string(), batch.clone());
         let handle = tokio::task::spawn_blocking(move || ob.ack_many(&name, &acks, now_ms));
         self.writing = Some((batch, handle));
@@ -103,7 +99,6 @@ impl AckBatch {
         };
         let result = handle.await.expect("outbox task does not panic");
         let (batch, _) = self.writing.take().expect("a write was under way");
-        self.writing_ids.clear();
         result.map(|()| batch)
     }
 

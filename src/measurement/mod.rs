@@ -411,11 +411,7 @@ impl Measurement {
             duration_s: traces.duration_s(),
             frames: self.frames,
             beat_times_s: v.beats.iter().map(|b| b.t_s).collect(),
-            respiration_wave: v
-                .respiration
-                .as_ref()
-                .map(|r| r.wave.clone())
-                .unwrap_or_default(),
+            respiration_wave: v.respiration.map(|r| r.wave).unwrap_or_default(),
             wave_fs_hz: traces.fs_hz,
             pulse: v.pulse,
         }
