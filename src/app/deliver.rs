@@ -27,39 +27,170 @@ pub fn outbox_path(config: &Config) -> PathBuf {
     }
 }
 
+/// Outboxes up to this size are copied before sled opens them, so that if
+/// they turn out damaged the evidence is kept exactly as it was found: sled's
+/// recovery rewrites a damaged log tail while it opens. A healthy outbox
+/// drains to a few hundred KiB; copying 64 MiB costs well under a second.
+const EVIDENCE_COPY_MAX_BYTES: u64 = 64 << 20;
+
 /// Opens the outbox named by the config, creating its directory. A damaged
-/// database is moved aside (kept as evidence, never deleted) and a fresh
-/// outbox is started, with a warning that says where the old one went:
-/// a kiosk must keep measuring and delivering after a power cut.
+/// database is moved aside (kept as evidence, never deleted), a fresh
+/// outbox is started, and every event that can still be read is salvaged
+/// into it, with a warning that says what happened and where the old one
+/// went: a kiosk must keep measuring and delivering after a power cut.
 pub fn open_outbox(config: &Config) -> Result<Arc<Outbox>, AppError> {
-    match open_outbox_as_is(config) {
-        Err(AppError::Outbox(OutboxError::Damaged { path, detail })) => {
-            let aside = path.with_file_name(format!(
-                "{}.damaged-{}",
-                path.file_name()
-                    .map_or("outbox".into(), |n| n.to_string_lossy()),
-                unix_ms()
-            ));
-            std::fs::rename(&path, &aside).map_err(|source| AppError::OutboxDir {
-                path: format!("{} (moving the damaged outbox aside)", path.display()),
-                source,
-            })?;
-            eprintln!(
-                "warning: the outbox at {} is damaged ({detail}). It was moved aside to {} and kept as \
-                 evidence (nothing was deleted); a new outbox starts now. Events stored there before \
-                 the damage are not delivered: inspect them with outbox.path set to that directory.",
-                path.display(),
-                aside.display()
-            );
-            open_outbox_as_is(config)
+    let path = outbox_path(config);
+    let name = |suffix: &str| {
+        path.with_file_name(format!(
+            "{}.{suffix}-{}",
+            path.file_name()
+                .map_or("outbox".into(), |n| n.to_string_lossy()),
+            unix_ms()
+        ))
+    };
+    let dir_error = |what: &str, at: &std::path::Path| {
+        let at = at.display().to_string();
+        let what = what.to_string();
+        move |source| AppError::OutboxDir {
+            path: format!("{at} ({what})"),
+            source,
         }
-        other => other,
+    };
+    let snapshot = snapshot_before_open(&path, &name("opening"))?;
+    let (detail, snapshot) = match open_outbox_as_is(config) {
+        Err(AppError::Outbox(OutboxError::Damaged { detail, .. })) => (detail, snapshot),
+        other => {
+            if let Some(s) = snapshot {
+                let _ = std::fs::remove_dir_all(s);
+            }
+            return other;
+        }
+    };
+    // The evidence: the copy taken before sled touched it, or (too large to
+    // copy on every start) the database as sled's recovery left it.
+    let aside = name("damaged");
+    let salvage_from = name("salvaging");
+    let exact = snapshot.is_some();
+    match snapshot {
+        Some(snapshot) => {
+            std::fs::rename(&snapshot, &aside)
+                .map_err(dir_error("keeping the evidence", &aside))?;
+            std::fs::rename(&path, &salvage_from)
+                .map_err(dir_error("moving the damaged outbox aside", &path))?;
+        }
+        None => {
+            std::fs::rename(&path, &aside)
+                .map_err(dir_error("moving the damaged outbox aside", &path))?;
+            copy_dir(&aside, &salvage_from).map_err(dir_error(
+                "copying the damaged outbox to salvage it",
+                &salvage_from,
+            ))?;
+        }
     }
+    let outbox = open_outbox_as_is(config)?;
+    let salvaged = outbox.salvage_from(&salvage_from);
+    let _ = std::fs::remove_dir_all(&salvage_from);
+    let salvaged = salvaged?;
+    let recovered = match &salvaged.unopenable {
+        Some(why) => format!("nothing could be salvaged from it ({why})"),
+        None => format!(
+            "{} readable events were salvaged into the new outbox ({} pending and {} dead-letter entries kept as they were){}",
+            salvaged.events,
+            salvaged.pending,
+            salvaged.dead,
+            if salvaged.unreadable > 0 {
+                format!("; {} records could not be read", salvaged.unreadable)
+            } else {
+                String::new()
+            }
+        ),
+    };
+    eprintln!(
+        "warning: the outbox at {} is damaged ({detail}). It was moved aside to {}{} and kept as \
+         evidence (nothing was deleted); a new outbox starts now, and {recovered}.",
+        path.display(),
+        aside.display(),
+        if exact {
+            ", exactly as found,"
+        } else {
+            " (as the storage engine's recovery left it: it is over 64 MiB, too large to copy before every start)"
+        },
+    );
+    Ok(outbox)
 }
 
-/// Opens the outbox named by the config as it is (for inspection: a damaged
-/// database is an error, not moved).
-pub fn open_outbox_as_is(config: &Config) -> Result<Arc<Outbox>, AppError> {
+/// Copies the outbox directory to `to` if it exists and is small enough.
+fn snapshot_before_open(
+    path: &std::path::Path,
+    to: &std::path::Path,
+) -> Result<Option<PathBuf>, AppError> {
+    if !path.is_dir() || dir_size(path) > EVIDENCE_COPY_MAX_BYTES {
+        return Ok(None);
+    }
+    copy_dir(path, to).map_err(|source| AppError::OutboxDir {
+        path: format!("{} (copying the outbox before opening it)", to.display()),
+        source,
+    })?;
+    Ok(Some(to.to_path_buf()))
+}
+
+fn dir_size(path: &std::path::Path) -> u64 {
+    std::fs::read_dir(path)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_size(&e.path()),
+            _ => e.metadata().map_or(0, |m| m.len()),
+        })
+        .sum()
+}
+
+/// Copies a directory tree of plain files (an outbox database).
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
+}
+
+/// Opens the outbox named by the config for inspection. A damaged database
+/// is an error, and is left exactly as it was found (a small one is opened
+/// through a copy), for `scan`, `run` or `sync` to move aside and salvage.
+pub fn inspect_outbox(config: &Config) -> Result<Arc<Outbox>, AppError> {
+    let path = outbox_path(config);
+    let scratch = path.with_file_name(format!(
+        "{}.inspecting-{}",
+        path.file_name()
+            .map_or("outbox".into(), |n| n.to_string_lossy()),
+        unix_ms()
+    ));
+    let snapshot = snapshot_before_open(&path, &scratch)?;
+    let opened = open_outbox_as_is(config);
+    if let Some(snapshot) = snapshot {
+        if matches!(opened, Err(AppError::Outbox(OutboxError::Damaged { .. }))) {
+            // Put back the bytes as found; sled's recovery changed them.
+            let changed = scratch.with_extension("changed");
+            if std::fs::rename(&path, &changed).is_ok() {
+                let _ = std::fs::rename(&snapshot, &path);
+                let _ = std::fs::remove_dir_all(&changed);
+            }
+        } else {
+            let _ = std::fs::remove_dir_all(snapshot);
+        }
+    }
+    opened
+}
+
+/// Opens the outbox named by the config as it is.
+fn open_outbox_as_is(config: &Config) -> Result<Arc<Outbox>, AppError> {
     let path = outbox_path(config);
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|source| AppError::OutboxDir {
@@ -235,7 +366,7 @@ fn lane_names(config: &Config, outbox: &Outbox) -> Result<Vec<String>, AppError>
 /// `outbox stats|list|show|replay|purge`.
 pub fn outbox_command(config: &Config, action: super::cli::OutboxAction) -> Result<i32, AppError> {
     use super::cli::OutboxAction::*;
-    let outbox = open_outbox_as_is(config)?;
+    let outbox = inspect_outbox(config)?;
     let now = unix_ms();
     match action {
         Stats { json } => {

@@ -13,6 +13,7 @@
 //! | `dead` | destination name, `0x00`, outbox id BE | `[1] [JSON DeadLetter]` |
 //! | `delivered` | destination name, `0x00`, outbox id BE | `[1] [JSON Delivered]` (audit trail) |
 //! | `meta` | `"shed"` | shed counter, u64 BE |
+//! | `meta` | `"appended"` | highest outbox id ever appended, u64 BE |
 //!
 //! The leading byte of every value is the format version (1). The outbox id
 //! comes from sled's `generate_id` (monotonic, unique across restarts), so
@@ -47,10 +48,22 @@
 //!
 //! A database sled reports as corrupt, or panics on while opening, is
 //! [`OutboxError::Damaged`]. The commands that deliver move it aside
-//! (`<path>.damaged-<unix ms>`, kept byte for byte) and start a new outbox;
-//! nothing is deleted. Known limit: sled 0.34 treats damage inside a freshly
-//! written log (before the file was reopened) as a torn write and silently
-//! drops the records from there on; this outbox cannot see that loss yet.
+//! (`<path>.damaged-<unix ms>`, kept byte for byte), start a new outbox and
+//! [`salvage`] into it every event that can still be read, with its lane
+//! states; nothing is deleted.
+//!
+//! sled alone cannot be trusted to notice damage: 0.34 treats damage inside
+//! a freshly written log (before the file was reopened) as a torn write and
+//! silently drops every record from there on, then opens cleanly. So the
+//! outbox keeps its own **high-water mark**: each append batch stores the
+//! highest id it wrote in the `meta` tree (same transaction) and, after the
+//! flush, in a small checksummed file beside sled's ([`HIGH_WATER_FILE`]).
+//! The file is written after sled's flush and never ahead of it, so at open
+//! `file > meta` can only mean that sled lost records it had made durable:
+//! that is [`OutboxError::Damaged`], and the records that survived are
+//! salvaged. The file is not fsynced (one extra fsync would halve append
+//! throughput): after a power cut it can lag behind, which weakens the check
+//! for the last batches but can never raise a false alarm.
 
 use crate::events::{EventKind, StampedEvent};
 use serde::{Deserialize, Serialize};
@@ -63,6 +76,10 @@ use std::sync::{Condvar, Mutex};
 
 /// Format version byte of every stored value.
 const VERSION: u8 = 1;
+
+/// The high-water mark file inside the outbox directory (see "Damage").
+pub const HIGH_WATER_FILE: &str = "rppg-appended";
+const HIGH_WATER_MAGIC: &[u8; 8] = b"RPPGHWM1";
 
 /// Outbox settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -283,6 +300,30 @@ fn decode_meta(id: u64, value: &[u8]) -> Result<(EventMeta, usize), OutboxError>
     Ok((meta, 1 + 4 + len))
 }
 
+const HIGH_WATER_LEN: usize = 24;
+
+/// `magic, id (u64 BE), first 8 bytes of SHA-256(magic, id)`.
+fn encode_high_water(id: u64) -> [u8; HIGH_WATER_LEN] {
+    use sha2::Digest;
+    let mut out = [0u8; HIGH_WATER_LEN];
+    out[..8].copy_from_slice(HIGH_WATER_MAGIC);
+    out[8..16].copy_from_slice(&id.to_be_bytes());
+    let sum = sha2::Sha256::digest(&out[..16]);
+    out[16..].copy_from_slice(&sum[..8]);
+    out
+}
+
+fn decode_high_water(bytes: &[u8]) -> Result<u64, String> {
+    if bytes.len() != HIGH_WATER_LEN {
+        return Err(format!("{} bytes, expected {HIGH_WATER_LEN}", bytes.len()));
+    }
+    let id = u64::from_be_bytes(bytes[8..16].try_into().expect("8 bytes"));
+    if bytes != encode_high_water(id) {
+        return Err("bad magic or checksum".into());
+    }
+    Ok(id)
+}
+
 /// Group commit: one flush covers every write made before it started.
 #[derive(Debug, Default)]
 struct GroupCommit {
@@ -313,6 +354,8 @@ pub struct Outbox {
     /// Group commit of appends.
     appends: Mutex<AppendQueue>,
     appended: Condvar,
+    /// The high-water mark file (see "Damage").
+    high_water: Mutex<std::fs::File>,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -331,7 +374,8 @@ impl Outbox {
             path: path.clone(),
             detail,
         };
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Self::open_inner(cfg))) {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Self::open_inner(cfg, true)))
+        {
             Ok(Err(OutboxError::Open {
                 source: e @ sled::Error::Corruption { .. },
                 ..
@@ -354,7 +398,8 @@ impl Outbox {
         }
     }
 
-    fn open_inner(cfg: OutboxConfig) -> Result<Self, OutboxError> {
+    /// Opens the database; with `check`, compares it with the high-water mark.
+    fn open_inner(cfg: OutboxConfig, check: bool) -> Result<Self, OutboxError> {
         let path = cfg.path.clone();
         let db = sled::Config::new()
             .path(&path)
@@ -371,13 +416,17 @@ impl Outbox {
                 source,
             })
         };
+        let events = tree("events")?;
+        let meta = tree("meta")?;
+        let high_water = Self::check_high_water(&path, &events, &meta, check)?;
         let outbox = Outbox {
-            events: tree("events")?,
+            events,
             pending: tree("pending")?,
             dead: tree("dead")?,
             delivered: tree("delivered")?,
-            meta: tree("meta")?,
+            meta,
             db,
+            high_water: Mutex::new(high_water),
             path,
             commit: GroupCommit::default(),
             stored_bytes: AtomicU64::new(0),
@@ -392,6 +441,80 @@ impl Outbox {
         }
         outbox.stored_bytes.store(total, Ordering::SeqCst);
         Ok(outbox)
+    }
+
+    /// Compares the database with the high-water mark file and returns the
+    /// file, open for the next batches. A file ahead of the database means
+    /// sled dropped durable records: [`OutboxError::Damaged`].
+    fn check_high_water(
+        path: &Path,
+        events: &sled::Tree,
+        meta: &sled::Tree,
+        check: bool,
+    ) -> Result<std::fs::File, OutboxError> {
+        use std::io::{Read, Seek, Write};
+        let damaged = |detail: String| OutboxError::Damaged {
+            path: path.to_path_buf(),
+            detail,
+        };
+        let io_error = |e: std::io::Error| OutboxError::Open {
+            path: path.to_path_buf(),
+            source: sled::Error::Io(e),
+        };
+        let stored = match meta.get("appended") {
+            Ok(Some(v)) => v.as_ref().try_into().ok().map(u64::from_be_bytes),
+            Ok(None) => None,
+            Err(e) => return Err(damaged(format!("reading its high-water mark: {e}"))),
+        };
+        // An outbox written before the mark existed: its newest event.
+        let stored = match stored {
+            Some(n) => n,
+            None => match events.last() {
+                Ok(Some((k, _))) => k.as_ref().try_into().map_or(0, u64::from_be_bytes),
+                Ok(None) => 0,
+                Err(e) => return Err(damaged(format!("reading its newest event: {e}"))),
+            },
+        };
+        let file_path = path.join(HIGH_WATER_FILE);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&file_path)
+            .map_err(io_error)?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(io_error)?;
+        if check && !bytes.is_empty() {
+            let mark = decode_high_water(&bytes).map_err(|why| {
+                damaged(format!(
+                    "its high-water record {} is unreadable ({why}), so lost records could not be ruled out",
+                    file_path.display()
+                ))
+            })?;
+            if mark > stored {
+                return Err(damaged(format!(
+                    "events up to outbox id {mark} were stored, but the database ends at id {stored}: \
+                     the storage engine dropped records it had written (damage in its log)"
+                )));
+            }
+        }
+        file.seek(std::io::SeekFrom::Start(0)).map_err(io_error)?;
+        file.write_all(&encode_high_water(stored))
+            .and_then(|()| file.set_len(HIGH_WATER_LEN as u64))
+            .map_err(io_error)?;
+        Ok(file)
+    }
+
+    /// Records that every id up to `id` is durable (after the flush).
+    /// Best effort: if the small write fails (a full disk), the check at the
+    /// next open is weaker for these batches, but nothing else is affected.
+    fn record_high_water(&self, id: u64) {
+        use std::io::{Seek, Write};
+        let mut file = self.high_water.lock().expect("high-water lock");
+        let _ = file
+            .seek(std::io::SeekFrom::Start(0))
+            .and_then(|_| file.write_all(&encode_high_water(id)));
     }
 
     pub fn path(&self) -> &Path {
@@ -516,14 +639,16 @@ impl Outbox {
             return results;
         }
         let pending_value = encode_json(&Attempts::default());
-        let written = (&self.events, &self.pending)
-            .transaction(|(events, pending)| {
+        let highest = accepted.iter().map(|(_, id)| *id).max().unwrap_or(0);
+        let written = (&self.events, &self.pending, &self.meta)
+            .transaction(|(events, pending, meta)| {
                 for (req, id) in &accepted {
                     events.insert(&id.to_be_bytes(), req.value.as_slice())?;
                     for d in &req.destinations {
                         pending.insert(lane_key(d, *id), pending_value.as_slice())?;
                     }
                 }
+                meta.insert("appended", &highest.to_be_bytes())?;
                 Ok::<(), ConflictableTransactionError<()>>(())
             })
             .map_err(|e| self.tx_error("appending events", e).to_string())
@@ -533,6 +658,9 @@ impl Outbox {
                     .map(|_| ())
                     .map_err(|e| self.storage("flushing to disk", e).to_string())
             });
+        if written.is_ok() {
+            self.record_high_water(highest);
+        }
         for (req, id) in accepted {
             match &written {
                 Ok(()) => results.push((req.ticket, Ok(id))),
@@ -1016,6 +1144,147 @@ impl Outbox {
     pub fn flush(&self) -> Result<(), OutboxError> {
         self.commit()
     }
+
+    /// Copies into this outbox every event of the damaged database at
+    /// `damaged` that can still be read, with its pending and dead-letter
+    /// entries as they were (attempts, history), under new outbox ids. The
+    /// delivered audit trail is not copied. `damaged` is opened and may be
+    /// modified by the storage engine: pass a scratch copy, never the
+    /// evidence. Records that cannot be read are counted, not guessed.
+    pub fn salvage_from(&self, damaged: &Path) -> Result<Salvaged, OutboxError> {
+        let cfg = OutboxConfig {
+            path: damaged.to_path_buf(),
+            ..self.cfg.clone()
+        };
+        let source = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Self::open_inner(cfg, false)
+        })) {
+            Ok(Ok(source)) => source,
+            Ok(Err(e)) => {
+                return Ok(Salvaged {
+                    unopenable: Some(e.to_string()),
+                    ..Salvaged::default()
+                })
+            }
+            Err(_) => {
+                return Ok(Salvaged {
+                    unopenable: Some("the storage engine failed reading it".into()),
+                    ..Salvaged::default()
+                })
+            }
+        };
+        let mut report = Salvaged::default();
+        let mut batch: Vec<SalvagedEvent> = Vec::new();
+        let mut iter = source.events.iter();
+        loop {
+            // A damaged page can panic inside sled as well as return an error.
+            let next = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let item = iter.next()?;
+                Some(item.map_err(|e| e.to_string()).and_then(|(k, v)| {
+                    let id = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| "bad key")?);
+                    let (meta, _) = decode_meta(id, &v).map_err(|e| e.to_string())?;
+                    let mut lanes = Vec::new();
+                    for dest in &meta.destinations {
+                        let key = lane_key(dest, id);
+                        let p = source.pending.get(&key).map_err(|e| e.to_string())?;
+                        let d = source.dead.get(&key).map_err(|e| e.to_string())?;
+                        lanes.push((dest.clone(), p.map(|v| v.to_vec()), d.map(|v| v.to_vec())));
+                    }
+                    Ok(SalvagedEvent {
+                        value: v.to_vec(),
+                        lanes,
+                    })
+                }))
+            }));
+            match next {
+                Ok(None) => break,
+                Ok(Some(Ok(event))) => batch.push(event),
+                Ok(Some(Err(_))) => report.unreadable += 1,
+                Err(_) => {
+                    report.unreadable += 1;
+                    report.stopped_early = true;
+                    break;
+                }
+            }
+            if batch.len() >= 1024 {
+                self.write_salvaged(std::mem::take(&mut batch), &mut report)?;
+            }
+        }
+        self.write_salvaged(batch, &mut report)?;
+        self.commit()?;
+        Ok(report)
+    }
+
+    fn write_salvaged(
+        &self,
+        batch: Vec<SalvagedEvent>,
+        report: &mut Salvaged,
+    ) -> Result<(), OutboxError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut ids = Vec::with_capacity(batch.len());
+        for _ in &batch {
+            ids.push(
+                self.db
+                    .generate_id()
+                    .map_err(|e| self.storage("allocating an id", e))?,
+            );
+        }
+        let highest = ids.iter().copied().max().unwrap_or(0);
+        (&self.events, &self.pending, &self.dead, &self.meta)
+            .transaction(|(events, pending, dead, meta)| {
+                for (event, id) in batch.iter().zip(&ids) {
+                    events.insert(&id.to_be_bytes(), event.value.as_slice())?;
+                    for (dest, p, d) in &event.lanes {
+                        if let Some(p) = p {
+                            pending.insert(lane_key(dest, *id), p.as_slice())?;
+                        }
+                        if let Some(d) = d {
+                            dead.insert(lane_key(dest, *id), d.as_slice())?;
+                        }
+                    }
+                }
+                meta.insert("appended", &highest.to_be_bytes())?;
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| self.tx_error("salvaging events", e))?;
+        self.commit()?;
+        self.record_high_water(highest);
+        for event in &batch {
+            self.stored_bytes
+                .fetch_add(event.value.len() as u64, Ordering::SeqCst);
+            report.events += 1;
+            report.pending += event.lanes.iter().filter(|l| l.1.is_some()).count() as u64;
+            report.dead += event.lanes.iter().filter(|l| l.2.is_some()).count() as u64;
+        }
+        Ok(())
+    }
+}
+
+/// One readable event of a damaged outbox and its lane entries.
+struct SalvagedEvent {
+    value: Vec<u8>,
+    lanes: Vec<SalvagedLane>,
+}
+
+/// `(destination, pending value, dead-letter value)` of a salvaged event.
+type SalvagedLane = (String, Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// What [`Outbox::salvage_from`] recovered from a damaged outbox.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Salvaged {
+    /// Events copied.
+    pub events: u64,
+    /// Lane entries copied, pending and dead.
+    pub pending: u64,
+    pub dead: u64,
+    /// Records that could not be read.
+    pub unreadable: u64,
+    /// Reading stopped at a record the storage engine failed on.
+    pub stopped_early: bool,
+    /// The damaged database could not be opened at all (why).
+    pub unopenable: Option<String>,
 }
 
 #[cfg(test)]
@@ -1296,5 +1565,158 @@ mod tests {
         assert_eq!(ob.purge_delivered(10_500).unwrap(), 0);
         assert_eq!(ob.purge_delivered(11_001).unwrap(), 1);
         assert_eq!(ob.stats("a", 0).unwrap().delivered, 0);
+    }
+
+    /// Copies a database directory (sled writes to what it opens).
+    fn copy_tree(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                copy_tree(&e.path(), &to.join(e.file_name()));
+            } else {
+                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn damage_or_truncation_anywhere_in_a_fresh_log_is_reported_never_silently_loses_an_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = Stamper::new("d", "s");
+        let original = dir.path().join("outbox");
+        let mut ids = Vec::new();
+        {
+            let ob = open(dir.path(), 1 << 30);
+            for n in 0..4 {
+                let e = event(&mut st, EventKind::ScanCompleted, n);
+                ob.append(&e, &["hook"], 10).unwrap();
+                ids.push(e.id);
+            }
+        }
+        let db = std::fs::read(original.join("db")).unwrap();
+        let (mut intact, mut by_sled, mut by_mark) = (0, 0, 0);
+        // Flipped bytes, and the file cut short (a truncated copy).
+        let damages = (0..db.len())
+            .step_by(61)
+            .flat_map(|at| [(at, false), (at, true)]);
+        for (at, truncate) in damages {
+            let copy = dir.path().join(format!("copy-{at}-{truncate}"));
+            copy_tree(&original, &copy);
+            let mut bytes = db.clone();
+            if truncate {
+                bytes.truncate(at);
+            } else {
+                for b in &mut bytes[at..(at + 64).min(db.len())] {
+                    *b ^= 0x5a;
+                }
+            }
+            std::fs::write(copy.join("db"), &bytes).unwrap();
+            let opened = Outbox::open(OutboxConfig {
+                path: copy.clone(),
+                max_bytes: 1 << 30,
+                cache_capacity_bytes: 1 << 20,
+                retention_ms: 1000,
+            });
+            match opened {
+                Ok(ob) => {
+                    let due: Vec<String> = ob
+                        .due("hook", 10, 100)
+                        .unwrap()
+                        .into_iter()
+                        .map(|p| p.meta.event_id)
+                        .collect();
+                    assert_eq!(
+                        due, ids,
+                        "damage at byte {at} ({truncate}) opened cleanly but lost events"
+                    );
+                    intact += 1;
+                }
+                Err(OutboxError::Damaged { detail, .. }) => {
+                    if detail.contains("dropped records") {
+                        by_mark += 1;
+                    } else {
+                        by_sled += 1;
+                    }
+                }
+                Err(e) => panic!("damage at byte {at} ({truncate}): {e}"),
+            }
+        }
+        // The high-water mark is what catches sled's silent truncation.
+        assert!(
+            by_mark > 0,
+            "intact {intact}, sled {by_sled}, mark {by_mark}"
+        );
+    }
+
+    #[test]
+    fn salvage_copies_every_readable_event_with_its_lane_states() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = Stamper::new("d", "s");
+        let old_dir = dir.path().join("old");
+        std::fs::create_dir_all(&old_dir).unwrap();
+        let mut ids = Vec::new();
+        {
+            let ob = open(&old_dir, 1 << 30);
+            for n in 0..5 {
+                let e = event(&mut st, EventKind::ScanCompleted, n);
+                let id = ob.append(&e, &["a", "b"], 10).unwrap();
+                ids.push((id, e.id));
+            }
+            ob.ack("a", ids[0].0, 20, "HTTP 200", 1).unwrap();
+            let state = Attempts {
+                attempts: 3,
+                next_attempt_ms: 0,
+                history: vec![AttemptRecord {
+                    at_ms: 15,
+                    result: "HTTP 410".into(),
+                }],
+            };
+            ob.dead_letter("b", ids[1].0, "gone (HTTP 410)", &state, 30)
+                .unwrap();
+            ob.flush().unwrap();
+        }
+        let new_dir = dir.path().join("new");
+        std::fs::create_dir_all(&new_dir).unwrap();
+        let ob = open(&new_dir, 1 << 30);
+        let report = ob.salvage_from(&old_dir.join("outbox")).unwrap();
+        assert_eq!(report.events, 5);
+        assert_eq!((report.pending, report.dead, report.unreadable), (8, 1, 0));
+        let due = |d: &str| -> Vec<String> {
+            ob.due(d, 10, 100)
+                .unwrap()
+                .into_iter()
+                .map(|p| p.meta.event_id)
+                .collect()
+        };
+        let all: Vec<String> = ids.iter().map(|(_, e)| e.clone()).collect();
+        assert_eq!(due("a"), all[1..].to_vec());
+        assert_eq!(
+            due("b"),
+            [&all[..1], &all[2..]].concat(),
+            "lane b keeps its own states"
+        );
+        let dead = ob.dead_letters(Some("b")).unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].2.event_id, all[1]);
+        assert_eq!(dead[0].3.reason, "gone (HTTP 410)");
+        assert_eq!(dead[0].3.history.len(), 1);
+        // The salvaged events count towards the cap and survive reopening.
+        assert!(ob.stored_bytes() > 0);
+        drop(ob);
+        let ob = open(&new_dir, 1 << 30);
+        assert_eq!(ob.pending_count("a") + ob.pending_count("b"), 8);
+    }
+
+    #[test]
+    fn the_high_water_record_rejects_any_damaged_byte() {
+        let good = encode_high_water(0x0102_0304_0506_0708);
+        assert_eq!(decode_high_water(&good), Ok(0x0102_0304_0506_0708));
+        for i in 0..good.len() {
+            let mut bad = good;
+            bad[i] ^= 1;
+            assert!(decode_high_water(&bad).is_err(), "byte {i}");
+        }
+        assert!(decode_high_water(&good[..20]).is_err());
     }
 }

@@ -912,10 +912,7 @@ fn a_damaged_outbox_is_moved_aside_with_its_evidence_and_a_new_one_starts() {
     assert_eq!(scan().code, 3);
     // Open it once more (sled grows the file to a full segment), then
     // damage the database file. sled 0.34 reports this damage as corruption.
-    // (Damage to a freshly written, not yet reopened log is NOT reported:
-    // sled treats it as a torn write and silently drops the records from
-    // there on. Detecting that needs an integrity record of our own; see the
-    // fault-tolerance issue.)
+    // (Damage to a freshly written log is the other case, see below.)
     assert_eq!(bin_env(&["outbox", "stats", "--config", &cfg]).code, 0);
     let db = dir.path().join("outbox").join("db");
     let mut bytes = std::fs::read(&db).unwrap();
@@ -961,4 +958,98 @@ fn a_damaged_outbox_is_moved_aside_with_its_evidence_and_a_new_one_starts() {
     assert_eq!(stats.code, 0, "{}", stats.stderr);
     let v: serde_json::Value = serde_json::from_str(stats.stdout.trim()).unwrap();
     assert!(v["destinations"][0]["pending"].as_u64().unwrap() > 0, "{v}");
+}
+
+#[test]
+fn records_sled_drops_silently_after_damage_are_detected_and_the_survivors_salvaged() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_file(dir.path(), &format!("http://{}/hooks", free_addr()));
+    let scan = || {
+        bin_env(&[
+            "scan",
+            "--input",
+            "synthetic:face=0,width=160,height=120",
+            "--config",
+            &cfg,
+            "-q",
+        ])
+    };
+    let pending = || {
+        let stats = bin_env(&["outbox", "stats", "--json", "--config", &cfg]);
+        assert_eq!(stats.code, 0, "{}", stats.stderr);
+        let v: serde_json::Value = serde_json::from_str(stats.stdout.trim()).unwrap();
+        v["destinations"][0]["pending"].as_u64().unwrap()
+    };
+    // Two scans, their events pending: the log is freshly written.
+    assert_eq!(scan().code, 3);
+    let first = {
+        let db = dir.path().join("outbox").join("db");
+        std::fs::metadata(&db).unwrap().len()
+    };
+    assert_eq!(scan().code, 3);
+    let db = dir.path().join("outbox").join("db");
+    let mut bytes = std::fs::read(&db).unwrap();
+    // Damage the second scan's records. sled takes it for a torn write and
+    // drops everything from there on without an error.
+    let at = (first as usize + 64).min(bytes.len() - 64);
+    for b in &mut bytes[at..at + 64] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&db, &bytes).unwrap();
+    let stats = bin_env(&["outbox", "stats", "--config", &cfg]);
+    assert_ne!(stats.code, 0);
+    assert!(
+        stats.stderr.contains("is damaged") && stats.stderr.contains("dropped records"),
+        "{}",
+        stats.stderr
+    );
+    // The next scan moves it aside, salvages what survived, and goes on.
+    let again = scan();
+    assert_eq!(again.code, 3, "{}", again.stderr);
+    assert!(
+        again.stderr.contains("moved aside to") && again.stderr.contains("were salvaged"),
+        "{}",
+        again.stderr
+    );
+    let salvaged: u64 = again
+        .stderr
+        .split(" readable events were salvaged")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{}", again.stderr));
+    assert!(
+        salvaged > 0,
+        "the first scan's events survive: {}",
+        again.stderr
+    );
+    let per_scan = salvaged; // the first scan's events, all of them
+    assert_eq!(
+        pending(),
+        salvaged + per_scan,
+        "salvaged plus the new scan's"
+    );
+    // The evidence is kept as it was found.
+    let aside = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("outbox.damaged-")
+        })
+        .expect("moved aside");
+    assert!(
+        std::fs::read(aside.join("db")).unwrap() == bytes,
+        "the evidence is kept exactly as found"
+    );
+    assert!(
+        !std::fs::read_dir(dir.path()).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains("salvaging")),
+        "the scratch copy is removed"
+    );
 }
