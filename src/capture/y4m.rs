@@ -81,8 +81,12 @@ impl Header {
         let mut chroma = Chroma::C420;
         let mut full_range = false;
         for t in tokens {
-            let (tag, value) = t.split_at(1);
-            match tag {
+            // The tag is one character; the value is the rest (a byte split
+            // would panic inside a multi-byte character).
+            let mut chars = t.chars();
+            let tag = chars.next().map(String::from).unwrap_or_default();
+            let value = chars.as_str();
+            match tag.as_str() {
                 "W" => {
                     w = Some(
                         value

@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 
 const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 
-fn key() -> Secret {
+pub(crate) fn key() -> Secret {
     parse_secret(Scheme::Standard, SECRET).unwrap()
 }
 
 /// A destination with a fast schedule: waits of 50 ms between attempts.
-fn destination(url: &str, attempts: usize) -> WebhookDestination {
+pub(crate) fn destination(url: &str, attempts: usize) -> WebhookDestination {
     WebhookDestination {
         name: "hook".into(),
         url: url.parse().unwrap(),
@@ -39,7 +39,7 @@ fn destination(url: &str, attempts: usize) -> WebhookDestination {
     }
 }
 
-fn append(outbox: &Outbox, n: usize) -> Vec<String> {
+pub(crate) fn append(outbox: &Outbox, n: usize) -> Vec<String> {
     let mut st = Stamper::new("dev", "ses_test");
     (0..n)
         .map(|i| {
@@ -54,7 +54,7 @@ fn append(outbox: &Outbox, n: usize) -> Vec<String> {
         .collect()
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -65,7 +65,7 @@ fn probe() -> (Duration, Duration) {
     (Duration::from_millis(50), Duration::from_millis(200))
 }
 
-fn setup(webhooks: &[WebhookDestination]) -> Setup<'_> {
+pub(crate) fn setup(webhooks: &[WebhookDestination]) -> Setup<'_> {
     Setup {
         webhooks,
         mqtt: &[],
@@ -76,7 +76,7 @@ fn setup(webhooks: &[WebhookDestination]) -> Setup<'_> {
 }
 
 /// Waits (bounded) until `cond` holds.
-async fn eventually(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+pub(crate) async fn eventually(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
         assert!(start.elapsed() < limit, "timed out waiting for {what}");

@@ -4,6 +4,8 @@ mod accuracy;
 mod cli;
 mod daemon;
 mod delivery;
+mod faults;
+mod fuzz;
 mod lifecycle;
 mod mqtt;
 mod util;

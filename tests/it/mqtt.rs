@@ -562,3 +562,259 @@ async fn a_backlog_drains_through_a_small_window_with_every_event_recorded_once(
         assert_eq!(state["delivered"]["attempts"], 1);
     }
 }
+
+/// A TCP proxy in front of the broker that can "restart" it as the agent
+/// sees a broker restart: every connection dropped, new ones refused for a
+/// while, then accepted again (new sessions).
+struct Proxy {
+    addr: SocketAddr,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    upstream: SocketAddr,
+    /// Connections accepted, ever.
+    accepted: Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl Proxy {
+    async fn start(upstream: SocketAddr) -> Arc<Proxy> {
+        let addr = free_addr();
+        let proxy = Arc::new(Proxy {
+            addr,
+            task: Mutex::new(None),
+            upstream,
+            accepted: Arc::default(),
+        });
+        proxy.listen().await;
+        proxy
+    }
+
+    /// Accepts on `addr`; the task owns every forwarded connection.
+    async fn listen(&self) {
+        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        let upstream = self.upstream;
+        let accepted = self.accepted.clone();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    next = listener.accept() => {
+                        let Ok((mut client, _)) = next else { return };
+                        accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        conns.spawn(async move {
+                            if let Ok(mut broker) = tokio::net::TcpStream::connect(upstream).await {
+                                let _ = tokio::io::copy_bidirectional(&mut client, &mut broker).await;
+                            }
+                        });
+                    }
+                    Some(_) = conns.join_next() => {}
+                }
+            }
+        });
+        *self.task.lock().unwrap() = Some(task);
+    }
+
+    /// Drops every connection, refuses new ones for `down`, then accepts again.
+    async fn restart(&self, down: Duration) {
+        if let Some(task) = self.task.lock().unwrap().take() {
+            task.abort(); // the JoinSet aborts every connection with it
+        }
+        tokio::time::sleep(down).await;
+        self.listen().await;
+    }
+}
+
+/// The `id` of every event a subscriber received (MQTT 5: the payload is the event).
+fn received_ids(inbox: &Inbox) -> Vec<String> {
+    inbox
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|(_, payload, _)| {
+            let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
+            Some(v["id"].as_str()?.to_string())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_mid_stream_loses_nothing_and_repeats_only_unacknowledged_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = open_outbox(dir.path());
+    let broker = free_addr();
+    start_broker(broker, Listener::V5);
+    wait_for_port(broker).await;
+    let proxy = Proxy::start(broker).await;
+    let inbox = subscribe(broker, "rppg/#").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let dest = MqttDestination {
+        max_in_flight: 64,
+        ..destination("restart", proxy.addr, MqttProtocol::V5)
+    };
+    let delivery = start_delivery(&outbox, &[dest]);
+    // Events keep arriving while the broker goes away twice.
+    let total = 1500u64;
+    let writer = {
+        let outbox = outbox.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut all = Vec::new();
+            for _ in 0..15 {
+                all.extend(append(&outbox, &["restart"], total / 15));
+                std::thread::sleep(Duration::from_millis(40));
+            }
+            all
+        })
+    };
+    for at in [total / 3, 2 * total / 3] {
+        wait_delivered(&outbox, "restart", at, Duration::from_secs(60)).await;
+        proxy.restart(Duration::from_millis(800)).await;
+    }
+    let sent = writer.await.unwrap();
+    wait_delivered(&outbox, "restart", total, Duration::from_secs(60)).await;
+    let lane = delivery.lanes()[0].stats.clone();
+    delivery.stop().await;
+    let stats = outbox.stats("restart", u64::MAX).unwrap();
+    assert_eq!((stats.pending, stats.dead, stats.delivered), (0, 0, total));
+    // A dropped connection is offline, not failure: no attempts were spent.
+    assert_eq!(lane.retried.load(std::sync::atomic::Ordering::Relaxed), 0);
+    // Every event reached the subscriber; repeats carry the same id.
+    let start = Instant::now();
+    loop {
+        let got: std::collections::HashSet<String> = received_ids(&inbox).into_iter().collect();
+        if sent.iter().all(|(_, id, _)| got.contains(id)) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{} of {total} ids reached the subscriber",
+            got.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ids = received_ids(&inbox);
+    let unique: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len() as u64, total, "only our ids");
+    let connections = proxy.accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        connections >= 3,
+        "the lane reconnected after each restart: {connections}"
+    );
+    eprintln!(
+        "broker restarts: {total} events, {connections} connections, {} repeated deliveries",
+        ids.len() as u64 - total
+    );
+    // Repeats are bounded by what was in flight when the broker went away.
+    assert!(
+        ids.len() as u64 <= total + 2 * 64 + 64,
+        "{} messages for {total} events",
+        ids.len()
+    );
+}
+
+/// A broker that accepts MQTT 5 connections, answers pings, and swallows
+/// every PUBLISH without a PUBACK. Counts connections and publishes.
+async fn start_silent_broker() -> (SocketAddr, Arc<Mutex<(u32, u32)>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let counts: Arc<Mutex<(u32, u32)>> = Arc::default();
+    let seen = counts.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            seen.lock().unwrap().0 += 1;
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                loop {
+                    // Fixed header: type byte, then the variable-length remaining length.
+                    let Ok(kind) = socket.read_u8().await else {
+                        return;
+                    };
+                    let (mut len, mut shift) = (0usize, 0);
+                    loop {
+                        let Ok(b) = socket.read_u8().await else {
+                            return;
+                        };
+                        len |= ((b & 0x7f) as usize) << shift;
+                        shift += 7;
+                        if b & 0x80 == 0 || shift > 21 {
+                            break;
+                        }
+                    }
+                    let mut body = vec![0u8; len];
+                    if socket.read_exact(&mut body).await.is_err() {
+                        return;
+                    }
+                    let reply: &[u8] = match kind >> 4 {
+                        1 => &[0x20, 0x03, 0x00, 0x00, 0x00], // CONNECT -> CONNACK, success
+                        12 => &[0xd0, 0x00],                  // PINGREQ -> PINGRESP
+                        3 => {
+                            seen.lock().unwrap().1 += 1; // PUBLISH -> nothing, ever
+                            &[]
+                        }
+                        14 => return, // DISCONNECT
+                        _ => &[],
+                    };
+                    if socket.write_all(reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, counts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_never_sends_puback_costs_attempts_and_dead_letters_with_that_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = open_outbox(dir.path());
+    let (addr, counts) = start_silent_broker().await;
+    let sent = append(&outbox, &["silent"], 2);
+    let dest = MqttDestination {
+        ack_timeout: Duration::from_millis(300),
+        policy: RetryPolicy {
+            schedule: vec![
+                Duration::ZERO,
+                Duration::from_millis(50),
+                Duration::from_millis(50),
+            ],
+            jitter: 0.0,
+            ..RetryPolicy::default()
+        },
+        ..destination("silent", addr, MqttProtocol::V5)
+    };
+    let delivery = start_delivery(&outbox, &[dest]);
+    let start = Instant::now();
+    while outbox.stats("silent", u64::MAX).unwrap().dead < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{:?}",
+            outbox.stats("silent", u64::MAX).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    delivery.stop().await;
+    let stats = outbox.stats("silent", u64::MAX).unwrap();
+    assert_eq!((stats.pending, stats.dead, stats.delivered), (0, 2, 0));
+    let dead = outbox.dead_letters(Some("silent")).unwrap();
+    let mut dead_ids: Vec<&String> = dead.iter().map(|(_, _, m, _)| &m.event_id).collect();
+    dead_ids.sort();
+    let mut sent_ids: Vec<&String> = sent.iter().map(|(_, id, _)| id).collect();
+    sent_ids.sort();
+    assert_eq!(dead_ids, sent_ids, "both events kept, as dead letters");
+    for (_, _, _, d) in &dead {
+        assert_eq!(
+            d.reason,
+            "gave up after 3 attempts; last: no PUBACK within 0.3 s"
+        );
+        let results: Vec<&str> = d.history.iter().map(|a| a.result.as_str()).collect();
+        assert_eq!(results, vec!["no PUBACK within 0.3 s"; 3]);
+    }
+    let (connections, publishes) = *counts.lock().unwrap();
+    assert!(
+        publishes >= 6,
+        "each event was published 3 times: {publishes}"
+    );
+    assert!(
+        connections >= 3,
+        "the lane reconnected after each timeout: {connections}"
+    );
+}
