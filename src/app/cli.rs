@@ -127,6 +127,35 @@ pub enum Command {
         #[arg(long, env = "RPPG_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Send test events through the outbox to every destination (checks receivers end to end).
+    ///
+    /// Each TEST_EVENT is made durable in the outbox, then delivered and
+    /// signed like any event. Destinations with an `events` filter get it only
+    /// if the filter lists TEST_EVENT; FHIR destinations never do. Prints one
+    /// JSON line per event once it is stored ({"id":...,"index":...}), then
+    /// one line per destination on stderr. Events not delivered within
+    /// --timeout stay in the outbox for `sync` or a running agent.
+    /// Exit codes: 0 every lane is empty, 3 events are still pending,
+    /// 2 configuration problems, 1 storage errors (e.g. the outbox is full).
+    ///
+    /// Examples:
+    ///   rppg-agent send-test --config agent.toml            # one event
+    ///   rppg-agent send-test --count 10000 --rate 0 --timeout 120   # a load test
+    #[command(verbatim_doc_comment)]
+    SendTest {
+        /// How many test events.
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+        /// Events per second; 0 stores them as fast as the disk allows.
+        #[arg(long, default_value_t = 10.0, value_name = "PER_SECOND")]
+        rate: f64,
+        /// After the last event, wait this many seconds for delivery.
+        #[arg(long = "timeout", default_value_t = 30.0, value_name = "SECONDS")]
+        timeout_s: f64,
+        /// Configuration file (see `rppg-agent config default`).
+        #[arg(long, env = "RPPG_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Inspect the outbox, replay dead letters, purge old records.
     Outbox {
         #[command(subcommand)]

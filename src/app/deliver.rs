@@ -344,6 +344,97 @@ pub fn sync(config: &Config, timeout: Duration) -> Result<i32, AppError> {
     })
 }
 
+/// `send-test`: stores `count` TEST_EVENTs at `rate` per second (0: no
+/// pacing) while the lanes deliver, printing each one's id once it is
+/// durable; then drains for `timeout`. 0 when every lane is empty.
+pub fn send_test(
+    config: &Config,
+    count: u64,
+    rate: f64,
+    timeout: Duration,
+) -> Result<i32, AppError> {
+    use crate::events::{ulid, Event, EventKind, Stamper};
+    use std::io::Write;
+    if !config.has_destinations() {
+        return Err(AppError::Usage(
+            "no destinations are configured: add a [[webhook]] or [[mqtt]] table (see `rppg-agent config default`)".into(),
+        ));
+    }
+    warn_insecure(config);
+    // Lanes report going offline and coming back on stderr, as under `run`.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false)
+        .try_init();
+    let outbox = open_outbox(config)?;
+    let rt = runtime()?;
+    let _guard = rt.enter();
+    let delivery = start(config, outbox.clone(), false)?;
+    let lanes: Vec<Lane> = delivery
+        .lanes()
+        .iter()
+        .filter(|l| l.wants(EventKind::TestEvent))
+        .cloned()
+        .collect();
+    if lanes.is_empty() {
+        rt.block_on(delivery.stop());
+        return Err(AppError::Usage(
+            "no destination receives TEST_EVENT: add it to a destination's `events` list, or remove the list (FHIR destinations receive completed scans only)".into(),
+        ));
+    }
+    let names: Vec<&str> = lanes.iter().map(|l| l.name.as_str()).collect();
+    let session = format!("ses_{}", ulid(unix_ms(), super::random_u128()));
+    let mut stamper = Stamper::new(super::device_id(config), session);
+    let started = Instant::now();
+    let mut stdout = std::io::stdout().lock();
+    let mut stored = Ok(());
+    for index in 1..=count {
+        if rate > 0.0 {
+            let due = started + Duration::from_secs_f64((index - 1) as f64 / rate);
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        }
+        let now = unix_ms();
+        let event = stamper.stamp(&Event::test(index, count), now, super::random_u128());
+        match outbox.append(&event, &names, now) {
+            Ok(outbox_id) => {
+                for l in &lanes {
+                    l.wake.notify_one();
+                }
+                writeln!(
+                    stdout,
+                    "{}",
+                    json!({"id": event.id, "index": index, "outbox_id": outbox_id})
+                )?;
+            }
+            Err(e) => {
+                stored = Err(e);
+                break;
+            }
+        }
+    }
+    drop(stdout);
+    let result = rt.block_on(async {
+        let stats = drain(&outbox, &lanes, timeout).await;
+        let failures = delivery.stop().await;
+        if let Some((name, e)) = failures.into_iter().next() {
+            return Err(AppError::Lane { name, source: e });
+        }
+        stats
+    });
+    outbox.flush()?;
+    stored?;
+    let stats = result?;
+    for line in summary(&stats, &lanes) {
+        eprintln!("{line}");
+    }
+    Ok(if stats.iter().all(|(_, s)| s.pending == 0) {
+        0
+    } else {
+        3
+    })
+}
+
 /// A small multi-threaded runtime for the delivery lanes.
 pub fn runtime() -> Result<tokio::runtime::Runtime, AppError> {
     Ok(tokio::runtime::Builder::new_multi_thread()

@@ -204,6 +204,33 @@ pub fn run(cli: Cli) -> Result<i32, AppError> {
             let config = load_config(config.as_deref())?;
             deliver::sync(&config, std::time::Duration::from_secs_f64(timeout_s))
         }
+        Command::SendTest {
+            count,
+            rate,
+            timeout_s,
+            config,
+        } => {
+            if count == 0 {
+                return Err(AppError::Usage("--count must be at least 1".into()));
+            }
+            if !(rate.is_finite() && rate >= 0.0) {
+                return Err(AppError::Usage(format!(
+                    "--rate {rate} must be events per second >= 0 (0: as fast as possible)"
+                )));
+            }
+            if !(timeout_s.is_finite() && timeout_s >= 0.0) {
+                return Err(AppError::Usage(format!(
+                    "--timeout {timeout_s} must be a number of seconds >= 0"
+                )));
+            }
+            let config = load_config(config.as_deref())?;
+            deliver::send_test(
+                &config,
+                count,
+                rate,
+                std::time::Duration::from_secs_f64(timeout_s),
+            )
+        }
         Command::Outbox { action, config } => {
             let config = load_config(config.as_deref())?;
             deliver::outbox_command(&config, action)

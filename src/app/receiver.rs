@@ -48,6 +48,24 @@ struct State {
     verifier: Option<(Scheme, Vec<Secret>)>,
     script: Mutex<Script>,
     received: Mutex<Vec<Received>>,
+    /// Requests being handled right now (read, not yet answered).
+    in_progress: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a request as in progress until it is answered or abandoned.
+struct InProgress<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> InProgress<'a> {
+    fn enter(n: &'a std::sync::atomic::AtomicUsize) -> Self {
+        n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        InProgress(n)
+    }
+}
+
+impl Drop for InProgress<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// A running receiver; stops when dropped.
@@ -91,6 +109,7 @@ async fn handle(
     state: Arc<State>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    let _busy = InProgress::enter(&state.in_progress);
     let headers: Vec<(String, String)> = req
         .headers()
         .iter()
@@ -178,6 +197,7 @@ impl Receiver {
             verifier,
             script: Mutex::new(script),
             received: Mutex::new(Vec::new()),
+            in_progress: Default::default(),
         });
         let st = state.clone();
         let task = tokio::spawn(async move {
@@ -204,6 +224,13 @@ impl Receiver {
     /// Everything received so far, in order of receipt.
     pub fn received(&self) -> Vec<Received> {
         self.state.received.lock().expect("received lock").clone()
+    }
+
+    /// Requests being handled right now (read, not yet answered).
+    pub fn in_progress(&self) -> usize {
+        self.state
+            .in_progress
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Replaces the script.

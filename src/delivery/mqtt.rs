@@ -428,6 +428,47 @@ impl Publisher {
     }
 }
 
+/// The event loop, polled in a task of its own. rumqttc's `poll` is not
+/// cancel-safe: dropping it mid-handshake starts the connection over. The
+/// lane's select loop drops whatever branch did not win on every wake and
+/// tick, so polling there directly meant that a steady stream of new events
+/// (one per connect round trip, e.g. 2,000/s on loopback, or the 100 ms tick
+/// against a slow TLS handshake) kept the lane from ever connecting. A
+/// channel's `recv` is cancel-safe.
+struct Pump {
+    polled: tokio::sync::mpsc::Receiver<Result<Polled, String>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Pump {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Pump {
+    fn start(mut events: Events) -> Pump {
+        let (tx, polled) = tokio::sync::mpsc::channel(256);
+        let task = tokio::spawn(async move {
+            loop {
+                let next = events.poll().await;
+                let ended = next.is_err();
+                if tx.send(next).await.is_err() || ended {
+                    return;
+                }
+            }
+        });
+        Pump { polled, task }
+    }
+
+    async fn next(&mut self) -> Result<Polled, String> {
+        self.polled
+            .recv()
+            .await
+            .unwrap_or_else(|| Err("the MQTT event loop ended".into()))
+    }
+}
+
 /// One connection: publish due events, match PUBACKs, until it ends.
 ///
 /// The window: up to `max_in_flight` publishes await their PUBACK. It is
@@ -439,8 +480,9 @@ async fn connection(
     dest: &Arc<MqttDestination>,
     ctx: &mut MqttLaneContext,
     publisher: Publisher,
-    mut events: Events,
+    events: Events,
 ) -> Result<Ended, OutboxError> {
+    let mut pump = Pump::start(events);
     let mut connected = false;
     // Outbox ids in the order their publishes were requested (None: presence).
     let mut requested: VecDeque<Option<u64>> = VecDeque::new();
@@ -457,7 +499,7 @@ async fn connection(
         let mut ticked = false;
         tokio::select! {
             _ = ctx.stop.changed() => break Ended::Stop,
-            polled = events.poll() => match polled {
+            polled = pump.next() => match polled {
                 Ok(Polled::Connected) => {
                     connected = true;
                     ctx.stats.offline.store(false, Ordering::Relaxed);
@@ -564,7 +606,12 @@ async fn connection(
     let written = acks.finish(&ctx.outbox, &dest.name, now).await?;
     ctx.stats.record_delivered(&written, now);
     if matches!(ended, Ended::Stop | Ended::AckTimeout) {
+        // Let the event loop send the DISCONNECT (bounded: the broker may be gone).
         publisher.disconnect().await;
+        let _ = tokio::time::timeout(Duration::from_millis(200), async {
+            while pump.next().await.is_ok() {}
+        })
+        .await;
     }
     Ok(ended)
 }

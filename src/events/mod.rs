@@ -52,10 +52,12 @@ pub enum EventKind {
     GeneralError,
     /// The camera exists but the agent may not open it (WMS-style event of its own).
     CameraPermissionDenied,
+    /// Sent on request (`rppg-agent send-test`) to check destinations end to end.
+    TestEvent,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 11] = [
+    pub const ALL: [EventKind; 12] = [
         EventKind::CameraStarted,
         EventKind::MeasurementCreated,
         EventKind::MeasurementStarted,
@@ -67,6 +69,7 @@ impl EventKind {
         EventKind::ScanCompleted,
         EventKind::GeneralError,
         EventKind::CameraPermissionDenied,
+        EventKind::TestEvent,
     ];
 
     /// The wire name (`CAMERA_STARTED`, ...).
@@ -83,6 +86,7 @@ impl EventKind {
             EventKind::ScanCompleted => "SCAN_COMPLETED",
             EventKind::GeneralError => "GENERAL_ERROR",
             EventKind::CameraPermissionDenied => "CAMERA_PERMISSION_DENIED",
+            EventKind::TestEvent => "TEST_EVENT",
         }
     }
 
@@ -150,6 +154,18 @@ impl Event {
             e.kind = EventKind::CameraPermissionDenied;
         }
         e
+    }
+
+    /// TEST_EVENT number `index` (from 1) of `count` (`rppg-agent send-test`).
+    pub fn test(index: u64, count: u64) -> Event {
+        Event {
+            kind: EventKind::TestEvent,
+            payload: json!({
+                "index": index,
+                "count": count,
+                "message": "a test event from rppg-agent send-test; no measurement",
+            }),
+        }
     }
 
     /// GENERAL_ERROR with a WMS-style `details` code (e.g. `CAMERA_START_ERROR`).

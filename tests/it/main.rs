@@ -8,4 +8,5 @@ mod faults;
 mod fuzz;
 mod lifecycle;
 mod mqtt;
+mod soak;
 mod util;

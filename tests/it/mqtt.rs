@@ -17,14 +17,14 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+pub(crate) const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 
-fn key() -> Secret {
+pub(crate) fn key() -> Secret {
     parse_secret(Scheme::Standard, SECRET).unwrap()
 }
 
 /// How the in-process broker listens.
-enum Listener {
+pub(crate) enum Listener {
     V5,
     V311,
     /// MQTT 5 over TLS that requires a client certificate signed by the CA.
@@ -34,7 +34,7 @@ enum Listener {
 /// PEM files of a test PKI: a CA, the broker's certificate for 127.0.0.1,
 /// and a client certificate, all signed by the CA.
 #[derive(Clone)]
-struct TlsFiles {
+pub(crate) struct TlsFiles {
     ca: std::path::PathBuf,
     server_cert: std::path::PathBuf,
     server_key: std::path::PathBuf,
@@ -78,7 +78,7 @@ fn make_pki(dir: &std::path::Path, tag: &str) -> TlsFiles {
 }
 
 /// Starts rumqttd on `addr` in a background thread; it lives until the test process ends.
-fn start_broker(addr: SocketAddr, listener: Listener) {
+pub(crate) fn start_broker(addr: SocketAddr, listener: Listener) {
     use rumqttd::{Config, ConnectionSettings, RouterConfig, ServerSettings, TlsConfig};
     let tls = match &listener {
         Listener::MutualTls(files) => Some(TlsConfig::Rustls {
@@ -134,7 +134,7 @@ fn start_broker(addr: SocketAddr, listener: Listener) {
 }
 
 /// Waits (bounded) until the broker accepts TCP connections.
-async fn wait_for_port(addr: SocketAddr) {
+pub(crate) async fn wait_for_port(addr: SocketAddr) {
     let start = Instant::now();
     while std::net::TcpStream::connect(addr).is_err() {
         assert!(
@@ -214,9 +214,9 @@ async fn wait_delivered(outbox: &Outbox, lane: &str, n: u64, limit: Duration) {
 }
 
 /// Messages a subscriber received: topic -> (payload, user properties).
-type Inbox = Arc<Mutex<Vec<(String, Vec<u8>, Vec<(String, String)>)>>>;
+pub(crate) type Inbox = Arc<Mutex<Vec<(String, Vec<u8>, Vec<(String, String)>)>>>;
 
-async fn subscribe(addr: SocketAddr, filter: &str) -> Inbox {
+pub(crate) async fn subscribe(addr: SocketAddr, filter: &str) -> Inbox {
     let inbox: Inbox = Arc::default();
     let mut opts = MqttOptions::new("test-subscriber", addr.ip().to_string(), addr.port());
     opts.set_keep_alive(Duration::from_secs(5));
@@ -623,7 +623,7 @@ impl Proxy {
 }
 
 /// The `id` of every event a subscriber received (MQTT 5: the payload is the event).
-fn received_ids(inbox: &Inbox) -> Vec<String> {
+pub(crate) fn received_ids(inbox: &Inbox) -> Vec<String> {
     inbox
         .lock()
         .unwrap()
@@ -817,4 +817,37 @@ async fn a_broker_that_never_sends_puback_costs_attempts_and_dead_letters_with_t
         connections >= 3,
         "the lane reconnected after each timeout: {connections}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steady_stream_of_new_events_does_not_keep_the_lane_from_connecting() {
+    // Found by the SIGKILL soak: each new event wakes the lane, and the lane
+    // used to poll rumqttc's event loop inside its select, which dropped the
+    // half-done connection handshake on every wake. At 2,000 events/s the
+    // lane never connected until the stream stopped.
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = open_outbox(dir.path());
+    let addr = free_addr();
+    start_broker(addr, Listener::V5);
+    wait_for_port(addr).await;
+    let delivery = start_delivery(&outbox, &[destination("stream", addr, MqttProtocol::V5)]);
+    let lane = delivery.lanes()[0].clone();
+    let writer = {
+        let outbox = outbox.clone();
+        tokio::task::spawn_blocking(move || {
+            for _ in 0..1500 {
+                append(&outbox, &["stream"], 1);
+                lane.wake.notify_one();
+                std::thread::sleep(Duration::from_micros(500));
+            }
+            outbox.stats("stream", u64::MAX).unwrap().delivered
+        })
+    };
+    let delivered_while_writing = writer.await.unwrap();
+    assert!(
+        delivered_while_writing > 500,
+        "only {delivered_while_writing} of 1500 delivered while events kept arriving"
+    );
+    wait_delivered(&outbox, "stream", 1500, Duration::from_secs(30)).await;
+    delivery.stop().await;
 }
