@@ -55,8 +55,6 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 /// Scans whose state `GET /v1/scans/{id}` can still answer.
 const KEEP_SCANS: usize = 64;
-/// Size of a scan's event lifecycle, to check the outbox has room first.
-const SCAN_EVENT_BYTES: u64 = 64 * 1024;
 
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
@@ -169,7 +167,17 @@ impl Shared {
         if let Some(r) = &st.current {
             return Err(StartError::Busy { id: r.id.clone() });
         }
-        if !self.outbox.has_room_for(SCAN_EVENT_BYTES) {
+        if !self.outbox.has_room_for(super::SCAN_LIFECYCLE_BYTES) {
+            let full = crate::outbox::OutboxError::Full {
+                used: self.outbox.stored_bytes(),
+                max: self.config.outbox.max_bytes,
+                kind: "a new scan",
+            };
+            tracing::warn!(error = %full, "scan refused");
+            // The kiosk screen learns why over SSE; the event cannot be stored.
+            let _ = self
+                .events
+                .send(Arc::new(super::outbox_full_event(&self.config, &full)));
             return Err(StartError::OutboxFull);
         }
         let id = format!("scn_{}", ulid(unix_ms(), super::random_u128()));

@@ -506,8 +506,22 @@ impl ProgressLine {
     }
 }
 
-/// Room a scan's events need in the outbox (about 40 events of < 1 KiB).
-const SCAN_EVENT_BYTES: u64 = 64 * 1024;
+/// GENERAL_ERROR `OUTBOX_FULL`, for a scan refused because its events could
+/// not be stored; it goes to the event streams that need no storage
+/// (standard output, `--events`, the daemon's SSE), never to the outbox.
+pub fn outbox_full_event(config: &Config, why: &crate::outbox::OutboxError) -> StampedEvent {
+    let session = format!("ses_{}", crate::events::ulid(unix_ms(), random_u128()));
+    crate::events::Stamper::new(device_id(config), session).stamp(
+        &crate::events::Event::general_error("OUTBOX_FULL", &why.to_string()),
+        unix_ms(),
+        random_u128(),
+    )
+}
+
+/// Room a scan's lifecycle events need in the outbox before it starts:
+/// fewer than ten events of under 1 KiB each, with margin. Its
+/// intermediate results need none: the cap sheds older ones, or them.
+pub const SCAN_LIFECYCLE_BYTES: u64 = 16 * 1024;
 
 fn scan_command(a: cli::ScanArgs) -> Result<i32, AppError> {
     let mut config = load_config(a.config.as_deref())?;
@@ -545,12 +559,21 @@ fn scan_command(a: cli::ScanArgs) -> Result<i32, AppError> {
             deliver::warn_insecure(&config);
         }
         let outbox = deliver::open_outbox(&config)?;
-        if !outbox.has_room_for(SCAN_EVENT_BYTES) {
-            return Err(AppError::Outbox(crate::outbox::OutboxError::Full {
+        if !outbox.has_room_for(SCAN_LIFECYCLE_BYTES) {
+            let full = crate::outbox::OutboxError::Full {
                 used: outbox.stored_bytes(),
                 max: config.outbox.max_bytes,
                 kind: "a new scan",
-            }));
+            };
+            // Refused before it starts; the event stream says why (it cannot be stored).
+            let event = outbox_full_event(&config, &full);
+            if !a.json && !a.fhir {
+                sinks::StdoutJsonl.accept(&event)?;
+            }
+            if let Some(f) = file_sink.as_mut() {
+                f.accept(&event)?;
+            }
+            return Err(AppError::Outbox(full));
         }
         let delivery = deliver::start(&config, outbox.clone(), false)?;
         (Some(outbox), Some(delivery))

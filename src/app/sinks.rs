@@ -5,7 +5,8 @@
 //! flushed before `accept` returns, so a crash loses at most the event being
 //! written; files are opened for append (an existing log is never truncated).
 //! The outbox sink returns only when the event is durable, then wakes the
-//! lanes that want it.
+//! lanes that want it; an intermediate result the full outbox has no room
+//! for is shed (counted) instead of ending the scan.
 
 use crate::delivery::Lane;
 use crate::events::{EventSink, SinkError, StampedEvent};
@@ -71,13 +72,22 @@ impl EventSink for OutboxSink {
             return Ok(());
         }
         let names: Vec<&str> = wanted.iter().map(|l| l.name.as_str()).collect();
-        self.outbox
-            .append(event, &names, super::unix_ms())
-            .map_err(|e| SinkError {
-                sink: format!("outbox {}", self.outbox.path().display()),
-                event_id: event.id.clone(),
-                source: Box::new(e),
-            })?;
+        let sink_error = |e: crate::outbox::OutboxError| SinkError {
+            sink: format!("outbox {}", self.outbox.path().display()),
+            event_id: event.id.clone(),
+            source: Box::new(e),
+        };
+        match self.outbox.append(event, &names, super::unix_ms()) {
+            Ok(_) => {}
+            // No room even after shedding older ones: this intermediate
+            // result is shed itself (counted); the scan goes on.
+            Err(crate::outbox::OutboxError::Full { .. })
+                if event.kind == crate::events::EventKind::IntermediateResults =>
+            {
+                return self.outbox.count_shed().map_err(sink_error);
+            }
+            Err(e) => return Err(sink_error(e)),
+        }
         for l in wanted {
             l.wake.notify_one();
         }

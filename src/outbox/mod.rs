@@ -324,6 +324,11 @@ fn decode_high_water(bytes: &[u8]) -> Result<u64, String> {
     Ok(id)
 }
 
+/// Whether a stored event value is an INTERMEDIATE_RESULTS (sheddable).
+fn is_sheddable(value: &[u8]) -> bool {
+    decode_meta(0, value).is_ok_and(|(m, _)| m.kind == EventKind::IntermediateResults.name())
+}
+
 /// Group commit: one flush covers every write made before it started.
 #[derive(Debug, Default)]
 struct GroupCommit {
@@ -350,6 +355,8 @@ pub struct Outbox {
     meta: sled::Tree,
     commit: GroupCommit,
     stored_bytes: AtomicU64,
+    /// Bytes of stored INTERMEDIATE_RESULTS: room the cap can make by shedding.
+    sheddable_bytes: AtomicU64,
     cfg: OutboxConfig,
     /// Group commit of appends.
     appends: Mutex<AppendQueue>,
@@ -430,16 +437,15 @@ impl Outbox {
             path,
             commit: GroupCommit::default(),
             stored_bytes: AtomicU64::new(0),
+            sheddable_bytes: AtomicU64::new(0),
             appends: Mutex::new(AppendQueue::default()),
             appended: Condvar::new(),
             cfg,
         };
-        let mut total = 0u64;
         for item in outbox.events.iter() {
             let (_, v) = item.map_err(|e| outbox.storage("reading events", e))?;
-            total += v.len() as u64;
+            outbox.count_bytes(is_sheddable(&v), v.len() as u64, true);
         }
-        outbox.stored_bytes.store(total, Ordering::SeqCst);
         Ok(outbox)
     }
 
@@ -629,7 +635,7 @@ impl Outbox {
             });
             match id {
                 Ok(id) => {
-                    self.stored_bytes.fetch_add(req.size, Ordering::SeqCst);
+                    self.count_bytes(req.kind == EventKind::IntermediateResults, req.size, true);
                     accepted.push((req, id));
                 }
                 Err(e) => results.push((req.ticket, Err(e))),
@@ -665,7 +671,7 @@ impl Outbox {
             match &written {
                 Ok(()) => results.push((req.ticket, Ok(id))),
                 Err(message) => {
-                    self.stored_bytes.fetch_sub(req.size, Ordering::SeqCst);
+                    self.count_bytes(req.kind == EventKind::IntermediateResults, req.size, false);
                     results.push((
                         req.ticket,
                         Err(OutboxError::Write {
@@ -702,8 +708,7 @@ impl Outbox {
             self.events
                 .remove(&k)
                 .map_err(|e| self.storage("shedding", e))?;
-            self.stored_bytes
-                .fetch_sub(v.len() as u64, Ordering::SeqCst);
+            self.count_bytes(true, v.len() as u64, false);
             shed += 1;
         }
         if shed > 0 {
@@ -750,9 +755,40 @@ impl Outbox {
         self.stored_bytes.load(Ordering::SeqCst)
     }
 
-    /// Whether a whole scan's lifecycle events (about `bytes`) would fit.
+    /// Whether a whole scan's lifecycle events (about `bytes`) would fit,
+    /// counting the intermediate results the cap may shed as room.
     pub fn has_room_for(&self, bytes: u64) -> bool {
-        self.stored_bytes() + bytes <= self.cfg.max_bytes
+        let kept = self.stored_bytes()
+            - self
+                .sheddable_bytes
+                .load(Ordering::SeqCst)
+                .min(self.stored_bytes());
+        kept + bytes <= self.cfg.max_bytes
+    }
+
+    /// Counts `len` stored (`added`) or removed bytes, and whether they can be shed.
+    fn count_bytes(&self, sheddable: bool, len: u64, added: bool) {
+        let counters = [
+            Some(&self.stored_bytes),
+            sheddable.then_some(&self.sheddable_bytes),
+        ];
+        for c in counters.into_iter().flatten() {
+            if added {
+                c.fetch_add(len, Ordering::SeqCst);
+            } else {
+                c.fetch_sub(len, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Counts an intermediate result that was dropped instead of stored
+    /// because the cap left no room for it (see [`OutboxError::Full`]).
+    pub fn count_shed(&self) -> Result<(), OutboxError> {
+        let before = self.shed_count()?;
+        self.meta
+            .insert("shed", &(before + 1).to_be_bytes())
+            .map_err(|e| self.storage("counting shed events", e))?;
+        Ok(())
     }
 
     fn event(&self, id: u64) -> Result<(EventMeta, Vec<u8>), OutboxError> {
@@ -866,7 +902,8 @@ impl Outbox {
             .map_err(|e| self.storage("removing an event", e))?
             .is_some()
         {
-            self.stored_bytes.fetch_sub(stored_len, Ordering::SeqCst);
+            let sheddable = meta.kind == EventKind::IntermediateResults.name();
+            self.count_bytes(sheddable, stored_len, false);
         }
         Ok(())
     }
@@ -1252,8 +1289,7 @@ impl Outbox {
         self.commit()?;
         self.record_high_water(highest);
         for event in &batch {
-            self.stored_bytes
-                .fetch_add(event.value.len() as u64, Ordering::SeqCst);
+            self.count_bytes(is_sheddable(&event.value), event.value.len() as u64, true);
             report.events += 1;
             report.pending += event.lanes.iter().filter(|l| l.1.is_some()).count() as u64;
             report.dead += event.lanes.iter().filter(|l| l.2.is_some()).count() as u64;
@@ -1510,6 +1546,39 @@ mod tests {
         assert!(matches!(err, OutboxError::Full { .. }), "{err}");
         assert!(err.to_string().contains("outbox.max_bytes"));
         assert!(ob.stored_bytes() <= 4 * one + one / 2);
+    }
+
+    #[test]
+    fn room_for_a_scan_counts_intermediate_results_as_sheddable_across_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = Stamper::new("d", "s");
+        let cap = 100_000;
+        {
+            let ob = open(dir.path(), cap);
+            for n in 0..2 {
+                ob.append(
+                    &event(&mut st, EventKind::IntermediateResults, n),
+                    &["a"],
+                    0,
+                )
+                .unwrap();
+            }
+        }
+        let ob = open(dir.path(), cap);
+        // Only intermediate results stored: all of it can be shed to make room.
+        assert!(ob.stored_bytes() > 0);
+        assert!(ob.has_room_for(cap) && !ob.has_room_for(cap + 1));
+        // A lifecycle event is never sheddable.
+        let before = ob.stored_bytes();
+        ob.append(&event(&mut st, EventKind::ScanCompleted, 2), &["a"], 0)
+            .unwrap();
+        let kept = ob.stored_bytes() - before;
+        assert!(ob.has_room_for(cap - kept) && !ob.has_room_for(cap - kept + 1));
+        // An ack removes an intermediate result; the room stays what it was.
+        let first = ob.due("a", 0, 1).unwrap()[0].outbox_id;
+        ob.ack("a", first, 0, "HTTP 200", 1).unwrap();
+        assert!(ob.stored_bytes() < before + kept);
+        assert!(ob.has_room_for(cap - kept) && !ob.has_room_for(cap - kept + 1));
     }
 
     #[test]

@@ -8,5 +8,6 @@ mod faults;
 mod fuzz;
 mod lifecycle;
 mod mqtt;
+mod resources;
 mod soak;
 mod util;
