@@ -582,6 +582,20 @@ fn retry_policy(schedule_s: &[f64], jitter: f64, max_age_s: f64) -> RetryPolicy 
     }
 }
 
+/// The key and text of a destination table that does not deserialise:
+/// "missing field `url`" at the table becomes key `url`, "is required".
+fn entry_error(path: String, message: String) -> (String, String) {
+    let message = message.trim().to_string();
+    if let Some(field) = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.strip_suffix('`'))
+    {
+        return (field.to_string(), "is required but missing".into());
+    }
+    let key = if path == "." { "(table)".into() } else { path };
+    (key, message)
+}
+
 /// Parses and validates each `[[webhook]]` entry, collecting every problem.
 fn webhook_destinations(
     entries: Vec<Value>,
@@ -602,10 +616,10 @@ fn webhook_destinations(
         let entry: WebhookEntry = match serde_path_to_error::deserialize(raw) {
             Ok(e) => e,
             Err(e) => {
-                let key = e.path().to_string();
+                let (key, text) = entry_error(e.path().to_string(), e.inner().to_string());
                 problem(
-                    if key == "." { "(table)" } else { &key },
-                    e.inner().to_string(),
+                    &key,
+                    text,
                     "see the [[webhook]] keys in `rppg-agent config default`",
                 );
                 continue;
@@ -796,11 +810,11 @@ fn mqtt_destinations(
         let entry: MqttEntry = match serde_path_to_error::deserialize(raw) {
             Ok(e) => e,
             Err(e) => {
-                let key = e.path().to_string();
+                let (key, text) = entry_error(e.path().to_string(), e.inner().to_string());
                 problems.push(Problem {
-                    key: at(if key == "." { "(table)" } else { &key }),
+                    key: at(&key),
                     origin: "configuration".into(),
-                    problem: e.inner().to_string(),
+                    problem: text,
                     fix: "see the [[mqtt]] keys in `rppg-agent config default`".into(),
                 });
                 continue;

@@ -193,6 +193,16 @@ pub fn inspect_outbox(config: &Config) -> Result<Arc<Outbox>, AppError> {
 fn open_outbox_as_is(config: &Config) -> Result<Arc<Outbox>, AppError> {
     let path = outbox_path(config);
     if let Some(parent) = path.parent() {
+        // create_dir_all would say "File exists" for a file in the way.
+        if let Some(file) = path.ancestors().find(|a| a.is_file()) {
+            return Err(AppError::OutboxDir {
+                path: path.display().to_string(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotADirectory,
+                    format!("{} is a file, not a directory", file.display()),
+                ),
+            });
+        }
         std::fs::create_dir_all(parent).map_err(|source| AppError::OutboxDir {
             path: parent.display().to_string(),
             source,

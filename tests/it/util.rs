@@ -21,9 +21,18 @@ pub struct Run {
 
 /// Runs the real binary with `args` (and optional stdin), killing it after `limit`.
 pub fn run_bin(args: &[&str], stdin: Option<Vec<u8>>, limit: Duration) -> Run {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rppg-agent"))
-        .args(args)
-        .env_remove("RPPG_CONFIG")
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rppg-agent"));
+    cmd.args(args).env_remove("RPPG_CONFIG");
+    run_command(cmd, stdin, limit)
+}
+
+/// Runs `cmd` (and optional stdin), killing it after `limit`.
+pub fn run_command(mut cmd: Command, stdin: Option<Vec<u8>>, limit: Duration) -> Run {
+    let args: Vec<String> = cmd
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let mut child = cmd
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
