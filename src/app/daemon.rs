@@ -544,35 +544,62 @@ fn sse(shared: &Arc<Shared>, stop: watch::Receiver<bool>) -> Response<Body> {
     r
 }
 
-/// Whether the request may be served: loopback peers, or the right token.
+/// Why a request is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// A token is configured and the request did not carry it.
+    NoToken,
+    /// No token is configured and the peer is not on loopback.
+    NotLoopback,
+}
+
+/// Who may use the API: with a token configured, whoever presents it
+/// (`Authorization: Bearer`, compared in constant time), from anywhere;
+/// without one, loopback peers only. Pure, so the rule is tested directly.
+fn admit(
+    token: Option<&str>,
+    peer: std::net::IpAddr,
+    authorization: Option<&str>,
+) -> Result<(), Refusal> {
+    match token {
+        Some(token) => {
+            let given = authorization
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            if ct_eq(given.as_bytes(), token.as_bytes()) {
+                Ok(())
+            } else {
+                Err(Refusal::NoToken)
+            }
+        }
+        None if peer.is_loopback() => Ok(()),
+        None => Err(Refusal::NotLoopback),
+    }
+}
+
+/// Whether the request may be served ([`admit`]), else the refusal to send.
 /// The refusal is boxed: it is the rare path.
 fn authorised(
     shared: &Shared,
     peer: SocketAddr,
     req: &Request<Incoming>,
 ) -> Result<(), Box<Response<Body>>> {
-    match &shared.token {
-        Some(token) => {
-            let given = req
-                .headers()
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .unwrap_or("");
-            if ct_eq(given.as_bytes(), token.as_bytes()) {
-                Ok(())
-            } else {
-                let mut r = error(
-                    StatusCode::UNAUTHORIZED,
-                    "send Authorization: Bearer <token> (api.token_env)",
-                );
-                r.headers_mut()
-                    .insert("www-authenticate", "Bearer".parse().expect("static"));
-                Err(Box::new(r))
-            }
+    let authorization = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok());
+    match admit(shared.token.as_deref(), peer.ip(), authorization) {
+        Ok(()) => Ok(()),
+        Err(Refusal::NoToken) => {
+            let mut r = error(
+                StatusCode::UNAUTHORIZED,
+                "send Authorization: Bearer <token> (api.token_env)",
+            );
+            r.headers_mut()
+                .insert("www-authenticate", "Bearer".parse().expect("static"));
+            Err(Box::new(r))
         }
-        None if peer.ip().is_loopback() => Ok(()),
-        None => Err(Box::new(error(
+        Err(Refusal::NotLoopback) => Err(Box::new(error(
             StatusCode::FORBIDDEN,
             "this API serves loopback clients only; set api.token_env to admit others",
         ))),
@@ -947,6 +974,36 @@ pub fn ends_scan(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn without_a_token_only_loopback_peers_are_admitted_and_with_one_only_its_bearers() {
+        let lan: std::net::IpAddr = "192.168.1.20".parse().unwrap();
+        let v6: std::net::IpAddr = "fe80::1".parse().unwrap();
+        for local in ["127.0.0.1", "::1"] {
+            assert_eq!(admit(None, local.parse().unwrap(), None), Ok(()));
+        }
+        assert_eq!(admit(None, lan, None), Err(Refusal::NotLoopback));
+        assert_eq!(
+            admit(None, v6, Some("Bearer anything")),
+            Err(Refusal::NotLoopback)
+        );
+        let token = Some("a-long-random-test-token-0123456789");
+        let bearer = Some("Bearer a-long-random-test-token-0123456789");
+        assert_eq!(admit(token, lan, bearer), Ok(()));
+        for wrong in [
+            None,
+            Some("a-long-random-test-token-0123456789"),
+            Some("Bearer a-long-random-test-token-012345678"),
+            Some("Bearer "),
+        ] {
+            assert_eq!(admit(token, lan, wrong), Err(Refusal::NoToken), "{wrong:?}");
+            // A configured token binds loopback peers too.
+            assert_eq!(
+                admit(token, "127.0.0.1".parse().unwrap(), wrong),
+                Err(Refusal::NoToken)
+            );
+        }
+    }
+
     use super::*;
 
     #[test]

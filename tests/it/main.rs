@@ -10,5 +10,6 @@ mod fuzz;
 mod lifecycle;
 mod mqtt;
 mod resources;
+mod security;
 mod soak;
 mod util;
