@@ -28,7 +28,7 @@ secrets = ["whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"]
 allow_insecure = true
 max_in_flight = 16
 TOML
-peak() { /usr/bin/time -f "%M" -o "$dir/rss" "$@" > "$dir/out" 2> "$dir/err" || true; awk '{printf "%.1f MiB", $1/1024}' "$dir/rss"; }
+peak() { /usr/bin/time -f "%M" -o "$dir/rss" "$@" > "$dir/out" 2> "$dir/err" || true; tail -1 "$dir/rss" | awk '{printf "%.1f MiB", $1/1024}'; }
 
 start=$(date +%s)
 echo "storing $events events with the destination down ..."

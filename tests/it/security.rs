@@ -138,7 +138,7 @@ async fn secrets_never_appear_in_output_logs_errors_debug_or_the_outbox() {
     let bad = dir.path().join("bad.toml");
     std::fs::write(
         &bad,
-        format!("[[webhook]]\nname = \"x\"\nurl = \"https://example.com/h\"\nsecrets = [\"whsec_LEAKCANARYhooksecret01!!\"]\n"),
+        "[[webhook]]\nname = \"x\"\nurl = \"https://example.com/h\"\nsecrets = [\"whsec_LEAKCANARYhooksecret01!!\"]\n",
     )
     .unwrap();
     bin(&mut runs, &["config", "check", bad.to_str().unwrap()]);
@@ -236,7 +236,7 @@ fn verify_refuses_a_replay_outside_the_tolerance_and_any_tampered_byte() {
         std::fs::write(&body_file, body).unwrap();
         let headers = sign(
             Scheme::Standard,
-            &[key.clone()],
+            std::slice::from_ref(&key),
             "evt_1",
             signed_ts,
             br#"{"event":"SCAN_COMPLETED","id":"evt_1"}"#,
