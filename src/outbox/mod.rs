@@ -1062,9 +1062,19 @@ impl Outbox {
         Ok(purged)
     }
 
-    /// Pending events of `dest` (keys only: cheap enough to poll).
+    /// Pending events of `dest` (keys only, but every one of them: with a
+    /// large backlog, poll [`Outbox::has_pending`] instead).
     pub fn pending_count(&self, dest: &str) -> u64 {
         self.pending.scan_prefix(lane_prefix(dest)).keys().count() as u64
+    }
+
+    /// Whether `dest` has any pending event (one key read).
+    pub fn has_pending(&self, dest: &str) -> bool {
+        self.pending
+            .scan_prefix(lane_prefix(dest))
+            .keys()
+            .next()
+            .is_some()
     }
 
     /// Counts for `dest` at `now_ms`.
