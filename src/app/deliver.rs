@@ -30,8 +30,9 @@ pub fn outbox_path(config: &Config) -> PathBuf {
 /// Outboxes up to this size are copied before sled opens them, so that if
 /// they turn out damaged the evidence is kept exactly as it was found: sled's
 /// recovery rewrites a damaged log tail while it opens. A healthy outbox
-/// drains to a few hundred KiB; copying 64 MiB costs well under a second.
-const EVIDENCE_COPY_MAX_BYTES: u64 = 64 << 20;
+/// drains to a few hundred KiB (about 15,000 pending events fit in 16 MiB),
+/// and copying 16 MiB costs about a second on a slow SD card.
+const EVIDENCE_COPY_MAX_BYTES: u64 = 16 << 20;
 
 /// Opens the outbox named by the config, creating its directory. A damaged
 /// database is moved aside (kept as evidence, never deleted), a fresh
@@ -113,7 +114,7 @@ pub fn open_outbox(config: &Config) -> Result<Arc<Outbox>, AppError> {
         if exact {
             ", exactly as found,"
         } else {
-            " (as the storage engine's recovery left it: it is over 64 MiB, too large to copy before every start)"
+            " (as the storage engine's recovery left it: it is over 16 MiB, too large to copy before every start)"
         },
     );
     Ok(outbox)
