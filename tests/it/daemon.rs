@@ -357,6 +357,41 @@ async fn with_a_token_every_request_needs_it_and_a_wrong_one_is_refused() {
     );
 }
 
+/// The real binary running `run --config cfg`: the child, the API address
+/// (from the "listening" log line), the log lines before it, and the rest of
+/// its log to read on.
+pub(crate) fn spawn_run(
+    cfg: &str,
+) -> (
+    std::process::Child,
+    String,
+    Vec<String>,
+    std::io::Lines<BufReader<std::process::ChildStderr>>,
+) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rppg-agent"))
+        .args(["run", "--config", cfg])
+        .env_remove("RPPG_CONFIG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let addr = loop {
+        let line = lines.next().expect("the daemon logs its address").unwrap();
+        if let Some(a) = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="))
+        {
+            break a.to_string();
+        }
+        seen.push(line);
+        assert!(seen.len() < 30, "no addr= in {seen:?}");
+    };
+    (child, addr, seen, lines)
+}
+
 #[test]
 fn sigterm_cancels_the_running_scan_stores_its_cancellation_and_exits_0() {
     let dir = tempfile::tempdir().unwrap();
@@ -372,28 +407,7 @@ fn sigterm_cancels_the_running_scan_stores_its_cancellation_and_exits_0() {
     )
     .unwrap();
     let cfg = cfg_path.to_str().unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rppg-agent"))
-        .args(["run", "--config", cfg])
-        .env_remove("RPPG_CONFIG")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The address is in the "listening" log line.
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut seen = Vec::new();
-    let addr = loop {
-        let line = lines.next().expect("the daemon logs its address").unwrap();
-        if let Some(a) = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("addr="))
-        {
-            break a.to_string();
-        }
-        seen.push(line);
-        assert!(seen.len() < 20, "no addr= in {seen:?}");
-    };
+    let (mut child, addr, seen, lines) = spawn_run(cfg);
     assert!(
         seen.iter()
             .any(|l| l.contains("WARN") && l.contains("unencrypted")),

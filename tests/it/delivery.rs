@@ -895,20 +895,23 @@ fn scan_fhir_prints_one_valid_bundle_and_a_cancelled_scan_prints_none() {
     );
 }
 
+/// A short scan (no face: exit 3, a few events) whose events wait in the outbox.
+fn short_scan(cfg: &str) -> crate::util::Run {
+    bin_env(&[
+        "scan",
+        "--input",
+        "synthetic:face=0,width=160,height=120",
+        "--config",
+        cfg,
+        "-q",
+    ])
+}
+
 #[test]
 fn a_damaged_outbox_is_moved_aside_with_its_evidence_and_a_new_one_starts() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config_file(dir.path(), &format!("http://{}/hooks", free_addr()));
-    let scan = || {
-        bin_env(&[
-            "scan",
-            "--input",
-            "synthetic:face=0,width=160,height=120",
-            "--config",
-            &cfg,
-            "-q",
-        ])
-    };
+    let scan = || short_scan(&cfg);
     assert_eq!(scan().code, 3);
     // Open it once more (sled grows the file to a full segment), then
     // damage the database file. sled 0.34 reports this damage as corruption.
@@ -964,16 +967,7 @@ fn a_damaged_outbox_is_moved_aside_with_its_evidence_and_a_new_one_starts() {
 fn records_sled_drops_silently_after_damage_are_detected_and_the_survivors_salvaged() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config_file(dir.path(), &format!("http://{}/hooks", free_addr()));
-    let scan = || {
-        bin_env(&[
-            "scan",
-            "--input",
-            "synthetic:face=0,width=160,height=120",
-            "--config",
-            &cfg,
-            "-q",
-        ])
-    };
+    let scan = || short_scan(&cfg);
     let pending = || {
         let stats = bin_env(&["outbox", "stats", "--json", "--config", &cfg]);
         assert_eq!(stats.code, 0, "{}", stats.stderr);

@@ -8,6 +8,7 @@
 
 use crate::delivery::{append, destination, eventually, now_ms, setup};
 use crate::util::open_outbox;
+use rppg_agent::delivery::webhook::WebhookDestination;
 use rppg_agent::delivery::Delivery;
 use rppg_agent::outbox::Outbox;
 use std::collections::VecDeque;
@@ -149,6 +150,19 @@ fn counts(outbox: &Outbox) -> (u64, u64, u64) {
     (s.pending, s.dead, s.delivered)
 }
 
+/// Runs the lane for `dest` until its `(pending, dead, delivered)` counts
+/// are `until` (bounded), then stops it.
+async fn run_lane_until(outbox: &Arc<Outbox>, dest: WebhookDestination, until: (u64, u64, u64)) {
+    let d = Delivery::start(outbox.clone(), setup(&[dest]), now_ms()).unwrap();
+    eventually(
+        &format!("counts {until:?}"),
+        Duration::from_secs(20),
+        || counts(outbox) == until,
+    )
+    .await;
+    d.stop().await;
+}
+
 /// The attempt results recorded for the test lane's dead letters: `(event id, reason, results)`.
 fn dead_letters(outbox: &Outbox) -> Vec<(String, String, Vec<String>)> {
     outbox
@@ -172,18 +186,7 @@ async fn a_burst_of_500s_then_200_delivers_every_event_once_acknowledged_and_dea
     let outbox = open_outbox(dir.path());
     let rx = FaultServer::start(vec![Fault::Status(500); 6], Fault::Status(200)).await;
     let ids = append(&outbox, 3);
-    let d = Delivery::start(
-        outbox.clone(),
-        setup(&[destination(&rx.url("http"), 6)]),
-        now_ms(),
-    )
-    .unwrap();
-    eventually("delivery", Duration::from_secs(20), || {
-        counts(&outbox).2 == 3
-    })
-    .await;
-    d.stop().await;
-    assert_eq!(counts(&outbox), (0, 0, 3));
+    run_lane_until(&outbox, destination(&rx.url("http"), 6), (0, 0, 3)).await;
     let seen = rx.seen();
     assert_eq!(seen.len(), 6 + 3, "six 500s, then one 200 per event");
     for id in &ids {
@@ -201,17 +204,7 @@ async fn answers_slower_than_the_timeout_cost_attempts_dead_letter_as_timed_out_
     // The destination waits 500 ms for an answer; this receiver takes 2 s.
     let rx = FaultServer::start(vec![], Fault::Slow(Duration::from_secs(2))).await;
     let ids = append(&outbox, 1);
-    let d = Delivery::start(
-        outbox.clone(),
-        setup(&[destination(&rx.url("http"), 3)]),
-        now_ms(),
-    )
-    .unwrap();
-    eventually("the dead letter", Duration::from_secs(20), || {
-        counts(&outbox).1 == 1
-    })
-    .await;
-    d.stop().await;
+    run_lane_until(&outbox, destination(&rx.url("http"), 3), (0, 1, 0)).await;
     let dead = dead_letters(&outbox);
     assert_eq!(dead.len(), 1);
     let (id, reason, results) = &dead[0];
@@ -223,18 +216,7 @@ async fn answers_slower_than_the_timeout_cost_attempts_dead_letter_as_timed_out_
     // Once the receiver is fast again, a replay delivers it.
     let fast = FaultServer::start(vec![], Fault::Status(200)).await;
     assert_eq!(outbox.replay(Some("hook"), None, None).unwrap(), 1);
-    let d = Delivery::start(
-        outbox.clone(),
-        setup(&[destination(&fast.url("http"), 3)]),
-        now_ms(),
-    )
-    .unwrap();
-    eventually("delivery", Duration::from_secs(20), || {
-        counts(&outbox).2 == 1
-    })
-    .await;
-    d.stop().await;
-    assert_eq!(counts(&outbox), (0, 0, 1));
+    run_lane_until(&outbox, destination(&fast.url("http"), 3), (0, 0, 1)).await;
     assert_eq!(fast.seen(), vec![ids[0].clone()]);
 }
 
@@ -245,18 +227,7 @@ async fn a_receiver_that_resets_before_replying_costs_attempts_and_gets_the_same
     let rx = FaultServer::start(vec![Fault::Reset, Fault::Reset], Fault::Status(200)).await;
     let ids = append(&outbox, 1);
     let outbox_id = outbox.find(&ids[0]).unwrap().0;
-    let d = Delivery::start(
-        outbox.clone(),
-        setup(&[destination(&rx.url("http"), 6)]),
-        now_ms(),
-    )
-    .unwrap();
-    eventually("delivery", Duration::from_secs(20), || {
-        counts(&outbox).2 == 1
-    })
-    .await;
-    d.stop().await;
-    assert_eq!(counts(&outbox), (0, 0, 1));
+    run_lane_until(&outbox, destination(&rx.url("http"), 6), (0, 0, 1)).await;
     // The receiver read the request three times: at-least-once, one id.
     assert_eq!(rx.seen(), vec![ids[0].clone(); 3]);
     let state = outbox.lane_state("hook", outbox_id).unwrap().unwrap();
@@ -267,17 +238,7 @@ async fn a_receiver_that_resets_before_replying_costs_attempts_and_gets_the_same
     let outbox = open_outbox(dir.path());
     let rx = FaultServer::start(vec![], Fault::Reset).await;
     let ids = append(&outbox, 1);
-    let d = Delivery::start(
-        outbox.clone(),
-        setup(&[destination(&rx.url("http"), 3)]),
-        now_ms(),
-    )
-    .unwrap();
-    eventually("the dead letter", Duration::from_secs(20), || {
-        counts(&outbox).1 == 1
-    })
-    .await;
-    d.stop().await;
+    run_lane_until(&outbox, destination(&rx.url("http"), 3), (0, 1, 0)).await;
     let dead = dead_letters(&outbox);
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].0, ids[0]);
@@ -303,13 +264,7 @@ async fn a_tls_failure_is_a_failed_attempt_not_offline_and_dead_letters_with_the
     let ids = append(&outbox, 2);
     let mut dest = destination(&rx.url("https"), 3);
     dest.allow_insecure = false;
-    let d = Delivery::start(outbox.clone(), setup(&[dest]), now_ms()).unwrap();
-    eventually("the dead letters", Duration::from_secs(20), || {
-        counts(&outbox).1 == 2
-    })
-    .await;
-    d.stop().await;
-    assert_eq!(counts(&outbox), (0, 2, 0));
+    run_lane_until(&outbox, dest, (0, 2, 0)).await;
     let dead = dead_letters(&outbox);
     let dead_ids: Vec<&String> = dead.iter().map(|d| &d.0).collect();
     assert_eq!(dead_ids, ids.iter().collect::<Vec<_>>());

@@ -70,6 +70,14 @@ fn run_with_file_limit(args: &[&str], max_file_bytes: u64) -> Run {
     }
 }
 
+/// A receiver that answers 200 and verifies every signature with SECRET.
+async fn verifying_receiver() -> Receiver {
+    let key = parse_secret(Scheme::Standard, SECRET).unwrap();
+    Receiver::start(Some((Scheme::Standard, vec![key])), Script::default())
+        .await
+        .unwrap()
+}
+
 fn ids(stdout: &str) -> Vec<String> {
     stdout
         .lines()
@@ -122,15 +130,7 @@ async fn a_full_disk_fails_the_append_clearly_keeps_every_stored_event_and_recov
     assert!(!full.stderr.contains("panicked"), "{}", full.stderr);
     // Space returns: the outbox opens, and every event whose append returned
     // is delivered.
-    let rx = Receiver::start(
-        Some((
-            Scheme::Standard,
-            vec![parse_secret(Scheme::Standard, SECRET).unwrap()],
-        )),
-        Script::default(),
-    )
-    .await
-    .unwrap();
+    let rx = verifying_receiver().await;
     let cfg = config(dir.path(), &rx.url(), 1 << 30);
     let sync = tokio::task::spawn_blocking(move || {
         run_bin(
@@ -247,15 +247,7 @@ async fn the_cap_sheds_intermediate_results_first_refuses_a_scan_with_an_event_a
     assert_eq!(event["event"], "GENERAL_ERROR");
     assert_eq!(event["payload"]["details"], "OUTBOX_FULL");
     // The receiver comes back: sync drains, and scans are accepted again.
-    let rx = Receiver::start(
-        Some((
-            Scheme::Standard,
-            vec![parse_secret(Scheme::Standard, SECRET).unwrap()],
-        )),
-        Script::default(),
-    )
-    .await
-    .unwrap();
+    let rx = verifying_receiver().await;
     let cfg = config(dir.path(), &rx.url(), 1_048_576);
     let sync = bin(vec!["sync".into(), "--config".into(), cfg.clone()])
         .await

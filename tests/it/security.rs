@@ -9,7 +9,6 @@ use crate::util::{free_addr, run_bin, MINUTE};
 use rppg_agent::app::receiver::{Receiver, Script};
 use rppg_agent::config::Config;
 use rppg_agent::delivery::signing::{parse_secret, sign, Scheme};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::time::Duration;
 
@@ -154,27 +153,7 @@ async fn secrets_never_appear_in_output_logs_errors_debug_or_the_outbox() {
     assert_eq!(code("bad.toml"), 2);
 
     // The daemon: its log, and its answers.
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rppg-agent"))
-        .args(["run", "--config", &cfg])
-        .env_remove("RPPG_CONFIG")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut log = Vec::new();
-    let addr = loop {
-        let line = lines.next().expect("the daemon logs its address").unwrap();
-        log.push(line.clone());
-        if let Some(a) = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("addr="))
-        {
-            break a.to_string();
-        }
-        assert!(log.len() < 30, "no addr= in {log:?}");
-    };
+    let (mut child, addr, mut log, lines) = crate::daemon::spawn_run(&cfg);
     let http = crate::daemon::http_client();
     let mut answers = Vec::new();
     for path in ["/healthz", "/metrics", "/v1/scans"] {
