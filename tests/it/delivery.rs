@@ -229,6 +229,12 @@ async fn retry_after_from_a_429_is_honoured() {
         started.elapsed()
     );
     assert_eq!(rx.received().len(), 2);
+    let s = outbox.stats("hook", u64::MAX).unwrap();
+    assert_eq!(
+        (s.pending, s.dead, s.delivered),
+        (0, 0, 1),
+        "nothing dead-lettered"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,6 +287,12 @@ async fn an_unreachable_receiver_spends_no_attempts_and_delivery_resumes_when_it
     let mut want = ids.clone();
     want.sort();
     assert_eq!(got, want);
+    let s = outbox.stats("hook", u64::MAX).unwrap();
+    assert_eq!(
+        (s.pending, s.dead, s.delivered),
+        (0, 0, 5),
+        "nothing dead-lettered"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
