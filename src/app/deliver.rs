@@ -57,6 +57,7 @@ pub fn open_outbox(config: &Config) -> Result<Arc<Outbox>, AppError> {
             source,
         }
     };
+    remove_stale_scratch(&path);
     let snapshot = snapshot_before_open(&path, &name("opening"))?;
     let (detail, snapshot) = match open_outbox_as_is(config) {
         Err(AppError::Outbox(OutboxError::Damaged { detail, .. })) => (detail, snapshot),
@@ -118,6 +119,40 @@ pub fn open_outbox(config: &Config) -> Result<Arc<Outbox>, AppError> {
         },
     );
     Ok(outbox)
+}
+
+/// Removes scratch copies (`<outbox>.opening-*`, `.salvaging-*`,
+/// `.inspecting-*`) that a process killed mid-copy left behind, once they
+/// are ten minutes old (a younger one may belong to a process still running).
+/// Evidence (`.damaged-*`) is never touched.
+fn remove_stale_scratch(path: &std::path::Path) {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let name = name.to_string_lossy();
+    let parent = if parent.as_os_str().is_empty() {
+        std::path::Path::new(".")
+    } else {
+        parent
+    };
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let scratch = ["opening", "salvaging", "inspecting"]
+            .iter()
+            .any(|s| file.starts_with(&format!("{name}.{s}-")));
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > Duration::from_secs(600));
+        if scratch && old {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// Copies the outbox directory to `to` if it exists and is small enough.
@@ -581,4 +616,32 @@ pub fn outbox_command(config: &Config, action: super::cli::OutboxAction) -> Resu
     }
     outbox.flush()?;
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_scratch_copies_are_removed_and_evidence_and_young_copies_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let make = |name: &str, age_s: u64| {
+            let p = dir.path().join(name);
+            std::fs::create_dir_all(&p).unwrap();
+            std::fs::write(p.join("db"), b"x").unwrap();
+            let when = std::time::SystemTime::now() - Duration::from_secs(age_s);
+            std::fs::File::open(&p).unwrap().set_modified(when).unwrap();
+            p
+        };
+        let stale = make("outbox.opening-1", 3600);
+        let stale_salvage = make("outbox.salvaging-2", 3600);
+        let young = make("outbox.opening-3", 5);
+        let evidence = make("outbox.damaged-4", 3600);
+        let other = make("other.opening-5", 3600);
+        remove_stale_scratch(&dir.path().join("outbox"));
+        assert!(!stale.exists() && !stale_salvage.exists());
+        assert!(young.exists(), "may belong to a process still running");
+        assert!(evidence.exists(), "evidence is never removed");
+        assert!(other.exists(), "another outbox's files are not ours");
+    }
 }
