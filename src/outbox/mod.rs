@@ -49,8 +49,8 @@
 //! A database sled reports as corrupt, or panics on while opening, is
 //! [`OutboxError::Damaged`]. The commands that deliver move it aside
 //! (`<path>.damaged-<unix ms>`, kept byte for byte), start a new outbox and
-//! [`salvage`] into it every event that can still be read, with its lane
-//! states; nothing is deleted.
+//! salvage into it every event that can still be read, with its lane states
+//! ([`Outbox::salvage_from`]); nothing is deleted.
 //!
 //! sled alone cannot be trusted to notice damage: 0.34 treats damage inside
 //! a freshly written log (before the file was reopened) as a torn write and
