@@ -409,11 +409,7 @@ pub fn send_test(
     }
     warn_insecure(config);
     // Lanes report going offline and coming back on stderr, as under `run`.
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_target(false)
-        .try_init();
+    super::init_logging();
     let outbox = open_outbox(config)?;
     let rt = runtime()?;
     let _guard = rt.enter();

@@ -104,6 +104,16 @@ impl AppError {
     }
 }
 
+/// Log lines (tracing) on stderr, plain, for journald: the daemon's and the
+/// delivery lanes' (offline, back online) under `run` and `send-test`.
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false)
+        .try_init();
+}
+
 /// Milliseconds since the Unix epoch (the one wall-clock read for events).
 pub fn unix_ms() -> u64 {
     std::time::SystemTime::now()
@@ -273,11 +283,7 @@ fn run_command(a: cli::RunArgs) -> Result<i32, AppError> {
     let addr = config.api.address().map_err(|(key, problem, fix)| {
         AppError::Usage(format!("{key} (or --listen): {problem}; {fix}"))
     })?;
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_target(false)
-        .try_init();
+    init_logging();
     let rt = deliver::runtime()?;
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {

@@ -712,10 +712,7 @@ impl Outbox {
             shed += 1;
         }
         if shed > 0 {
-            let before = self.shed_count()?;
-            self.meta
-                .insert("shed", &(before + shed).to_be_bytes())
-                .map_err(|e| self.storage("counting shed events", e))?;
+            self.add_shed(shed)?;
         }
         let used = self.stored_bytes.load(Ordering::SeqCst);
         if used + extra > max {
@@ -784,9 +781,13 @@ impl Outbox {
     /// Counts an intermediate result that was dropped instead of stored
     /// because the cap left no room for it (see [`OutboxError::Full`]).
     pub fn count_shed(&self) -> Result<(), OutboxError> {
+        self.add_shed(1)
+    }
+
+    fn add_shed(&self, n: u64) -> Result<(), OutboxError> {
         let before = self.shed_count()?;
         self.meta
-            .insert("shed", &(before + 1).to_be_bytes())
+            .insert("shed", &(before + n).to_be_bytes())
             .map_err(|e| self.storage("counting shed events", e))?;
         Ok(())
     }
