@@ -279,6 +279,7 @@ pub struct ScanConfig {
     pub min_duration_s: f64,
     pub face_init_timeout_s: f64,
     pub face_lost_timeout_s: f64,
+    pub min_face_px: f64,
     pub min_skin_pixels: u32,
     pub dark_luma: f64,
     pub dark_timeout_s: f64,
@@ -288,6 +289,7 @@ pub struct ScanConfig {
     pub low_snr_timeout_s: f64,
     pub intermediate_interval_s: f64,
     pub first_result_after_s: f64,
+    pub hint_interval_s: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -295,7 +297,9 @@ pub struct ScanConfig {
 pub struct VisionSection {
     pub model_path: String,
     pub detect_interval_s: f64,
+    pub search_min_face_px: f64,
     pub search_width_px: u32,
+    pub search_cycle_frames: u32,
     pub track_face_px: u32,
     pub correction_time_s: f64,
     pub redetect_tolerance: f64,
@@ -1180,6 +1184,12 @@ impl Config {
             "use about half of scan.duration_s",
         );
         check(
+            s.hint_interval_s.is_finite() && (0.5..=60.0).contains(&s.hint_interval_s),
+            "scan.hint_interval_s",
+            format!("must be within 0.5..60, found {}", s.hint_interval_s),
+            "use 3 (a hint that still applies is repeated every 3 s)",
+        );
+        check(
             s.first_result_after_s >= 2.0,
             "scan.first_result_after_s",
             format!(
@@ -1229,10 +1239,29 @@ impl Config {
         );
         let v = &self.vision;
         check(
-            (20..=1024).contains(&v.search_width_px),
+            v.search_min_face_px.is_finite() && (18.0..=1000.0).contains(&v.search_min_face_px),
+            "vision.search_min_face_px",
+            format!("must be within 18..1000, found {}", v.search_min_face_px),
+            "use 24 (the detector's practical floor), or more to search less",
+        );
+        check(
+            s.min_face_px.is_finite() && (24.0..=2000.0).contains(&s.min_face_px),
+            "scan.min_face_px",
+            format!("must be within 24..2000, found {}", s.min_face_px),
+            "use 64 (the smallest face measured within 2 bpm in 90 % of scans)",
+        );
+        check(
+            v.search_width_px == 0 || (160..=8192).contains(&v.search_width_px),
             "vision.search_width_px",
-            format!("must be within 20..1024, found {}", v.search_width_px),
-            "use 160 (faces down to 1/8 of the frame width) or 320 (down to 1/16)",
+            format!("must be 0 or within 160..8192, found {}", v.search_width_px),
+            "use 0 (search as fine as search_min_face_px needs), or e.g. 320 to bound the \
+             search cost (faces down to about 36 px at 320 px wide)",
+        );
+        check(
+            (1..=300).contains(&v.search_cycle_frames),
+            "vision.search_cycle_frames",
+            format!("must be within 1..300, found {}", v.search_cycle_frames),
+            "use 24 (every scale of the whole frame in 0.8 s at 30 fps)",
         );
         check(
             (24..=256).contains(&v.track_face_px),
@@ -1337,6 +1366,8 @@ impl Config {
             low_snr_timeout_s: s.low_snr_timeout_s,
             intermediate_interval_s: s.intermediate_interval_s,
             first_result_after_s: s.first_result_after_s,
+            hint_interval_s: s.hint_interval_s,
+            min_face_px: s.min_face_px,
         }
     }
 
@@ -1344,11 +1375,14 @@ impl Config {
         let v = &self.vision;
         VisionConfig {
             detect_interval_s: v.detect_interval_s,
+            search_min_face_px: v.search_min_face_px,
             search_width_px: v.search_width_px,
+            search_cycle_frames: v.search_cycle_frames,
             track_face_px: v.track_face_px,
             correction_time_s: v.correction_time_s,
             redetect_tolerance: v.redetect_tolerance,
             max_missed_detections: v.max_missed_detections,
+            survey_min_face_px: self.scan.min_face_px,
         }
     }
 }

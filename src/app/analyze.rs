@@ -43,6 +43,7 @@ impl Analysis {
             "measurementId": Value::Null,
             "status": if self.low_snr { "cancelled" } else { "completed" },
             "reason": if self.low_snr { json!("LOW_SNR") } else { Value::Null },
+            "constraint": Value::Null,
             "heart_rate_bpm": num(shown(self.hr_bpm), 1),
             "respiratory_rate_bpm": num(shown(self.rr_bpm), 1),
             "hrv_rmssd_ms": num(shown(self.rmssd_ms), 1),

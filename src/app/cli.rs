@@ -38,13 +38,15 @@ pub enum Command {
     /// Events are printed to stdout as JSON Lines while the scan runs (and
     /// appended to --events FILE); with --json, stdout is instead exactly one
     /// result object at the end. Exit codes: 0 completed, 3 cancelled
-    /// (LOW_SNR, FACE_LOST, NO_FACE, TOO_DARK, TOO_MUCH_MOTION, INPUT_ENDED),
+    /// (LOW_SNR, FACE_LOST, NO_FACE, TOO_DARK, TOO_MUCH_MOTION, INPUT_ENDED;
+    /// the result's `constraint` says why, e.g. FACE_TOO_SMALL: step closer),
     /// 2 bad usage, configuration or input, 1 anything else.
     ///
     /// Examples:
     ///   rppg-agent scan --input synthetic:hr=88,rr=12 --json
     ///   ffmpeg -i face.mp4 -f yuv4mpegpipe - | rppg-agent scan --input - --json
     ///   rppg-agent scan --input frames:./shots,fps=15 --events scan.jsonl
+    ///   rppg-agent scan --input synthetic:width=1280,height=720,face_width=0.06,faces=2 --json
     #[command(verbatim_doc_comment)]
     Scan(ScanArgs),
     /// Run the signal stage alone on per-frame mean RGB traces (CSV).
@@ -91,6 +93,12 @@ pub enum Command {
     /// per condition: share completed, MAE, RMSE, MAPE and Pearson r of HR
     /// and RR, and the mean confidence of right vs wrong HR estimates.
     ///
+    /// The framing sweep places real portraits (--faces DIR, or the six
+    /// built-in ones) at face widths of 3-60 % of the frame, off-centre,
+    /// partly out of the frame, with people behind and background clutter,
+    /// at 320x240, 640x480 and 1280x720. Per row: share completed, HR and RR
+    /// MAE, wrong numbers, time to lock and to the first result.
+    ///
     /// --welltory DIR adds the Welltory contact-PPG recordings (folders with
     /// PPG.csv and RR.txt): HR and RMSSD against the Polar H10 chest strap,
     /// beside a plain FFT peak from the same run.
@@ -99,6 +107,7 @@ pub enum Command {
     ///   rppg-agent eval                       # the full sweep (a few minutes)
     ///   rppg-agent eval --quick               # one scan per condition, 20 s each
     ///   rppg-agent eval --trials 0 --welltory ../shared/data/welltory
+    ///   rppg-agent eval --sweep framing --faces ../shared/data/faces --trials 30
     #[command(verbatim_doc_comment)]
     Eval(EvalArgs),
     /// Check a received webhook's signature (for receivers): valid, or exactly why not.
@@ -276,7 +285,11 @@ pub struct ScanArgs {
     /// (σ, 8-bit levels), motion (px), light (relative drift), pulse (% of
     /// green, 0 = no pulse), rsa, brightness, face (0 = empty scene),
     /// tone (skin type 1-6), rotate (deg), zoom, jump (px), flicker,
-    /// flicker_hz, drop (probability), jitter (ms).
+    /// flicker_hz, drop (probability), jitter (ms). Framing: photo (astronaut,
+    /// 001, 013, 016, 021, 032 or a PNG/JPEG path with box=X:Y:W:H), face_width
+    /// (share of the frame width, 0.35), face_x, face_y (face centre as shares
+    /// of the frame; outside 0-1 cuts the face), faces (1-3: people behind),
+    /// clutter=1 (a busy room), leave (s: the person walks away).
     #[arg(long, short)]
     pub input: String,
     /// Scan length in seconds (overrides scan.duration_s).
@@ -363,12 +376,34 @@ pub struct EvalArgs {
     /// Also evaluate the Welltory PPG recordings in this folder.
     #[arg(long, value_name = "DIR")]
     pub welltory: Option<PathBuf>,
+    /// Portraits for the framing sweep: a folder with a README.md table of
+    /// photos and face boxes (`| 001.jpg | ... | x, y, w, h |`), such as the
+    /// 30 public-domain portraits of skin types I-VI the project uses.
+    /// Default: the six built-in portraits.
+    #[arg(long, value_name = "DIR")]
+    pub faces: Option<PathBuf>,
+    /// Which sweeps to run.
+    #[arg(long, value_enum, default_value_t = Sweep::All)]
+    pub sweep: Sweep,
     /// Worker threads for the sweep (default: every core).
     #[arg(long)]
     pub threads: Option<usize>,
     /// Print one JSON object (every trial) instead of tables.
     #[arg(long)]
     pub json: bool,
+}
+
+/// The synthetic sweeps of `eval`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Sweep {
+    /// Both.
+    All,
+    /// Resolution, frame rate, skin tone, noise, motion, lighting, and the robustness cases.
+    Conditions,
+    /// Face size and position, resolutions, people behind, clutter, every portrait.
+    Framing,
+    /// Neither (e.g. only --welltory).
+    None,
 }
 
 #[derive(Debug, Args)]

@@ -799,9 +799,10 @@ fn watch_for_face(
         let dt = (frame.t_s - last_t).max(1e-3);
         last_t = frame.t_s;
         let obs = vision.process(&frame);
+        let min_face_px = shared.config.scan.min_face_px;
         let steady = obs.face.is_some_and(|f| {
             let speed = (obs.motion_px[0].hypot(obs.motion_px[1]) / dt) / f.w.max(1.0);
-            speed <= max_motion
+            speed <= max_motion && f.w >= min_face_px
         });
         match (steady, since) {
             (true, None) => since = Some(frame.t_s),

@@ -519,7 +519,7 @@ pub fn outbox_command(config: &Config, action: super::cli::OutboxAction) -> Resu
                 println!("{v}");
             } else {
                 println!(
-                    "outbox {}: {} bytes stored, {} intermediate results shed",
+                    "outbox {}: {} bytes stored, {} live events shed (intermediate results, hints)",
                     outbox.path().display(),
                     outbox.stored_bytes(),
                     outbox.shed_count()?

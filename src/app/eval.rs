@@ -36,6 +36,10 @@ pub enum Expect {
     Vitals,
     /// A cancellation with one of these reasons (never a number).
     Cancel(&'static [CancelReason]),
+    /// A measurement close to the truth, or a cancellation with one of
+    /// these reasons (a face partly out of the frame may or may not be
+    /// measurable; it must never give a wrong number).
+    VitalsOrCancel(&'static [CancelReason]),
 }
 
 /// One row of the sweep: a name and the synthetic options it adds.
@@ -164,6 +168,108 @@ pub fn truth_grid(k: usize) -> (f64, f64) {
     (HR[k % HR.len()], RR[(3 * k + 1) % RR.len()])
 }
 
+/// One row of the framing sweep: where the face is, how large, at which
+/// resolution, with whom. Face widths are shares of the frame width, of
+/// the photo's face box; the detector's box is about 5 % narrower (0.95 on
+/// the 30 portraits), so the rows "just above the minimum" (70 px) are
+/// where the agent measures the face at about `scan.min_face_px` = 64 px.
+pub const FRAMINGS: &[Condition] = &[
+    Condition {
+        name: "640×480, face 8 % (51 px): below the minimum",
+        options: "width=640,height=480,face_width=0.08",
+        expect: Expect::Cancel(&[CancelReason::NoFace]),
+    },
+    Condition {
+        name: "640×480, face 11 % (70 px): just above the minimum",
+        options: "width=640,height=480,face_width=0.11",
+        expect: Expect::Vitals,
+    },
+    Condition {
+        name: "640×480, face 12 % (77 px): a kiosk at about 1 m",
+        options: "width=640,height=480,face_width=0.12",
+        expect: Expect::Vitals,
+    },
+    Condition {
+        name: "640×480, face 20 %",
+        options: "width=640,height=480,face_width=0.2",
+        expect: Expect::Vitals,
+    },
+    Condition {
+        name: "640×480, face 35 %",
+        options: "width=640,height=480,face_width=0.35",
+        expect: Expect::Vitals,
+    },
+    Condition {
+        name: "640×480, face 60 % (close-up)",
+        options: "width=640,height=480,face_width=0.6,face_y=0.5",
+        expect: Expect::Vitals,
+    },
+    Condition {
+        name: "640×480, face 15 % off-centre (at 20 %, 30 %)",
+        options: "width=640,height=480,face_width=0.15,face_x=0.2,face_y=0.3",
+        expect: Expect::Vitals,
+    },
+    Condition {
+        name: "640×480, face 25 % with a fifth of it past the left edge",
+        options: "width=640,height=480,face_width=0.25,face_x=0.075",
+        expect: Expect::VitalsOrCancel(&[
+            CancelReason::NoFace,
+            CancelReason::FaceLost,
+            CancelReason::LowSnr,
+        ]),
+    },
+    Condition {
+        name: "640×480, face 20 % and one person behind",
+        options: "width=640,height=480,face_width=0.2,faces=2",
+        expect: Expect::Vitals,
+    },
+    Condition {
+        name: "640×480, face 20 % and two people behind",
+        options: "width=640,height=480,face_width=0.2,faces=3",
+        expect: Expect::Vitals,
+    },
+    Condition {
+        name: "640×480, face 12 % before background clutter",
+        options: "width=640,height=480,face_width=0.12,clutter=1",
+        expect: Expect::Vitals,
+    },
+    Condition {
+        name: "320×240, face 12 % (38 px): below the minimum",
+        options: "width=320,height=240,face_width=0.12",
+        expect: Expect::Cancel(&[CancelReason::NoFace]),
+    },
+    Condition {
+        name: "320×240, face 22 % (70 px): just above the minimum",
+        options: "width=320,height=240,face_width=0.22",
+        expect: Expect::Vitals,
+    },
+    Condition {
+        name: "320×240, face 35 %",
+        options: "width=320,height=240,face_width=0.35",
+        expect: Expect::Vitals,
+    },
+    Condition {
+        name: "1280×720, face 3 % (38 px): below the minimum",
+        options: "width=1280,height=720,face_width=0.03",
+        expect: Expect::Cancel(&[CancelReason::NoFace]),
+    },
+    Condition {
+        name: "1280×720, face 5.5 % (70 px): just above the minimum",
+        options: "width=1280,height=720,face_width=0.055",
+        expect: Expect::Vitals,
+    },
+    Condition {
+        name: "1280×720, face 12 %",
+        options: "width=1280,height=720,face_width=0.12",
+        expect: Expect::Vitals,
+    },
+    Condition {
+        name: "1280×720, face 45 % (close-up)",
+        options: "width=1280,height=720,face_width=0.45,face_y=0.5",
+        expect: Expect::Vitals,
+    },
+];
+
 /// One synthetic scan and what it reported.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Trial {
@@ -173,6 +279,12 @@ pub struct Trial {
     pub rr_true: f64,
     pub rmssd_true: f64,
     pub cancelled: Option<CancelReason>,
+    /// The condition behind a cancellation (e.g. FACE_TOO_SMALL).
+    pub constraint: Option<crate::measurement::guidance::Constraint>,
+    /// Frame time at which the face was locked (measurement started).
+    pub locked_at_s: Option<f64>,
+    /// Frame time of the first intermediate result with a heart rate.
+    pub first_result_at_s: Option<f64>,
     pub hr: Option<f64>,
     pub rr: Option<f64>,
     pub rmssd: Option<f64>,
@@ -288,7 +400,7 @@ pub fn summarize(trials: &[&Trial], expect: Expect) -> ConditionSummary {
         .filter_map(|t| t.cancelled.map(|c| c.code().to_string()))
         .collect();
     let cancelled_as_expected = match expect {
-        Expect::Cancel(reasons) => trials
+        Expect::Cancel(reasons) | Expect::VitalsOrCancel(reasons) => trials
             .iter()
             .filter(|t| t.cancelled.is_some_and(|c| reasons.contains(&c)))
             .count(),
@@ -332,6 +444,199 @@ pub fn sweep_specs(trials: usize, seconds: f64) -> Vec<(usize, String)> {
     out
 }
 
+/// Row `i` of the whole sweep: the conditions, then the framings.
+pub fn row(i: usize) -> Option<&'static Condition> {
+    CONDITIONS
+        .get(i)
+        .or_else(|| FRAMINGS.get(i.checked_sub(CONDITIONS.len())?))
+}
+
+/// A portrait for the framing sweep, as it goes into a spec (`photo=...`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvalPhoto {
+    /// `photo=NAME` or `photo=PATH,box=X:Y:W:H`.
+    pub spec: String,
+    /// Approximate Fitzpatrick type (0 when unknown).
+    pub skin_type: u8,
+}
+
+/// The built-in portraits (skin types I–VI).
+pub fn builtin_photos() -> Vec<EvalPhoto> {
+    crate::capture::scene::PORTRAITS
+        .iter()
+        .map(|p| EvalPhoto {
+            spec: p.name.to_string(),
+            skin_type: p.skin_type,
+        })
+        .collect()
+}
+
+/// Reads a portrait set from `dir`: the rows of `dir/README.md`'s table
+/// that name a photo file (`| 001.jpg | ...`) and end with its face box
+/// (`| x, y, w, h |`); the Fitzpatrick type is read from "Fitzpatrick ~V"
+/// in the row when present. This is the format of the project's shared
+/// face set (30 public-domain portraits with OpenCV face boxes).
+pub fn read_photo_set(dir: &Path) -> Result<Vec<EvalPhoto>, AppError> {
+    let readme = dir.join("README.md");
+    let text = std::fs::read_to_string(&readme).map_err(|e| {
+        AppError::Usage(format!(
+            "--faces {}: cannot read {}: {e} (expected a README.md with a table of photos and face boxes)",
+            dir.display(),
+            readme.display()
+        ))
+    })?;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        // "| 001.jpg | ... | x, y, w, h |" splits into ["", "001.jpg", ..., "x, y, w, h", ""].
+        if cells.len() < 4 {
+            continue;
+        }
+        let file = cells[1];
+        let lower = file.to_ascii_lowercase();
+        if !(lower.ends_with(".jpg") || lower.ends_with(".jpeg") || lower.ends_with(".png")) {
+            continue;
+        }
+        let nums: Vec<f64> = cells[cells.len() - 2]
+            .split(',')
+            .filter_map(|v| v.trim().parse().ok())
+            .collect();
+        let [x, y, w, h] = nums[..] else {
+            continue;
+        };
+        let path = dir.join(file);
+        if !path.is_file() {
+            return Err(AppError::Usage(format!(
+                "--faces {}: {} is listed in README.md but missing",
+                dir.display(),
+                path.display()
+            )));
+        }
+        let skin_type = ["VI", "IV", "V", "III", "II", "I"]
+            .iter()
+            .zip([6u8, 4, 5, 3, 2, 1])
+            .find(|(roman, _)| line.contains(&format!("Fitzpatrick ~{roman}")))
+            .map_or(0, |(_, t)| t);
+        out.push(EvalPhoto {
+            spec: format!("{},box={x}:{y}:{w}:{h}", path.display()),
+            skin_type,
+        });
+    }
+    if out.is_empty() {
+        return Err(AppError::Usage(format!(
+            "--faces {}: README.md has no table rows of the form | 001.jpg | ... | x, y, w, h |",
+            dir.display()
+        )));
+    }
+    Ok(out)
+}
+
+/// The framing sweep's specs: `trials` per framing row, `seconds` each,
+/// the photos taken in turn (each row starts at another photo, so every
+/// photo meets every framing once there are as many trials as photos).
+pub fn framing_specs(trials: usize, seconds: f64, photos: &[EvalPhoto]) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    if photos.is_empty() {
+        return out;
+    }
+    for (f, framing) in FRAMINGS.iter().enumerate() {
+        let c = CONDITIONS.len() + f;
+        for k in 0..trials {
+            let (hr, rr) = truth_grid(k + f);
+            let photo = &photos[(k + f) % photos.len()];
+            out.push((
+                c,
+                format!(
+                    "synthetic:hr={hr},rr={rr},seed={},seconds={},{},photo={}",
+                    200 + k,
+                    seconds + 1.0,
+                    framing.options,
+                    photo.spec
+                ),
+            ));
+        }
+    }
+    out
+}
+
+/// Median and largest of `v`, if any.
+fn median_max(v: &mut [f64]) -> Option<(f64, f64)> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    };
+    Some((median, v[n - 1]))
+}
+
+/// The framing sweep as a Markdown table: share completed, HR and RR MAE,
+/// time to lock and to the first result (median / worst, seconds of
+/// video), and how the others ended.
+pub fn framing_table(trials: &[Trial]) -> String {
+    let mut out = String::new();
+    out.push_str("| framing | expected | scans | completed | HR MAE | RR MAE | wrong HR | lock, median / worst | first result, median / worst | cancelled |\n");
+    out.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
+    for (f, framing) in FRAMINGS.iter().enumerate() {
+        let c = CONDITIONS.len() + f;
+        let rows: Vec<&Trial> = trials.iter().filter(|t| t.condition == c).collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let s = summarize(&rows, framing.expect);
+        let pair =
+            |v: Option<(f64, f64)>| v.map_or("—".into(), |(m, w)| format!("{m:.2} / {w:.2} s"));
+        let mut lock: Vec<f64> = rows.iter().filter_map(|t| t.locked_at_s).collect();
+        let mut first: Vec<f64> = rows.iter().filter_map(|t| t.first_result_at_s).collect();
+        let codes: Vec<String> = rows
+            .iter()
+            .filter_map(|t| {
+                t.cancelled.map(|c| match t.constraint {
+                    Some(k) if k.code() != c.code() => format!("{} ({})", c.code(), k.code()),
+                    _ => c.code().to_string(),
+                })
+            })
+            .collect();
+        let expected = match framing.expect {
+            Expect::Vitals => "vitals".to_string(),
+            Expect::Cancel(r) => r.iter().map(|c| c.code()).collect::<Vec<_>>().join(" or "),
+            Expect::VitalsOrCancel(r) => format!(
+                "vitals or {}",
+                r.iter().map(|c| c.code()).collect::<Vec<_>>().join(" or ")
+            ),
+        };
+        let mae = |e: &ErrorStats| {
+            if e.n == 0 {
+                "—".to_string()
+            } else {
+                format!("{:.2}", e.mae)
+            }
+        };
+        out.push_str(&format!(
+            "| {} | {} | {} | {:.0} % | {} | {} | {} | {} | {} | {} |\n",
+            framing.name,
+            expected,
+            s.trials,
+            100.0 * s.completed as f64 / s.trials.max(1) as f64,
+            mae(&s.hr),
+            mae(&s.rr),
+            s.wrong,
+            pair(median_max(&mut lock)),
+            pair(median_max(&mut first)),
+            if codes.is_empty() {
+                "—".to_string()
+            } else {
+                dedup_counts(&codes)
+            }
+        ));
+    }
+    out
+}
+
 /// Runs one synthetic scan of `seconds` in-process (no events kept).
 pub fn run_trial(condition: usize, spec: &str, seconds: f64) -> Result<Trial, AppError> {
     let mut config = Config::default_config();
@@ -362,6 +667,9 @@ pub fn run_trial(condition: usize, spec: &str, seconds: f64) -> Result<Trial, Ap
         rr_true: truth.rr_bpm,
         rmssd_true: truth.rmssd_ms,
         cancelled: report.cancelled,
+        constraint: report.constraint,
+        locked_at_s: report.locked_at_s,
+        first_result_at_s: report.first_result_at_s,
         hr: r.hr_bpm,
         rr: r.rr_bpm,
         rmssd: r.rmssd_ms,
@@ -554,7 +862,7 @@ pub fn sweep_table(trials: &[Trial]) -> String {
         }
         let s = summarize(&rows, cond.expect);
         match cond.expect {
-            Expect::Vitals => {
+            Expect::Vitals | Expect::VitalsOrCancel(_) => {
                 all_vitals.extend(&rows);
                 out.push_str(&summary_row(cond.name, &s));
             }
@@ -713,6 +1021,7 @@ pub fn welltory_table(trials: &[RealTrial]) -> String {
 pub fn to_json(trials: &[Trial], real: &[RealTrial]) -> Value {
     let conditions: Vec<Value> = CONDITIONS
         .iter()
+        .chain(FRAMINGS)
         .enumerate()
         .filter_map(|(c, cond)| {
             let rows: Vec<&Trial> = trials.iter().filter(|t| t.condition == c).collect();
@@ -723,8 +1032,13 @@ pub fn to_json(trials: &[Trial], real: &[RealTrial]) -> Value {
             let st = |e: &ErrorStats| json!({"n": e.n, "mae": e.mae, "rmse": e.rmse, "mape": e.mape, "r": e.r});
             Some(json!({
                 "condition": cond.name,
+                "sweep": if c < CONDITIONS.len() { "conditions" } else { "framing" },
                 "options": cond.options,
-                "expect": match cond.expect { Expect::Vitals => json!("vitals"), Expect::Cancel(r) => json!(r.iter().map(|c| c.code()).collect::<Vec<_>>()) },
+                "expect": match cond.expect {
+                    Expect::Vitals => json!("vitals"),
+                    Expect::Cancel(r) => json!(r.iter().map(|c| c.code()).collect::<Vec<_>>()),
+                    Expect::VitalsOrCancel(r) => json!({"vitals_or": r.iter().map(|c| c.code()).collect::<Vec<_>>()}),
+                },
                 "scans": s.trials,
                 "completed": s.completed,
                 "cancelled_as_expected": s.cancelled_as_expected,
@@ -738,7 +1052,10 @@ pub fn to_json(trials: &[Trial], real: &[RealTrial]) -> Value {
                 "trials": rows.iter().map(|t| json!({
                     "spec": t.spec, "hr_true": t.hr_true, "rr_true": t.rr_true,
                     "status": if t.cancelled.is_some() { "cancelled" } else { "completed" },
-                    "reason": t.cancelled.map(|c| c.code()), "hr": t.hr, "rr": t.rr,
+                    "reason": t.cancelled.map(|c| c.code()),
+                    "constraint": t.constraint.map(|c| c.code()),
+                    "locked_at_s": t.locked_at_s, "first_result_at_s": t.first_result_at_s,
+                    "hr": t.hr, "rr": t.rr,
                     "rmssd": t.rmssd, "confidence": t.confidence, "snr_db": t.snr_db,
                 })).collect::<Vec<_>>(),
             }))
@@ -790,6 +1107,9 @@ mod tests {
             rr_true: 15.0,
             rmssd_true: 30.0,
             cancelled,
+            constraint: None,
+            locked_at_s: None,
+            first_result_at_s: None,
             hr,
             rr: None,
             rmssd: None,
@@ -857,5 +1177,59 @@ mod tests {
             spec.parse::<SourceSpec>()
                 .unwrap_or_else(|e| panic!("{spec}: {e}"));
         }
+    }
+
+    #[test]
+    fn every_framing_spec_parses_and_uses_every_photo() {
+        let photos = builtin_photos();
+        assert_eq!(photos.len(), 6);
+        let specs = framing_specs(6, 20.0, &photos);
+        assert_eq!(specs.len(), 6 * FRAMINGS.len());
+        for (c, spec) in &specs {
+            spec.parse::<SourceSpec>()
+                .unwrap_or_else(|e| panic!("{spec}: {e}"));
+            assert!(row(*c).is_some_and(|r| FRAMINGS.contains(r)));
+        }
+        for p in &photos {
+            let first_row: Vec<&String> = specs
+                .iter()
+                .filter(|(c, _)| *c == CONDITIONS.len())
+                .map(|(_, s)| s)
+                .collect();
+            assert!(first_row
+                .iter()
+                .any(|s| s.ends_with(&format!("photo={}", p.spec))));
+        }
+    }
+
+    #[test]
+    fn a_photo_set_is_read_from_its_readme_table_with_boxes_and_skin_types() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("001.jpg"), b"x").unwrap();
+        std::fs::write(dir.path().join("030.jpg"), b"x").unwrap();
+        let readme = "# Faces\n\n| file | subject | box |\n|---|---|---|\n\
+            | 001.jpg | Fitzpatrick ~I (range I–II); woman | 42, 133, 314, 314 |\n\
+            | 030.jpg | Fitzpatrick ~VI (range V–VI); man | 152, 111, 158, 158 |\n\
+            | notes | not a photo | 1, 2, 3, 4 |\n";
+        std::fs::write(dir.path().join("README.md"), readme).unwrap();
+        let photos = read_photo_set(dir.path()).unwrap();
+        assert_eq!(photos.len(), 2);
+        assert_eq!(photos[0].skin_type, 1);
+        assert_eq!(photos[1].skin_type, 6);
+        assert!(
+            photos[1].spec.ends_with("030.jpg,box=152:111:158:158"),
+            "{}",
+            photos[1].spec
+        );
+        // A listed photo that is missing, or no table at all, is a usage error.
+        std::fs::remove_file(dir.path().join("030.jpg")).unwrap();
+        let e = read_photo_set(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("030.jpg is listed in README.md but missing"),
+            "{e}"
+        );
+        std::fs::write(dir.path().join("README.md"), "nothing here").unwrap();
+        assert!(read_photo_set(dir.path()).is_err());
+        assert!(read_photo_set(&dir.path().join("nope")).is_err());
     }
 }

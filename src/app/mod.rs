@@ -315,7 +315,17 @@ fn eval_command(a: cli::EvalArgs) -> Result<i32, AppError> {
     if threads == 0 || threads > 256 {
         return Err(AppError::Usage("--threads must be 1..256".into()));
     }
-    let specs = eval::sweep_specs(trials, seconds);
+    let photos = match &a.faces {
+        Some(dir) => eval::read_photo_set(dir)?,
+        None => eval::builtin_photos(),
+    };
+    let mut specs = Vec::new();
+    if matches!(a.sweep, cli::Sweep::All | cli::Sweep::Conditions) {
+        specs.extend(eval::sweep_specs(trials, seconds));
+    }
+    if matches!(a.sweep, cli::Sweep::All | cli::Sweep::Framing) {
+        specs.extend(eval::framing_specs(trials, seconds, &photos));
+    }
     let started = std::time::Instant::now();
     let tty = std::io::stderr().is_terminal();
     let synthetic = eval::run_sweep(&specs, seconds, threads, &|done, total| {
@@ -337,17 +347,39 @@ fn eval_command(a: cli::EvalArgs) -> Result<i32, AppError> {
         println!("{}", eval::to_json(&synthetic, &real));
         return Ok(0);
     }
+    let conditions = synthetic
+        .iter()
+        .any(|t| t.condition < eval::CONDITIONS.len());
+    let framing = synthetic
+        .iter()
+        .any(|t| t.condition >= eval::CONDITIONS.len());
     if !synthetic.is_empty() {
         println!(
-            "# Synthetic sweep: {} conditions × {trials} scans of {seconds} s (320×240 unless noted; {:.0} s on {threads} threads)\n",
-            eval::CONDITIONS.len(),
+            "# Synthetic sweep: {} scans of {seconds} s ({:.0} s on {threads} threads)\n",
+            synthetic.len(),
             sweep_s
         );
         println!(
             "Errors over completed scans; HR in bpm, RR in breaths/min. \"Right\" = within {} bpm.\n",
             eval::HR_RIGHT_BPM
         );
+    }
+    if conditions {
+        println!(
+            "## Conditions: {} × {trials} scans (320×240 unless noted)\n",
+            eval::CONDITIONS.len()
+        );
         print!("{}", eval::sweep_table(&synthetic));
+    }
+    if framing {
+        let config = Config::default_config();
+        println!(
+            "\n## Framing: {} × {trials} scans over {} portraits (minimum face {} px; lock and first result in seconds of video)\n",
+            eval::FRAMINGS.len(),
+            photos.len(),
+            config.scan.min_face_px
+        );
+        print!("{}", eval::framing_table(&synthetic));
     }
     if !real.is_empty() {
         println!("\n# Welltory contact PPG vs Polar H10 chest strap (analyze --method red)\n");
@@ -726,7 +758,7 @@ fn demo(a: cli::DemoArgs) -> Result<i32, AppError> {
     let mut config = load_config(a.config.as_deref())?;
     let input = format!("synthetic:hr={},rr={},seed={}", a.hr, a.rr, a.seed);
     let params = SyntheticParams::parse(&input, &input[10..])?;
-    let mut spec = SourceSpec::Synthetic(params);
+    let mut spec = SourceSpec::Synthetic(Box::new(params));
     scan_length(&mut config, &mut spec, &input, Some(a.seconds))?;
     let mut out = std::io::stdout();
     writeln!(

@@ -220,6 +220,9 @@ mod tests {
                 truth: None,
             },
             cancelled: None,
+            constraint: None,
+            locked_at_s: Some(0.0),
+            first_result_at_s: Some(5.0),
             result: ScanResult {
                 hr_bpm: hr,
                 confidence: 0.9,

@@ -14,6 +14,7 @@ use super::{random_u128, unix_ms, AppError};
 use crate::capture::{self, Frame, SourceInfo, SourceSpec};
 use crate::config::Config;
 use crate::events::{ulid, Event, EventKind, EventSink, StampedEvent, Stamper};
+use crate::measurement::guidance::Constraint;
 use crate::measurement::{CancelReason, Measurement, ScanResult, Update};
 use crate::vision::detector::FaceDetector;
 use crate::vision::FaceRoiExtractor;
@@ -50,7 +51,15 @@ pub struct ScanReport {
     pub source: SourceInfo,
     /// `None` when completed.
     pub cancelled: Option<CancelReason>,
+    /// The condition behind a cancellation, when there is one
+    /// (`FACE_TOO_SMALL` behind `NO_FACE`, `FACE_CHANGED` behind `FACE_LOST`).
+    pub constraint: Option<Constraint>,
     pub result: ScanResult,
+    /// Frame time (s from the first frame) at which the face was locked
+    /// and the measurement started.
+    pub locked_at_s: Option<f64>,
+    /// Frame time of the first intermediate result with a heart rate.
+    pub first_result_at_s: Option<f64>,
     pub frames_dropped: u64,
     pub processing_time_ms: u64,
     pub events: u64,
@@ -70,6 +79,7 @@ impl ScanReport {
             "measurementId": self.measurement_id,
             "status": if self.cancelled.is_some() { "cancelled" } else { "completed" },
             "reason": self.cancelled.map(|c| c.code()),
+            "constraint": self.constraint.map(|c| c.code()),
             "heart_rate_bpm": num(r.hr_bpm, 1),
             "respiratory_rate_bpm": num(r.rr_bpm, 1),
             "hrv_rmssd_ms": num(r.rmssd_ms, 1),
@@ -166,10 +176,12 @@ pub fn run_scan(
                 live.snr_db = Some(r.snr_db);
             }
             match &u {
-                Update::Completed(r) => ended = Some((None, r.clone())),
-                Update::Cancelled { reason, result } => {
-                    ended = Some((Some(*reason), result.clone()))
-                }
+                Update::Completed(r) => ended = Some((None, None, r.clone())),
+                Update::Cancelled {
+                    reason,
+                    constraint,
+                    result,
+                } => ended = Some((Some(*reason), *constraint, result.clone())),
                 _ => {}
             }
             let mut event =
@@ -213,6 +225,8 @@ pub fn run_scan(
         let t0 = Instant::now();
         let obs = vision.process(&frame);
         measurement.push(&obs, &mut updates);
+        // While a measurement runs its face is held: no other face replaces it.
+        vision.hold(measurement.is_measuring());
         busy += t0.elapsed();
         live.frame_t_s = frame.t_s;
         live.face = obs.face.is_some();
@@ -221,13 +235,16 @@ pub fn run_scan(
     if let Some(e) = failure {
         return Err(e.into());
     }
-    let (cancelled, result) = ended.expect("the loop ends only with a terminal update");
+    let (cancelled, constraint, result) = ended.expect("the loop ends only with a terminal update");
     Ok(ScanReport {
         session_id,
         measurement_id,
         source: info,
         cancelled,
+        constraint,
         result,
+        locked_at_s: measurement.started_at(),
+        first_result_at_s: measurement.first_result_at(),
         frames_dropped: source.frames_dropped(),
         processing_time_ms: busy.as_millis() as u64,
         events: emitter.count,

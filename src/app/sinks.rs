@@ -5,8 +5,8 @@
 //! flushed before `accept` returns, so a crash loses at most the event being
 //! written; files are opened for append (an existing log is never truncated).
 //! The outbox sink returns only when the event is durable, then wakes the
-//! lanes that want it; an intermediate result the full outbox has no room
-//! for is shed (counted) instead of ending the scan.
+//! lanes that want it; a live event (intermediate result or hint) the full
+//! outbox has no room for is shed (counted) instead of ending the scan.
 
 use crate::delivery::Lane;
 use crate::events::{EventSink, SinkError, StampedEvent};
@@ -79,11 +79,9 @@ impl EventSink for OutboxSink {
         };
         match self.outbox.append(event, &names, super::unix_ms()) {
             Ok(_) => {}
-            // No room even after shedding older ones: this intermediate
-            // result is shed itself (counted); the scan goes on.
-            Err(crate::outbox::OutboxError::Full { .. })
-                if event.kind == crate::events::EventKind::IntermediateResults =>
-            {
+            // No room even after shedding older ones: this live event is
+            // shed itself (counted); the scan goes on.
+            Err(crate::outbox::OutboxError::Full { .. }) if event.kind.is_sheddable() => {
                 return self.outbox.count_shed().map_err(sink_error);
             }
             Err(e) => return Err(sink_error(e)),

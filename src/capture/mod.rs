@@ -19,6 +19,7 @@
 pub mod camera;
 pub mod frames_dir;
 pub mod rgb_csv;
+pub mod scene;
 pub mod synthetic;
 pub mod y4m;
 
@@ -148,7 +149,8 @@ impl CaptureError {
 /// A parsed `--input` value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SourceSpec {
-    Synthetic(synthetic::SyntheticParams),
+    /// Boxed: the parameters (with a portrait spec) dwarf the other variants.
+    Synthetic(Box<synthetic::SyntheticParams>),
     /// A YUV4MPEG2 file, or standard input when the path is `-`.
     Y4m(PathBuf),
     Frames {
@@ -206,9 +208,9 @@ impl std::str::FromStr for SourceSpec {
     fn from_str(spec: &str) -> Result<Self, Self::Err> {
         let (head, rest) = spec.split_once(':').unwrap_or((spec, ""));
         match head {
-            "synthetic" => Ok(SourceSpec::Synthetic(synthetic::SyntheticParams::parse(
-                spec, rest,
-            )?)),
+            "synthetic" => Ok(SourceSpec::Synthetic(Box::new(
+                synthetic::SyntheticParams::parse(spec, rest)?,
+            ))),
             "frames" => {
                 let mut parts = rest.splitn(2, ',');
                 let dir = parts.next().unwrap_or("").trim();
@@ -249,7 +251,7 @@ impl std::str::FromStr for SourceSpec {
 /// Opens the source named by `spec`.
 pub fn open(spec: &SourceSpec) -> Result<Box<dyn FrameSource>, CaptureError> {
     match spec {
-        SourceSpec::Synthetic(p) => Ok(Box::new(synthetic::SyntheticSource::new(p.clone())?)),
+        SourceSpec::Synthetic(p) => Ok(Box::new(synthetic::SyntheticSource::new(*p.clone())?)),
         SourceSpec::Y4m(path) if path.as_os_str() == "-" => Ok(Box::new(y4m::Y4mSource::new(
             Box::new(std::io::BufReader::with_capacity(1 << 20, std::io::stdin())),
             "stdin".into(),

@@ -44,6 +44,8 @@ pub enum EventKind {
     MeasurementCreated,
     MeasurementStarted,
     IntermediateResults,
+    /// A live hint for the person being measured (raised, repeated, cleared).
+    ConstraintWarning,
     LowSnr,
     ConstraintViolation,
     FailedInitBloodFlow,
@@ -57,11 +59,12 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 12] = [
+    pub const ALL: [EventKind; 13] = [
         EventKind::CameraStarted,
         EventKind::MeasurementCreated,
         EventKind::MeasurementStarted,
         EventKind::IntermediateResults,
+        EventKind::ConstraintWarning,
         EventKind::LowSnr,
         EventKind::ConstraintViolation,
         EventKind::FailedInitBloodFlow,
@@ -79,6 +82,7 @@ impl EventKind {
             EventKind::MeasurementCreated => "MEASUREMENT_CREATED",
             EventKind::MeasurementStarted => "MEASUREMENT_STARTED",
             EventKind::IntermediateResults => "INTERMEDIATE_RESULTS",
+            EventKind::ConstraintWarning => "CONSTRAINT_WARNING",
             EventKind::LowSnr => "LOW_SNR",
             EventKind::ConstraintViolation => "CONSTRAINT_VIOLATION",
             EventKind::FailedInitBloodFlow => "FAILED_INIT_BLOOD_FLOW",
@@ -90,6 +94,20 @@ impl EventKind {
         }
     }
 
+    /// Live, superseded by the next of its kind: the outbox may drop it to
+    /// stay under its size cap (oldest first); nothing else is ever dropped.
+    pub fn is_sheddable(self) -> bool {
+        matches!(
+            self,
+            EventKind::IntermediateResults | EventKind::ConstraintWarning
+        )
+    }
+
+    /// The kind with this wire name.
+    pub fn from_name(name: &str) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
     pub fn severity(self) -> Severity {
         match self {
             EventKind::LowSnr
@@ -97,7 +115,7 @@ impl EventKind {
             | EventKind::FailedInitBloodFlow
             | EventKind::GeneralError
             | EventKind::CameraPermissionDenied => Severity::Error,
-            EventKind::MeasurementCanceled => Severity::Warn,
+            EventKind::MeasurementCanceled | EventKind::ConstraintWarning => Severity::Warn,
             _ => Severity::Info,
         }
     }
@@ -211,23 +229,58 @@ impl Event {
                     "below_for_s": round(*below_for_s, 1),
                 }),
             ),
-            Update::Constraint { reason, detail } => (
-                EventKind::ConstraintViolation,
-                json!({ "measurementId": measurement_id, "details": reason.code(), "message": detail }),
+            Update::Hint(h) => (
+                EventKind::ConstraintWarning,
+                json!({
+                    "measurementId": measurement_id,
+                    "constraint": h.constraint.code(),
+                    "status": if h.active { "ACTIVE" } else { "CLEARED" },
+                    "severity": "WARN",
+                    "message": h.detail,
+                    "advice": if h.active { json!(h.constraint.advice()) } else { Value::Null },
+                }),
             ),
-            Update::NoFace { waited_s } => (
+            Update::Constraint {
+                reason,
+                constraint,
+                detail,
+            } => (
+                EventKind::ConstraintViolation,
+                json!({
+                    "measurementId": measurement_id,
+                    "details": reason.code(),
+                    "constraint": constraint.code(),
+                    "severity": "ERROR",
+                    "message": detail,
+                    "advice": constraint.advice(),
+                }),
+            ),
+            Update::NoFace {
+                waited_s,
+                constraint,
+                detail,
+            } => (
                 EventKind::FailedInitBloodFlow,
                 json!({
                     "measurementId": measurement_id,
                     "details": CancelReason::NoFace.code(),
-                    "message": format!("no usable face and skin region within {:.1} s", waited_s),
+                    "constraint": constraint.code(),
+                    "severity": "ERROR",
+                    "message": detail,
+                    "advice": constraint.advice(),
+                    "waited_s": round(*waited_s, 1),
                 }),
             ),
-            Update::Cancelled { reason, result } => (
+            Update::Cancelled {
+                reason,
+                constraint,
+                result,
+            } => (
                 EventKind::MeasurementCanceled,
                 json!({
                     "measurementId": measurement_id,
                     "reason": reason.code(),
+                    "constraint": constraint.map(|c| c.code()),
                     "snr_db": opt(result.snr_db, 2),
                     "duration_s": round(result.duration_s, 2),
                     "frames": result.frames,
@@ -514,7 +567,7 @@ mod tests {
                 | FailedInitBloodFlow
                 | GeneralError
                 | CameraPermissionDenied => Severity::Error,
-                MeasurementCanceled => Severity::Warn,
+                MeasurementCanceled | ConstraintWarning => Severity::Warn,
                 _ => Severity::Info,
             };
             assert_eq!(k.severity(), want, "{}", k.name());

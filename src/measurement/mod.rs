@@ -5,16 +5,22 @@
 //! [`Update`]s; the events stage turns those into WMS-style events.
 //!
 //! ```text
-//! created ──face+skin──▶ measuring ──duration reached, SNR ok──▶ completed
+//! created ──face ≥ min_face_px + skin──▶ measuring ──duration reached, SNR ok──▶ completed
 //!    │                      │ ├─ ~1 Hz: intermediate result
 //!    │                      │ ├─ face missing > face_lost_timeout ─▶ cancelled FACE_LOST
+//!    │                      │ ├─ another face (new identity) ─────▶ cancelled FACE_LOST (FACE_CHANGED)
 //!    │                      │ ├─ too dark > dark_timeout ─────────▶ cancelled TOO_DARK
 //!    │                      │ ├─ too much motion > motion_timeout ─▶ cancelled TOO_MUCH_MOTION
 //!    │                      │ ├─ SNR < low_snr_db for low_snr_timeout (or at the end) ─▶ cancelled LOW_SNR
 //!    │                      │ └─ input ended: completed if ≥ min_duration, else cancelled INPUT_ENDED
-//!    ├─ no face within face_init_timeout ─▶ cancelled NO_FACE (FAILED_INIT_BLOOD_FLOW)
+//!    ├─ no usable face within face_init_timeout ─▶ cancelled NO_FACE (FAILED_INIT_BLOOD_FLOW,
+//!    │     saying what was seen: no face, FACE_TOO_SMALL, FACE_CUT_OFF or SKIN_NOT_FOUND)
 //!    └─ too dark before a face was found ─▶ cancelled TOO_DARK
 //! ```
+//!
+//! In both phases, [`guidance`] turns what the frame shows (face too small,
+//! too large, cut off, off-centre, too dark, over-exposed, moving) into
+//! throttled live hints, before anything is cancelled.
 //!
 //! Invariants: pure — time is the frame timestamp, nothing reads a clock or
 //! does I/O, so every path is tested with plain synchronous tests; exactly
@@ -22,9 +28,15 @@
 //! which input is ignored; a cancelled scan never reports a heart rate (a
 //! confident wrong number is worse than none).
 
+pub mod guidance;
+
 use crate::signal::{SignalConfig, SignalError, Traces, VitalsEstimator};
 use crate::vision::Observation;
+use guidance::{Constraint, Guide, Hint, Limits};
 use serde::Serialize;
+
+/// Once measuring, a face down to this share of `min_face_px` still counts.
+pub const MEASURING_FACE_SHARE: f64 = 0.75;
 
 /// Thresholds and timing of a scan (validated by the config loader).
 #[derive(Debug, Clone, PartialEq)]
@@ -34,6 +46,8 @@ pub struct MeasurementConfig {
     pub min_duration_s: f64,
     pub face_init_timeout_s: f64,
     pub face_lost_timeout_s: f64,
+    /// Faces narrower than this (frame pixels) are not measured.
+    pub min_face_px: f64,
     pub min_skin_pixels: u32,
     /// Mean frame luma (0..255) below which the scene is too dark.
     pub dark_luma: f64,
@@ -46,6 +60,8 @@ pub struct MeasurementConfig {
     pub intermediate_interval_s: f64,
     /// First intermediate result once this much signal is recorded.
     pub first_result_after_s: f64,
+    /// A live hint that still applies is repeated this often.
+    pub hint_interval_s: f64,
 }
 
 impl Default for MeasurementConfig {
@@ -55,7 +71,8 @@ impl Default for MeasurementConfig {
             min_duration_s: 15.0,
             face_init_timeout_s: 10.0,
             face_lost_timeout_s: 2.0,
-            min_skin_pixels: 200,
+            min_face_px: 64.0,
+            min_skin_pixels: 40,
             dark_luma: 25.0,
             dark_timeout_s: 2.0,
             max_motion_face_widths_per_s: 0.5,
@@ -64,6 +81,7 @@ impl Default for MeasurementConfig {
             low_snr_timeout_s: 8.0,
             intermediate_interval_s: 1.0,
             first_result_after_s: 5.0,
+            hint_interval_s: 3.0,
         }
     }
 }
@@ -145,20 +163,30 @@ pub enum Update {
         t_s: f64,
     },
     Intermediate(Intermediate),
+    /// A live hint raised, repeated or cleared ([`guidance`]).
+    Hint(Hint),
     LowSnr {
         snr_db: f64,
         threshold_db: f64,
         below_for_s: f64,
     },
+    /// The condition that ends a running scan.
     Constraint {
         reason: CancelReason,
+        constraint: Constraint,
         detail: String,
     },
+    /// No usable face in time; `constraint` and `detail` say what was seen.
     NoFace {
         waited_s: f64,
+        constraint: Constraint,
+        detail: String,
     },
     Cancelled {
         reason: CancelReason,
+        /// The condition behind the reason, when there is one (e.g.
+        /// `FACE_CHANGED` behind `FACE_LOST`).
+        constraint: Option<Constraint>,
         result: ScanResult,
     },
     Completed(ScanResult),
@@ -188,6 +216,18 @@ pub struct Measurement {
     results: u32,
     /// Recent `(t, speed in face widths per second)` for the 1 s motion average.
     speeds: std::collections::VecDeque<(f64, f64)>,
+    last_frame_t: Option<f64>,
+    /// Identity of the measured face (vision's `face_id`).
+    face_id: u64,
+    /// While waiting: the largest face seen, and its skin pixels.
+    largest_seen: Option<(crate::vision::FaceBox, u32)>,
+    /// While waiting: a face was seen cut by the frame's edge.
+    cut_off_seen: bool,
+    /// When the face was locked and when the first result came (frame times).
+    started_at: Option<f64>,
+    first_result_at: Option<f64>,
+    guide: Guide,
+    hints: Vec<Hint>,
     t: Vec<f64>,
     rgb: Vec<[f64; 3]>,
     vertical: Vec<f64>,
@@ -205,6 +245,7 @@ impl Measurement {
             ..signal
         };
         out.push(Update::Created);
+        let guide = Guide::new(cfg.hint_interval_s);
         Ok(Measurement {
             estimator: VitalsEstimator::new(signal)?,
             cfg,
@@ -219,6 +260,14 @@ impl Measurement {
             next_result_t: 0.0,
             results: 0,
             speeds: Default::default(),
+            last_frame_t: None,
+            face_id: 0,
+            largest_seen: None,
+            cut_off_seen: false,
+            started_at: None,
+            first_result_at: None,
+            guide,
+            hints: Vec::new(),
             t: Vec::new(),
             rgb: Vec::new(),
             vertical: Vec::new(),
@@ -227,6 +276,11 @@ impl Measurement {
 
     pub fn is_done(&self) -> bool {
         self.phase == Phase::Done
+    }
+
+    /// A face is locked and its signal is being recorded.
+    pub fn is_measuring(&self) -> bool {
+        self.phase == Phase::Measuring
     }
 
     pub fn frames(&self) -> u64 {
@@ -241,6 +295,60 @@ impl Measurement {
         }
     }
 
+    /// Frame time at which the face was locked and the measurement started.
+    pub fn started_at(&self) -> Option<f64> {
+        self.started_at
+    }
+
+    /// Frame time of the first intermediate result with a heart rate.
+    pub fn first_result_at(&self) -> Option<f64> {
+        self.first_result_at
+    }
+
+    /// The smallest face measured now: `min_face_px` to start, and a
+    /// quarter less once measuring (hysteresis: detector jitter at the
+    /// threshold must not end a scan that has started).
+    fn min_face_px(&self) -> f64 {
+        match self.phase {
+            Phase::Measuring => MEASURING_FACE_SHARE * self.cfg.min_face_px,
+            _ => self.cfg.min_face_px,
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            min_face_px: self.min_face_px(),
+            dark_luma: self.cfg.dark_luma,
+            max_motion_face_widths_per_s: self.cfg.max_motion_face_widths_per_s,
+        }
+    }
+
+    /// Whether the face in `obs` can be measured.
+    fn usable(&self, obs: &Observation) -> bool {
+        let min_face_px = self.min_face_px();
+        obs.face
+            .is_some_and(|f| f.w >= min_face_px && obs.skin_pixels >= self.cfg.min_skin_pixels)
+    }
+
+    /// The face's speed in face widths per second, averaged over 1 s.
+    fn speed(&mut self, obs: &Observation) -> f64 {
+        let t = obs.t_s;
+        let dt = self.last_frame_t.map_or(0.0, |l| t - l);
+        self.last_frame_t = Some(t);
+        match obs.face {
+            Some(face) if dt > 0.0 && face.w > 0.0 => {
+                let speed = obs.motion_px[0].hypot(obs.motion_px[1]) / dt / face.w;
+                self.speeds.push_back((t, speed));
+            }
+            Some(_) => {}
+            None => self.speeds.clear(),
+        }
+        while self.speeds.front().is_some_and(|&(ts, _)| t - ts > 1.0) {
+            self.speeds.pop_front();
+        }
+        self.speeds.iter().map(|s| s.1).sum::<f64>() / self.speeds.len().max(1) as f64
+    }
+
     /// Feeds one frame's observation.
     pub fn push(&mut self, obs: &Observation, out: &mut Vec<Update>) {
         if self.phase == Phase::Done {
@@ -249,7 +357,10 @@ impl Measurement {
         self.frames += 1;
         let t = obs.t_s;
         let first_t = *self.first_t.get_or_insert(t);
-        let face_ok = obs.face.is_some() && obs.skin_pixels >= self.cfg.min_skin_pixels;
+        let speed = self.speed(obs);
+        let holding = guidance::assess(obs, speed, &self.limits());
+        self.guide.update(t, &holding, &mut self.hints);
+        out.extend(self.hints.drain(..).map(Update::Hint));
 
         if obs.luma < self.cfg.dark_luma {
             let since = *self.dark_since.get_or_insert(t);
@@ -264,6 +375,7 @@ impl Measurement {
                     out,
                     Update::Constraint {
                         reason: CancelReason::TooDark,
+                        constraint: Constraint::TooDark,
                         detail,
                     },
                 );
@@ -274,21 +386,82 @@ impl Measurement {
 
         match self.phase {
             Phase::Waiting => {
-                if face_ok && self.dark_since.is_none() {
+                if self.usable(obs) && self.dark_since.is_none() {
                     self.phase = Phase::Measuring;
                     self.start_t = t;
+                    self.started_at = Some(t);
                     self.last_face_t = t;
+                    self.face_id = obs.face_id;
                     self.next_result_t = t + self.cfg.first_result_after_s;
                     out.push(Update::Started { t_s: t });
                     self.record(obs);
-                } else if t - first_t >= self.cfg.face_init_timeout_s {
-                    let waited_s = t - first_t;
-                    self.cancel_with(out, Update::NoFace { waited_s });
+                    return;
+                }
+                self.remember_seen(obs, &holding);
+                if t - first_t >= self.cfg.face_init_timeout_s {
+                    self.no_face(t - first_t, out);
                 }
             }
-            Phase::Measuring => self.measure(obs, face_ok, out),
+            Phase::Measuring => self.measure(obs, speed, out),
             Phase::Done => {}
         }
+    }
+
+    /// While waiting: keeps what was seen, for the NO_FACE message.
+    fn remember_seen(&mut self, obs: &Observation, holding: &[(Constraint, String)]) {
+        if let Some(face) = obs.face {
+            if self.largest_seen.is_none_or(|(f, _)| face.w > f.w) {
+                self.largest_seen = Some((face, obs.skin_pixels));
+            }
+        }
+        self.cut_off_seen |= holding.iter().any(|(c, _)| *c == Constraint::FaceCutOff);
+    }
+
+    /// Cancels the wait with NO_FACE, saying what was seen.
+    fn no_face(&mut self, waited_s: f64, out: &mut Vec<Update>) {
+        let min = self.cfg.min_face_px;
+        let (constraint, detail) = match self.largest_seen {
+            None => (
+                Constraint::NoFace,
+                format!(
+                    "no face was found in {waited_s:.1} s: {}",
+                    Constraint::NoFace.advice()
+                ),
+            ),
+            Some((face, _)) if face.w < min => (
+                Constraint::FaceTooSmall,
+                format!(
+                    "a face {:.0} px wide was found; the minimum is {min:.0} px: move closer or use a higher resolution",
+                    face.w
+                ),
+            ),
+            Some((face, skin)) if self.cut_off_seen => (
+                Constraint::FaceCutOff,
+                format!(
+                    "a face {:.0} px wide was found, cut by the edge of the picture ({skin} skin pixels, minimum {}): {}",
+                    face.w,
+                    self.cfg.min_skin_pixels,
+                    Constraint::FaceCutOff.advice()
+                ),
+            ),
+            Some((face, skin)) => (
+                Constraint::SkinNotFound,
+                format!(
+                    "a face {:.0} px wide was found, but forehead and cheeks showed {skin} skin pixels (minimum {}): {}",
+                    face.w,
+                    self.cfg.min_skin_pixels,
+                    Constraint::SkinNotFound.advice()
+                ),
+            ),
+        };
+        self.cancel_with(
+            out,
+            Update::NoFace {
+                waited_s,
+                constraint,
+                detail,
+            },
+        );
     }
 
     fn record(&mut self, obs: &Observation) {
@@ -297,33 +470,63 @@ impl Measurement {
         self.vertical.push(obs.vertical_px);
     }
 
-    fn measure(&mut self, obs: &Observation, face_ok: bool, out: &mut Vec<Update>) {
+    fn measure(&mut self, obs: &Observation, speed: f64, out: &mut Vec<Update>) {
         let t = obs.t_s;
-        if face_ok {
-            self.last_face_t = t;
-            self.record(obs);
-        } else if t - self.last_face_t >= self.cfg.face_lost_timeout_s {
-            let detail = format!("no face for {:.1} s", t - self.last_face_t);
+        if let Some(f) = obs.face.filter(|_| obs.face_id != self.face_id) {
+            let (cx, cy) = f.center();
+            let detail = format!(
+                "another face ({:.0} px wide at {cx:.0},{cy:.0}) replaced the measured one: the scan \
+                 ended; start again with one person in front of the camera",
+                f.w
+            );
             return self.cancel_with(
                 out,
                 Update::Constraint {
                     reason: CancelReason::FaceLost,
+                    constraint: Constraint::FaceChanged,
+                    detail,
+                },
+            );
+        }
+        let face_ok = self.usable(obs);
+        if face_ok {
+            self.last_face_t = t;
+            self.record(obs);
+        } else if t - self.last_face_t >= self.cfg.face_lost_timeout_s {
+            let (constraint, detail) = match obs.face {
+                Some(f) if f.w < self.min_face_px() => (
+                    Constraint::FaceTooSmall,
+                    format!(
+                        "the face is {:.0} px wide, below the minimum of {:.0} px, for {:.1} s",
+                        f.w,
+                        self.min_face_px(),
+                        t - self.last_face_t
+                    ),
+                ),
+                Some(_) => (
+                    Constraint::SkinNotFound,
+                    format!(
+                        "too little skin ({} pixels, minimum {}) for {:.1} s",
+                        obs.skin_pixels,
+                        self.cfg.min_skin_pixels,
+                        t - self.last_face_t
+                    ),
+                ),
+                None => (
+                    Constraint::FaceLost,
+                    format!("no face for {:.1} s", t - self.last_face_t),
+                ),
+            };
+            return self.cancel_with(
+                out,
+                Update::Constraint {
+                    reason: CancelReason::FaceLost,
+                    constraint,
                     detail,
                 },
             );
         }
 
-        if let Some(face) = obs.face {
-            let dt = self.t.len().checked_sub(2).map_or(0.0, |i| t - self.t[i]);
-            if dt > 0.0 && face.w > 0.0 {
-                let speed = obs.motion_px[0].hypot(obs.motion_px[1]) / dt / face.w;
-                self.speeds.push_back((t, speed));
-            }
-        }
-        while self.speeds.front().is_some_and(|&(ts, _)| t - ts > 1.0) {
-            self.speeds.pop_front();
-        }
-        let speed = self.speeds.iter().map(|s| s.1).sum::<f64>() / self.speeds.len().max(1) as f64;
         if speed > self.cfg.max_motion_face_widths_per_s {
             let since = *self.fast_since.get_or_insert(t);
             if t - since >= self.cfg.motion_timeout_s {
@@ -337,6 +540,7 @@ impl Measurement {
                     out,
                     Update::Constraint {
                         reason: CancelReason::TooMuchMotion,
+                        constraint: Constraint::TooMuchMotion,
                         detail,
                     },
                 );
@@ -378,6 +582,9 @@ impl Measurement {
             rr_confidence: resp.as_ref().map_or(0.0, |r| r.confidence),
         }));
         self.results += 1;
+        if heart.bpm.is_some() && self.first_result_at.is_none() {
+            self.first_result_at = Some(t);
+        }
         // LOW_SNR is judged only on full windows: a short window's SNR is low by construction.
         if span + 1e-9 < self.estimator.config().hr_window_s {
             return;
@@ -426,7 +633,7 @@ impl Measurement {
                 threshold_db: self.cfg.low_snr_db,
                 below_for_s: result.duration_s,
             });
-            return self.finish_cancelled(CancelReason::LowSnr, result, out);
+            return self.finish_cancelled(CancelReason::LowSnr, None, result, out);
         }
         self.phase = Phase::Done;
         out.push(Update::Completed(result));
@@ -434,10 +641,13 @@ impl Measurement {
 
     /// Emits `cause` (a LowSnr, Constraint or NoFace update), then the cancellation.
     fn cancel_with(&mut self, out: &mut Vec<Update>, cause: Update) {
-        let (reason, snr_db) = match &cause {
-            Update::LowSnr { snr_db, .. } => (CancelReason::LowSnr, Some(*snr_db)),
-            Update::Constraint { reason, .. } => (*reason, None),
-            _ => (CancelReason::NoFace, None),
+        let (reason, constraint, snr_db) = match &cause {
+            Update::LowSnr { snr_db, .. } => (CancelReason::LowSnr, None, Some(*snr_db)),
+            Update::Constraint {
+                reason, constraint, ..
+            } => (*reason, Some(*constraint), None),
+            Update::NoFace { constraint, .. } => (CancelReason::NoFace, Some(*constraint), None),
+            _ => (CancelReason::NoFace, None, None),
         };
         out.push(cause);
         // Mid-scan, keep the waves for reports (a bad scan is what they debug);
@@ -450,12 +660,13 @@ impl Measurement {
         result.duration_s = self.elapsed_s();
         result.frames = self.frames;
         result.snr_db = snr_db;
-        self.finish_cancelled(reason, result, out);
+        self.finish_cancelled(reason, constraint, result, out);
     }
 
     fn finish_cancelled(
         &mut self,
         reason: CancelReason,
+        constraint: Option<Constraint>,
         mut result: ScanResult,
         out: &mut Vec<Update>,
     ) {
@@ -466,7 +677,11 @@ impl Measurement {
         result.confidence = 0.0;
         result.rr_confidence = 0.0;
         self.phase = Phase::Done;
-        out.push(Update::Cancelled { reason, result });
+        out.push(Update::Cancelled {
+            reason,
+            constraint,
+            result,
+        });
     }
 
     /// The input ended (end of file, camera closed).
@@ -474,10 +689,11 @@ impl Measurement {
         match self.phase {
             Phase::Done => {}
             Phase::Waiting => {
-                let waited_s = self
-                    .first_t
-                    .map_or(0.0, |f| self.t.last().copied().unwrap_or(f) - f);
-                self.cancel_with(out, Update::NoFace { waited_s });
+                let waited_s = match (self.first_t, self.last_frame_t) {
+                    (Some(a), Some(b)) => b - a,
+                    _ => 0.0,
+                };
+                self.no_face(waited_s, out);
             }
             Phase::Measuring if self.elapsed_s() + 1e-9 >= self.cfg.min_duration_s => {
                 self.complete(out)
@@ -488,7 +704,7 @@ impl Measurement {
                     frames: self.frames,
                     ..ScanResult::default()
                 };
-                self.finish_cancelled(CancelReason::InputEnded, result, out);
+                self.finish_cancelled(CancelReason::InputEnded, None, result, out);
             }
         }
     }
@@ -501,7 +717,7 @@ impl Measurement {
                 frames: self.frames,
                 ..ScanResult::default()
             };
-            self.finish_cancelled(reason, result, out);
+            self.finish_cancelled(reason, None, result, out);
         }
     }
 }
@@ -548,12 +764,15 @@ mod tests {
             skin_pixels: 5000,
             roi_pixels: 6000,
             luma: 120.0,
-            motion_px: [0.0, 0.0],
-            vertical_px: 0.0,
+            width: 640,
+            height: 480,
+            face_id: 1,
+            ..Default::default()
         }
     }
 
-    fn run(cfg: MeasurementConfig, frames: impl Iterator<Item = Observation>) -> Vec<Update> {
+    /// Every update, hints included.
+    fn run_all(cfg: MeasurementConfig, frames: impl Iterator<Item = Observation>) -> Vec<Update> {
         let mut out = Vec::new();
         let mut m = Measurement::new(cfg, SignalConfig::default(), &mut out).unwrap();
         for o in frames {
@@ -564,6 +783,22 @@ mod tests {
         }
         m.end_of_input(&mut out);
         out
+    }
+
+    /// The lifecycle updates (hints left out).
+    fn run(cfg: MeasurementConfig, frames: impl Iterator<Item = Observation>) -> Vec<Update> {
+        let mut out = run_all(cfg, frames);
+        out.retain(|u| !matches!(u, Update::Hint(_)));
+        out
+    }
+
+    fn hints(out: &[Update]) -> Vec<&Hint> {
+        out.iter()
+            .filter_map(|u| match u {
+                Update::Hint(h) => Some(h),
+                _ => None,
+            })
+            .collect()
     }
 
     fn short() -> MeasurementConfig {
@@ -616,7 +851,7 @@ mod tests {
             "{:?}",
             out[n - 2]
         );
-        let Update::Cancelled { reason, result } = &out[n - 1] else {
+        let Update::Cancelled { reason, result, .. } = &out[n - 1] else {
             panic!()
         };
         assert_eq!(*reason, CancelReason::LowSnr);
@@ -637,7 +872,20 @@ mod tests {
                 ..obs(i, true)
             }),
         );
-        assert!(matches!(out[1], Update::NoFace { waited_s } if (waited_s - 10.0).abs() < 0.05));
+        let Update::NoFace {
+            waited_s,
+            constraint,
+            detail,
+        } = &out[1]
+        else {
+            panic!("{:?}", out[1])
+        };
+        assert!((waited_s - 10.0).abs() < 0.05);
+        assert_eq!(*constraint, Constraint::NoFace);
+        assert!(
+            detail.starts_with("no face was found in 10.0 s"),
+            "{detail}"
+        );
         assert!(matches!(
             out[2],
             Update::Cancelled {
@@ -770,5 +1018,171 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn a_face_too_small_to_measure_is_reported_with_its_size_and_never_measured() {
+        let small = FaceBox {
+            x: 300.0,
+            y: 200.0,
+            w: 40.0,
+            h: 40.0,
+        };
+        let out = run_all(
+            MeasurementConfig::default(),
+            (0..400).map(|i| Observation {
+                face: Some(small),
+                ..obs(i, true)
+            }),
+        );
+        assert!(!out.iter().any(|u| matches!(u, Update::Started { .. })));
+        let h = hints(&out);
+        assert!(!h.is_empty() && h.iter().all(|h| h.constraint == Constraint::FaceTooSmall));
+        assert_eq!(h.len(), 4, "at 0.5, 3.5, 6.5 and 9.5 s");
+        let Some(Update::NoFace {
+            constraint, detail, ..
+        }) = out.iter().find(|u| matches!(u, Update::NoFace { .. }))
+        else {
+            panic!("{out:?}")
+        };
+        assert_eq!(*constraint, Constraint::FaceTooSmall);
+        assert_eq!(
+            detail,
+            "a face 40 px wide was found; the minimum is 64 px: move closer or use a higher resolution"
+        );
+        assert!(matches!(
+            out.last(),
+            Some(Update::Cancelled {
+                reason: CancelReason::NoFace,
+                constraint: Some(Constraint::FaceTooSmall),
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_face_without_skin_is_reported_as_such() {
+        let out = run(
+            MeasurementConfig::default(),
+            (0..400).map(|i| Observation {
+                skin_pixels: 3,
+                ..obs(i, true)
+            }),
+        );
+        let Update::NoFace {
+            constraint, detail, ..
+        } = &out[1]
+        else {
+            panic!("{:?}", out[1])
+        };
+        assert_eq!(*constraint, Constraint::SkinNotFound);
+        assert!(
+            detail.contains("200 px wide") && detail.contains("3 skin pixels"),
+            "{detail}"
+        );
+    }
+
+    #[test]
+    fn another_face_mid_scan_ends_it_as_face_lost_and_says_the_face_changed() {
+        let out = run(
+            short(),
+            (0..700).map(|i| {
+                let o = obs(i, true);
+                if i > 300 {
+                    Observation { face_id: 2, ..o }
+                } else {
+                    o
+                }
+            }),
+        );
+        let n = out.len();
+        let Update::Constraint {
+            reason,
+            constraint,
+            detail,
+        } = &out[n - 2]
+        else {
+            panic!("{:?}", out[n - 2])
+        };
+        assert_eq!(
+            (*reason, *constraint),
+            (CancelReason::FaceLost, Constraint::FaceChanged)
+        );
+        assert!(
+            detail.starts_with("another face (200 px wide at 200,200)"),
+            "{detail}"
+        );
+        let Update::Cancelled {
+            reason,
+            constraint,
+            result,
+        } = &out[n - 1]
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (*reason, *constraint),
+            (CancelReason::FaceLost, Some(Constraint::FaceChanged))
+        );
+        assert_eq!(result.hr_bpm, None, "no number from a scan of two people");
+    }
+
+    #[test]
+    fn a_started_scan_keeps_a_face_that_shrinks_a_little_below_the_minimum() {
+        let cfg = MeasurementConfig {
+            min_face_px: 190.0,
+            ..short()
+        };
+        let out = run(
+            cfg,
+            (0..700).map(|i| {
+                // Starts at 200 px, then the person leans back to 150 px (3/4 of 200).
+                let w = if i < 100 { 200.0 } else { 150.0 };
+                Observation {
+                    face: Some(FaceBox { w, h: w, ..FACE }),
+                    ..obs(i, true)
+                }
+            }),
+        );
+        assert!(
+            matches!(out.last(), Some(Update::Completed(_))),
+            "{:?}",
+            out.last()
+        );
+    }
+
+    #[test]
+    fn live_hints_come_before_the_cancellation_they_warn_of() {
+        // Fast motion from 10 s: TOO_MUCH_MOTION is raised at 10.5 s, the scan
+        // ends at 12 s.
+        let out = run_all(
+            short(),
+            (0..700).map(|i| Observation {
+                motion_px: if i >= 300 { [10.0, 0.0] } else { [0.0; 2] },
+                ..obs(i, true)
+            }),
+        );
+        let hint = out
+            .iter()
+            .position(|u| matches!(u, Update::Hint(h) if h.constraint == Constraint::TooMuchMotion && h.active))
+            .expect("a motion hint");
+        let cancel = out
+            .iter()
+            .position(|u| {
+                matches!(
+                    u,
+                    Update::Constraint {
+                        constraint: Constraint::TooMuchMotion,
+                        ..
+                    }
+                )
+            })
+            .expect("the cancellation");
+        assert!(hint < cancel);
+        let between = out[hint..cancel]
+            .iter()
+            .filter(|u| matches!(u, Update::Intermediate(_)))
+            .count();
+        assert!(between >= 1, "the person had time to hold still");
     }
 }

@@ -39,8 +39,9 @@
 //! - An event record is deleted when no destination has it pending or dead;
 //!   delivered audit records outlive it for `retention` and are then purged.
 //! - **Size cap**: the sum of stored event bytes never exceeds `max_bytes`.
-//!   To make room, INTERMEDIATE_RESULTS events are shed, oldest first, and
-//!   counted; lifecycle events and SCAN_COMPLETED are never shed. If there
+//!   To make room, INTERMEDIATE_RESULTS and CONSTRAINT_WARNING events (live,
+//!   superseded by the next) are shed, oldest first, and counted; lifecycle
+//!   events and SCAN_COMPLETED are never shed. If there
 //!   is still no room, the append fails with [`OutboxError::Full`].
 //! - sled and I/O failures are [`OutboxError`]s that say what to do, never panics.
 //!
@@ -324,9 +325,14 @@ fn decode_high_water(bytes: &[u8]) -> Result<u64, String> {
     Ok(id)
 }
 
-/// Whether a stored event value is an INTERMEDIATE_RESULTS (sheddable).
+/// Whether a stored event kind may be shed ([`EventKind::is_sheddable`]).
+fn kind_is_sheddable(kind: &str) -> bool {
+    EventKind::from_name(kind).is_some_and(EventKind::is_sheddable)
+}
+
+/// Whether a stored event value may be shed.
 fn is_sheddable(value: &[u8]) -> bool {
-    decode_meta(0, value).is_ok_and(|(m, _)| m.kind == EventKind::IntermediateResults.name())
+    decode_meta(0, value).is_ok_and(|(m, _)| kind_is_sheddable(&m.kind))
 }
 
 /// Group commit: one flush covers every write made before it started.
@@ -635,7 +641,7 @@ impl Outbox {
             });
             match id {
                 Ok(id) => {
-                    self.count_bytes(req.kind == EventKind::IntermediateResults, req.size, true);
+                    self.count_bytes(req.kind.is_sheddable(), req.size, true);
                     accepted.push((req, id));
                 }
                 Err(e) => results.push((req.ticket, Err(e))),
@@ -671,7 +677,7 @@ impl Outbox {
             match &written {
                 Ok(()) => results.push((req.ticket, Ok(id))),
                 Err(message) => {
-                    self.count_bytes(req.kind == EventKind::IntermediateResults, req.size, false);
+                    self.count_bytes(req.kind.is_sheddable(), req.size, false);
                     results.push((
                         req.ticket,
                         Err(OutboxError::Write {
@@ -690,7 +696,6 @@ impl Outbox {
         if self.stored_bytes.load(Ordering::SeqCst) + extra <= max {
             return Ok(());
         }
-        let shed_name = EventKind::IntermediateResults.name();
         let mut shed = 0u64;
         for item in self.events.iter() {
             if self.stored_bytes.load(Ordering::SeqCst) + extra <= max {
@@ -701,7 +706,7 @@ impl Outbox {
             let Ok((meta, _)) = decode_meta(id, &v) else {
                 continue;
             };
-            if meta.kind != shed_name {
+            if !kind_is_sheddable(&meta.kind) {
                 continue;
             }
             self.remove_everywhere(id, &meta)?;
@@ -903,8 +908,7 @@ impl Outbox {
             .map_err(|e| self.storage("removing an event", e))?
             .is_some()
         {
-            let sheddable = meta.kind == EventKind::IntermediateResults.name();
-            self.count_bytes(sheddable, stored_len, false);
+            self.count_bytes(kind_is_sheddable(&meta.kind), stored_len, false);
         }
         Ok(())
     }

@@ -67,11 +67,27 @@ impl FaceDetector {
     }
 
     /// Faces in a grayscale image (`width * height` bytes), highest score first.
-    /// Images smaller than the detector's 20 px window have no faces.
+    /// Images smaller than the detector's 40 px window have no faces.
     pub fn detect(&mut self, gray: &[u8], width: u32, height: u32) -> Vec<(FaceBox, f64)> {
-        if width < 20 || height < 20 || gray.len() < (width * height) as usize {
+        self.detect_limited(gray, width, height, None)
+    }
+
+    /// [`detect`](Self::detect) with the pyramid stopped once its window
+    /// passes `max_face_px` (image pixels): the search schedule uses it to
+    /// run one octave of face sizes per band.
+    pub fn detect_limited(
+        &mut self,
+        gray: &[u8],
+        width: u32,
+        height: u32,
+        max_face_px: Option<u32>,
+    ) -> Vec<(FaceBox, f64)> {
+        if width < 40 || height < 40 || gray.len() < (width * height) as usize {
             return Vec::new();
         }
+        // rustface caps the pyramid at min(max_face, image side); u32::MAX = no cap.
+        self.inner
+            .set_max_face_size(max_face_px.map_or(u32::MAX, |m| m.max(40)));
         let mut faces: Vec<(FaceBox, f64)> = self
             .inner
             .detect(&ImageData::new(gray, width, height))

@@ -1,29 +1,67 @@
 //! Vision stage: frames in, one [`Observation`] per frame out.
 //!
-//! Owns: face detection ([`detector`], SeetaFace via rustface), tracking and
-//! box smoothing ([`tracker`]), and the skin ROI statistics ([`roi`]).
+//! Owns: face detection ([`detector`], SeetaFace via rustface), the search
+//! schedule that finds a face of any size anywhere in the frame
+//! ([`search`]), tracking and box smoothing ([`tracker`]), which face is
+//! measured and whether it is still the same person, and the skin ROI
+//! statistics ([`roi`]).
 //!
-//! Per frame: (1) if a face is tracked, measure its displacement since the
-//! previous frame from the box's luma profiles and move the box; (2) every
-//! `detect_interval_s` run the detector — on a crop around the tracked face
-//! scaled so the face is `track_face_px` wide, or on the whole frame scaled
-//! to `search_width_px` when there is no face or the crop missed — and let
-//! the box glide towards the result over `correction_time_s` when it differs
-//! by more than `redetect_tolerance` face widths (less is detector jitter,
-//! and jitter in the ROI is false pulse); (3) average
-//! the skin pixels of forehead and cheeks.
+//! Per frame:
+//! 1. If a face is tracked, measure its displacement since the previous
+//!    frame from the box's luma profiles and move the box.
+//! 2. Every `detect_interval_s` (every frame while a new face is still
+//!    tentative) re-detect on a crop around the tracked face, scaled so the
+//!    face is `track_face_px` wide (up- or down-scaled, so the smallest and
+//!    the largest faces are re-detected alike), and let the box glide
+//!    towards the detection over `correction_time_s` when it differs by
+//!    more than `redetect_tolerance` face widths (less is detector jitter,
+//!    and jitter in the ROI is false pulse).
+//! 3. Without a face — or with one that is not yet **held** (see below) —
+//!    run this frame's share of the [`search::SearchPlan`]: coarse bands
+//!    first, so the largest face is seen first; when a band completes, its
+//!    best candidate (the [selection rule](select)) becomes the tracked face.
+//!    Before it is reported, the search runs again from the coarsest band
+//!    down to the last band that could hold a face that would be chosen
+//!    over it (its **survey**): one detection can miss a face, and without
+//!    a second look the person queueing behind the kiosk user could be
+//!    measured instead (it happened: 101.8 bpm reported for a user at 72,
+//!    the pulse of the person behind). For a large face that is a job or
+//!    two; for a face at the smallest measured size the coarse bands and
+//!    its own. A face too small to measure is reported at once: nothing
+//!    holds it, so the search goes on past it anyway.
+//! 4. Average the skin pixels of forehead and cheeks, and count clipped ones.
+//!
+//! **The right person.** Among several faces the [selection rule](select)
+//! takes the largest, most central one. While not held, a clearly better
+//! face found by the continuing search replaces the tracked one (the
+//! person at the kiosk steps in front of someone queueing). The caller
+//! holds the face while a measurement runs ([`FaceRoiExtractor::hold`]):
+//! then the search stops and the tracked face is never replaced by another.
+//! Every face has an identity ([`Observation::face_id`]): a new one is given
+//! whenever a face is taken that is not the face tracked before (by place
+//! and size, [`tracker::same_face`]), or after the old one has been gone for
+//! more than [`REACQUIRE_S`]. A measurement that sees the identity change
+//! knows that it is looking at someone else.
 //!
 //! Invariants: pure computation on the frame it is given (no I/O, no clock:
-//! time is the frame timestamp); the frame is only read, never kept; a face
-//! is dropped after `max_missed_detections` detections in a row fail.
+//! time is the frame timestamp); the frame is only read, never kept; a new
+//! face is reported only once a second detection on a later frame confirms
+//! it (a single-frame false hit never reaches the measurement) and its
+//! survey is done (unless it was taken while held); a face
+//! whose re-detection fails is not reported (nor moved) until a detection
+//! finds it again, and is dropped after `max_missed_detections` failures
+//! in a row, tried on every frame (so a face that walks out of view is
+//! let go within a few frames, and the tracker never follows the wall).
 
 pub mod detector;
 pub mod roi;
+pub mod search;
 pub mod tracker;
 
 use crate::capture::Frame;
 use detector::FaceDetector;
 use roi::PixelRect;
+use search::SearchPlan;
 
 /// A face box in frame pixels (floating point: it is tracked at sub-pixel precision).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -34,17 +72,32 @@ pub struct FaceBox {
     pub h: f64,
 }
 
+impl FaceBox {
+    pub fn center(&self) -> (f64, f64) {
+        (self.x + 0.5 * self.w, self.y + 0.5 * self.h)
+    }
+}
+
 /// What the vision stage saw in one frame.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Observation {
     pub t_s: f64,
+    /// Frame size in pixels.
+    pub width: u32,
+    pub height: u32,
+    /// The tracked (confirmed) face.
     pub face: Option<FaceBox>,
+    /// Identity of `face` (see the module doc); 0 when there is none.
+    pub face_id: u64,
     /// The detector ran on this frame and found the face.
     pub detected: bool,
     /// Mean `[R, G, B]` of the ROI's skin pixels (zeros without skin).
     pub mean_rgb: [f64; 3],
     pub skin_pixels: u32,
     pub roi_pixels: u32,
+    /// ROI pixels with a channel at or above [`roi::CLIPPED_LEVEL`]
+    /// (over-exposed: no pulse survives clipping).
+    pub clipped_pixels: u32,
     /// Mean frame luma, 0..255.
     pub luma: f64,
     /// Face displacement since the previous frame, pixels `[dx, dy]`.
@@ -57,27 +110,50 @@ pub struct Observation {
 #[derive(Debug, Clone, PartialEq)]
 pub struct VisionConfig {
     pub detect_interval_s: f64,
+    /// Smallest face (width, frame pixels) the search looks for.
+    pub search_min_face_px: f64,
+    /// When not 0: the frame is never searched wider than this (bounds the
+    /// search cost; faces narrower than about 36 px at this width are missed).
     pub search_width_px: u32,
+    /// The whole scale space is searched once per this many frames.
+    pub search_cycle_frames: u32,
     pub track_face_px: u32,
     /// Time constant over which a detection's correction is applied.
     pub correction_time_s: f64,
     /// Detections within this many face widths of the tracked box are jitter, ignored.
     pub redetect_tolerance: f64,
     pub max_missed_detections: u32,
+    /// Faces at least this wide are surveyed before they are reported (see
+    /// the module doc): the measurement's smallest face (`scan.min_face_px`).
+    /// A narrower face is reported at once: nothing is measured on it, so
+    /// nothing holds it, and the search goes on looking past it anyway.
+    pub survey_min_face_px: f64,
 }
 
 impl Default for VisionConfig {
     fn default() -> Self {
         VisionConfig {
             detect_interval_s: 0.5,
-            search_width_px: 160,
+            search_min_face_px: 24.0,
+            search_width_px: 0,
+            search_cycle_frames: 24,
             track_face_px: 64,
             correction_time_s: 1.0,
             redetect_tolerance: 0.1,
+            survey_min_face_px: 64.0,
             max_missed_detections: 3,
         }
     }
 }
+
+/// A face gone for longer than this is a new face when one is found again,
+/// wherever it is.
+pub const REACQUIRE_S: f64 = 2.0;
+
+/// A face found by the search replaces an unheld tracked face only if its
+/// [`selection_score`] is this many times higher (hysteresis: two similar
+/// faces never make the choice flicker).
+pub const SWITCH_MARGIN: f64 = 1.3;
 
 /// Errors of the vision stage (the model; frames cannot be "wrong" here).
 #[derive(Debug, thiserror::Error)]
@@ -96,23 +172,65 @@ pub enum VisionError {
     ModelInvalid { origin: String, problem: String },
 }
 
-/// The per-frame vision stage: detector, tracker and ROI, with reused buffers.
+/// How much a face is wanted: its width, weighted down towards the frame's
+/// edges (a face in a corner counts half). The largest, most central face
+/// has the highest score.
+pub fn selection_score(face: &FaceBox, width: u32, height: u32) -> f64 {
+    let (cx, cy) = face.center();
+    let (hw, hh) = (0.5 * width as f64, 0.5 * height as f64);
+    let d2 = ((cx - hw) / hw).powi(2) + ((cy - hh) / hh).powi(2);
+    face.w * (1.0 - 0.25 * d2.min(2.0))
+}
+
+/// The face to measure among `faces` (the [`selection_score`] rule).
+pub fn select(faces: &[FaceBox], width: u32, height: u32) -> Option<FaceBox> {
+    faces.iter().copied().max_by(|a, b| {
+        selection_score(a, width, height).total_cmp(&selection_score(b, width, height))
+    })
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Track {
+    face: FaceBox,
+    id: u64,
+    /// Confirmed by a detection on a later frame than the one that found it.
+    confirmed: bool,
+    /// The search has looked again, since this face was taken, everywhere
+    /// a face that would be chosen over it could be (see [`FaceRoiExtractor::offer`]).
+    surveyed: bool,
+    found_t: f64,
+}
+
+/// The per-frame vision stage: detector, search, tracker and ROI, with reused buffers.
 #[derive(Debug)]
 pub struct FaceRoiExtractor {
     detector: FaceDetector,
     cfg: VisionConfig,
-    face: Option<FaceBox>,
+    plan: Option<SearchPlan>,
+    next_job: usize,
+    /// Search work carried over between frames (see [`SearchPlan::slice_from`]).
+    credit: f64,
+    /// Faces found so far by the band in progress.
+    band_faces: Vec<FaceBox>,
+    /// The tracked face is surveyed once the search passes this job.
+    survey_end: usize,
+    held: bool,
+    track: Option<Track>,
+    /// The last face dropped: where, when, which identity.
+    last_lost: Option<(FaceBox, f64, u64)>,
+    next_id: u64,
     /// Part of the last detection's correction not yet applied, `[dx, dy, dw, dh]`.
     correction: [f64; 4],
     last_t: Option<f64>,
     last_detect_t: Option<f64>,
     misses: u32,
-    prev: Option<PixelRect>,
+    prev: Option<(PixelRect, usize)>,
     prev_rows: Vec<f64>,
     prev_cols: Vec<f64>,
     rows: Vec<f64>,
     cols: Vec<f64>,
     gray: Vec<u8>,
+    luma: Vec<u8>,
     vertical_px: f64,
 }
 
@@ -121,7 +239,15 @@ impl FaceRoiExtractor {
         FaceRoiExtractor {
             detector,
             cfg,
-            face: None,
+            plan: None,
+            next_job: 0,
+            credit: 0.0,
+            band_faces: Vec::new(),
+            survey_end: 0,
+            held: false,
+            track: None,
+            last_lost: None,
+            next_id: 1,
             correction: [0.0; 4],
             last_t: None,
             last_detect_t: None,
@@ -132,59 +258,130 @@ impl FaceRoiExtractor {
             rows: Vec::new(),
             cols: Vec::new(),
             gray: Vec::new(),
+            luma: Vec::new(),
             vertical_px: 0.0,
         }
     }
 
+    /// Holds the tracked face (a measurement is running): the search stops
+    /// and no other face replaces it; if it is lost, the search resumes and
+    /// whatever it finds next has a new identity unless it is the same face.
+    pub fn hold(&mut self, held: bool) {
+        self.held = held;
+    }
+
+    /// The search plan for this frame size (smallest face it can find, jobs).
+    pub fn plan_for(&mut self, width: u32, height: u32) -> &SearchPlan {
+        let stale = self.plan.as_ref().is_none_or(|p| {
+            p.jobs
+                .first()
+                .is_none_or(|j| j.region.x1 != width || j.region.y1 != height)
+        });
+        if stale {
+            self.plan = Some(SearchPlan::new(
+                width,
+                height,
+                self.cfg.search_min_face_px,
+                self.cfg.search_width_px,
+                self.cfg.search_cycle_frames,
+            ));
+            self.next_job = 0;
+            self.credit = 0.0;
+            self.band_faces.clear();
+        }
+        self.plan.as_ref().expect("set above")
+    }
+
     /// Processes one frame.
     pub fn process(&mut self, frame: &Frame) -> Observation {
-        let motion_px = self.track(frame);
+        let motion_px = self.track_motion(frame);
         self.apply_correction(frame.t_s);
-        let due = self
-            .last_detect_t
-            .is_none_or(|t0| frame.t_s - t0 >= self.cfg.detect_interval_s || frame.t_s < t0);
-        let detected = due && self.detect(frame);
-        let stats = self
-            .face
-            .map(|f| roi::roi_stats(frame, &f))
+        let tentative = self.track.is_some_and(|t| !t.confirmed);
+        // A jump of more than a quarter of the face in one frame is more
+        // likely the tracker losing the face than the face moving.
+        let suspicious = self
+            .track
+            .is_some_and(|t| motion_px[0].hypot(motion_px[1]) > 0.25 * t.face.w);
+        let due = match (self.track, self.last_detect_t) {
+            (None, _) | (_, None) => false,
+            (Some(_), Some(t0)) if tentative || self.in_doubt() || suspicious => frame.t_s > t0,
+            (Some(_), Some(t0)) => frame.t_s - t0 >= self.cfg.detect_interval_s || frame.t_s < t0,
+        };
+        let mut detected = due && self.redetect(frame);
+        let unsurveyed = self.track.is_some_and(|t| !t.surveyed);
+        if self.track.is_none() || !self.held || self.in_doubt() || unsurveyed {
+            detected |= self.search(frame);
+        }
+        let confirmed = self
+            .track
+            .filter(|t| t.confirmed && t.surveyed && self.misses == 0);
+        let stats = confirmed
+            .map(|t| roi::roi_stats(frame, &t.face))
             .unwrap_or_default();
         Observation {
             t_s: frame.t_s,
-            face: self.face,
-            detected,
+            width: frame.width,
+            height: frame.height,
+            face: confirmed.map(|t| t.face),
+            face_id: confirmed.map_or(0, |t| t.id),
+            detected: detected && confirmed.is_some(),
             mean_rgb: stats.mean_rgb,
             skin_pixels: stats.skin_pixels,
             roi_pixels: stats.roi_pixels,
+            clipped_pixels: stats.clipped_pixels,
             luma: roi::frame_luma(frame),
-            motion_px,
+            motion_px: if confirmed.is_some() {
+                motion_px
+            } else {
+                [0.0; 2]
+            },
             vertical_px: self.vertical_px,
         }
     }
 
+    /// A confirmed face whose last re-detection failed: not reported, not
+    /// moved by the tracker (which may be following the background), and
+    /// re-detected every frame until found again or dropped.
+    fn in_doubt(&self) -> bool {
+        self.misses > 0 && self.track.is_some_and(|t| t.confirmed)
+    }
+
     /// Moves the tracked box by the measured displacement; returns it.
-    fn track(&mut self, frame: &Frame) -> [f64; 2] {
-        let Some(face) = self.face.as_mut() else {
+    fn track_motion(&mut self, frame: &Frame) -> [f64; 2] {
+        if self.in_doubt() {
+            self.prev = None;
+            return [0.0; 2];
+        }
+        let Some(track) = self.track.as_mut() else {
             self.prev = None;
             return [0.0; 2];
         };
+        let face = &mut track.face;
         let rect = PixelRect::clipped(face, frame.width, frame.height);
         roi::profiles(frame, &rect, &mut self.rows, &mut self.cols);
+        // Long profiles are averaged in bins: the shift search then costs the
+        // same for a close-up as for a small face, at a tenth of a bin's precision.
+        let bin = tracker::profile_bin(rect.width().max(rect.height()) as usize);
+        tracker::bin_profile(&mut self.rows, bin);
+        tracker::bin_profile(&mut self.cols, bin);
         let mut motion = [0.0; 2];
-        if let Some(p) = self.prev {
-            if let (Some(dx), Some(dy)) = (
-                tracker::profile_shift(&self.prev_cols, &self.cols),
-                tracker::profile_shift(&self.prev_rows, &self.rows),
-            ) {
-                motion = [
-                    dx + rect.x0 as f64 - p.x0 as f64,
-                    dy + rect.y0 as f64 - p.y0 as f64,
-                ];
+        if let Some((p, pbin)) = self.prev {
+            if pbin == bin {
+                if let (Some(dx), Some(dy)) = (
+                    tracker::profile_shift(&self.prev_cols, &self.cols),
+                    tracker::profile_shift(&self.prev_rows, &self.rows),
+                ) {
+                    motion = [
+                        dx * bin as f64 + rect.x0 as f64 - p.x0 as f64,
+                        dy * bin as f64 + rect.y0 as f64 - p.y0 as f64,
+                    ];
+                }
             }
         }
         face.x += motion[0];
         face.y += motion[1];
         self.vertical_px += motion[1];
-        self.prev = Some(rect);
+        self.prev = Some((rect, bin));
         std::mem::swap(&mut self.prev_rows, &mut self.rows);
         std::mem::swap(&mut self.prev_cols, &mut self.cols);
         motion
@@ -194,10 +391,11 @@ impl FaceRoiExtractor {
     fn apply_correction(&mut self, t_s: f64) {
         let dt = self.last_t.map_or(0.0, |t0| t_s - t0);
         self.last_t = Some(t_s);
-        let Some(face) = self.face.as_mut() else {
+        let Some(track) = self.track.as_mut() else {
             self.correction = [0.0; 4];
             return;
         };
+        let face = &mut track.face;
         let k = tracker::glide_fraction(dt, self.cfg.correction_time_s);
         let step: [f64; 4] = std::array::from_fn(|i| k * self.correction[i]);
         face.x += step[0];
@@ -209,71 +407,233 @@ impl FaceRoiExtractor {
         }
     }
 
-    /// Runs the detector; returns whether it found the face.
-    fn detect(&mut self, frame: &Frame) -> bool {
-        self.last_detect_t = Some(frame.t_s);
-        let (fw, fh) = (frame.width, frame.height);
-        let (region, out_w) = match self.face {
-            Some(f) if self.misses == 0 => {
-                let crop = FaceBox {
-                    x: f.x - 0.5 * f.w,
-                    y: f.y - 0.5 * f.h,
-                    w: 2.0 * f.w,
-                    h: 2.0 * f.h,
-                };
-                let rect = PixelRect::clipped(&crop, fw, fh);
-                let scale = (self.cfg.track_face_px as f64 / f.w).min(1.0);
-                (rect, ((rect.width() as f64 * scale).round() as u32).max(1))
-            }
-            _ => {
-                let rect = PixelRect {
-                    x0: 0,
-                    y0: 0,
-                    x1: fw,
-                    y1: fh,
-                };
-                (rect, self.cfg.search_width_px.min(fw))
-            }
-        };
+    /// Runs the detector on `region` scaled by `scale` (detector pixels per
+    /// frame pixel); faces in frame pixels.
+    fn detect_in(
+        &mut self,
+        frame: &Frame,
+        region: PixelRect,
+        scale: f64,
+        max_face_px: Option<u32>,
+    ) -> Vec<FaceBox> {
         if region.is_empty() {
-            return self.missed();
+            return Vec::new();
         }
-        let out_h = ((region.height() as u64 * out_w as u64) / region.width() as u64).max(1) as u32;
-        roi::downscale_gray(frame, &region, out_w, out_h, &mut self.gray);
-        let faces = self.detector.detect(&self.gray, out_w, out_h);
-        let Some((f, _score)) = faces.first() else {
-            return self.missed();
-        };
+        let out_w = ((region.width() as f64 * scale).round() as u32).max(1);
+        let out_h = ((region.height() as f64 * scale).round() as u32).max(1);
+        roi::resample_gray(frame, &region, out_w, out_h, &mut self.luma, &mut self.gray);
         let sx = region.width() as f64 / out_w as f64;
         let sy = region.height() as f64 / out_h as f64;
-        let found = FaceBox {
-            x: region.x0 as f64 + f.x * sx,
-            y: region.y0 as f64 + f.y * sy,
-            w: f.w * sx,
-            h: f.h * sy,
+        self.detector
+            .detect_limited(&self.gray, out_w, out_h, max_face_px)
+            .into_iter()
+            .map(|(f, _score)| FaceBox {
+                x: region.x0 as f64 + f.x * sx,
+                y: region.y0 as f64 + f.y * sy,
+                w: f.w * sx,
+                h: f.h * sy,
+            })
+            .collect()
+    }
+
+    /// Re-detects the tracked face on a crop around it; returns whether it was found.
+    fn redetect(&mut self, frame: &Frame) -> bool {
+        let Some(track) = self.track else {
+            return false;
         };
-        match tracker::reconcile(self.face, found, self.cfg.redetect_tolerance) {
+        self.last_detect_t = Some(frame.t_s);
+        let f = track.face;
+        let crop = FaceBox {
+            x: f.x - 0.5 * f.w,
+            y: f.y - 0.5 * f.h,
+            w: 2.0 * f.w,
+            h: 2.0 * f.h,
+        };
+        let region = PixelRect::clipped(&crop, frame.width, frame.height);
+        // Up to 4x up for the smallest faces: the detector's box is most
+        // reliable well above its 20 px floor.
+        let scale = (self.cfg.track_face_px as f64 / f.w.max(1.0)).min(4.0);
+        let faces = self.detect_in(frame, region, scale, None);
+        // The detection that is this face: the best overlap, or one that is
+        // plausibly the same face after a sudden move. Another face in the
+        // crop (someone beside the user) is never taken.
+        let best = faces
+            .iter()
+            .copied()
+            .max_by(|a, b| tracker::iou(&f, a).total_cmp(&tracker::iou(&f, b)));
+        let found = best.filter(|d| tracker::iou(&f, d) >= 0.3 || tracker::same_face(&f, d));
+        let Some(found) = found else {
+            return self.missed(frame.t_s);
+        };
+        match tracker::reconcile(Some(f), found, self.cfg.redetect_tolerance) {
             tracker::Reconcile::Jump(face) => {
-                // A new face or a jump: profiles of the old box are not comparable.
-                self.face = Some(face);
+                // A sudden move: profiles of the old box are not comparable.
+                self.set_face(face);
                 self.correction = [0.0; 4];
                 self.prev = None;
             }
             tracker::Reconcile::Glide(delta) => self.correction = delta,
             tracker::Reconcile::Keep => {}
         }
+        if let Some(t) = self.track.as_mut() {
+            t.confirmed = true;
+        }
         self.misses = 0;
         true
     }
 
-    fn missed(&mut self) -> bool {
+    fn set_face(&mut self, face: FaceBox) {
+        if let Some(t) = self.track.as_mut() {
+            t.face = face;
+        }
+    }
+
+    /// Runs this frame's share of the search; returns whether it took a face.
+    fn search(&mut self, frame: &Frame) -> bool {
+        self.plan_for(frame.width, frame.height);
+        // Taken out while its jobs run (they borrow the detector), put back after.
+        let Some(plan) = self.plan.take() else {
+            return false;
+        };
+        let took = self.run_jobs(&plan, frame);
+        self.plan = Some(plan);
+        took
+    }
+
+    fn run_jobs(&mut self, plan: &SearchPlan, frame: &Frame) -> bool {
+        if plan.jobs.is_empty() {
+            return false;
+        }
+        if self.next_job >= plan.jobs.len() {
+            self.next_job = 0;
+        }
+        let mut took = false;
+        let (jobs, credit) = plan.slice_from(self.next_job, self.credit);
+        self.credit = credit;
+        for i in jobs {
+            let job = plan.jobs[i];
+            let found = self.detect_in(frame, job.region, job.scale, job.max_face_px);
+            self.band_faces.extend(found);
+            self.next_job = i + 1;
+            if self.next_job >= self.survey_end {
+                if let Some(t) = self.track.as_mut() {
+                    t.surveyed = true;
+                }
+            }
+            if plan.ends_band(i) {
+                let faces = std::mem::take(&mut self.band_faces);
+                if let Some(best) = select(&merge(faces), frame.width, frame.height) {
+                    took |= self.offer(best, frame, plan);
+                }
+                if took {
+                    break;
+                }
+            }
+        }
+        took
+    }
+
+    /// A candidate from a completed search band: taken when there is no
+    /// face, or when it is clearly better than an unheld tracked face.
+    fn offer(&mut self, candidate: FaceBox, frame: &Frame, plan: &SearchPlan) -> bool {
+        let t = frame.t_s;
+        if let Some(track) = self.track {
+            if self.in_doubt() && tracker::same_face(&track.face, &candidate) {
+                // Found again by the search (it moved out of the crop): the same face.
+                self.set_face(candidate);
+                self.misses = 0;
+                self.prev = None;
+                self.correction = [0.0; 4];
+                self.last_detect_t = Some(t);
+                return true;
+            }
+            if self.held
+                || tracker::iou(&track.face, &candidate) >= 0.3
+                || selection_score(&candidate, frame.width, frame.height)
+                    < SWITCH_MARGIN * selection_score(&track.face, frame.width, frame.height)
+            {
+                return false;
+            }
+            self.drop_track(t);
+        }
+        let id = match self.last_lost {
+            Some((face, lost_t, id))
+                if t - lost_t <= REACQUIRE_S && tracker::same_face(&face, &candidate) =>
+            {
+                id
+            }
+            _ => {
+                self.next_id += 1;
+                self.next_id - 1
+            }
+        };
+        // Before it is reported, the search looks again (from the coarsest
+        // band) everywhere a face that would be chosen over this one could
+        // be: a face is only chosen over it when at least SWITCH_MARGIN
+        // times its score, and a face's score is at most its width. So a
+        // face missed by one band (detection is not certain) cannot lose
+        // the kiosk user to someone queueing behind them. For the largest
+        // faces that is one or two cheap coarse jobs; for the smallest, the
+        // rest of the cycle. A face taken back while held (a measurement
+        // runs) cannot be displaced, and one too small to measure is not
+        // held, so neither is surveyed.
+        let survey_end = plan.jobs_for_faces_from(
+            SWITCH_MARGIN * selection_score(&candidate, frame.width, frame.height),
+        );
+        self.survey_end = survey_end;
+        self.track = Some(Track {
+            face: candidate,
+            id,
+            confirmed: false,
+            surveyed: self.held || survey_end == 0 || candidate.w < self.cfg.survey_min_face_px,
+            found_t: t,
+        });
+        self.correction = [0.0; 4];
+        self.prev = None;
+        self.misses = 0;
+        self.last_detect_t = Some(t);
+        // The next cycle starts from the coarsest band again.
+        self.next_job = 0;
+        self.band_faces.clear();
+        true
+    }
+
+    fn drop_track(&mut self, t: f64) {
+        if let Some(track) = self.track.take() {
+            if track.confirmed {
+                self.last_lost = Some((track.face, t, track.id));
+            }
+        }
+        self.prev = None;
+        self.correction = [0.0; 4];
+    }
+
+    fn missed(&mut self, t: f64) -> bool {
         self.misses += 1;
-        if self.misses > self.cfg.max_missed_detections || self.face.is_none() {
-            self.face = None;
-            self.prev = None;
+        let tentative = self.track.is_some_and(|tr| !tr.confirmed);
+        if self.misses > self.cfg.max_missed_detections || tentative {
+            self.drop_track(t);
         }
         false
     }
+
+    /// When the tracked face was first found (frame time), if there is one.
+    pub fn face_found_at(&self) -> Option<f64> {
+        self.track.map(|t| t.found_t)
+    }
+}
+
+/// Detections of one face from neighbouring tiles or pyramid levels, merged:
+/// of two boxes overlapping by more than a third, the larger one stays.
+fn merge(mut faces: Vec<FaceBox>) -> Vec<FaceBox> {
+    faces.sort_by(|a, b| b.w.total_cmp(&a.w));
+    let mut out: Vec<FaceBox> = Vec::with_capacity(faces.len());
+    for f in faces {
+        if out.iter().all(|o| tracker::iou(o, &f) < 0.33) {
+            out.push(f);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -295,15 +655,17 @@ mod tests {
     }
 
     #[test]
-    fn the_synthetic_face_is_found_on_the_first_frame_and_kept() {
+    fn the_synthetic_face_is_found_within_a_few_frames_and_kept() {
         let obs = run(SyntheticParams::default(), 60);
-        assert!(obs[0].face.is_some() && obs[0].detected);
-        assert!(obs.iter().all(|o| o.face.is_some()));
+        let first = obs.iter().position(|o| o.face.is_some()).expect("a face");
+        assert!(first <= 3, "locked on frame {first}");
+        assert!(obs[first..].iter().all(|o| o.face.is_some()));
         let o = obs[59];
         assert!(o.skin_pixels > 2000, "skin pixels {}", o.skin_pixels);
         assert!(o.skin_pixels as f64 > 0.6 * o.roi_pixels as f64, "{o:?}");
         let [r, g, b] = o.mean_rgb;
         assert!(r > g && g > b, "skin colour {:?}", o.mean_rgb);
+        assert!(obs[first..].iter().all(|o| o.face_id == obs[first].face_id));
     }
 
     #[test]
@@ -336,5 +698,52 @@ mod tests {
             "peak-to-peak {}",
             max - min
         );
+    }
+
+    #[test]
+    fn the_largest_most_central_face_is_selected() {
+        let f = |x: f64, w: f64| FaceBox {
+            x,
+            y: 200.0,
+            w,
+            h: w,
+        };
+        // A large central face beats a small one and an equally large one in a corner.
+        let central = f(280.0, 80.0);
+        assert_eq!(select(&[f(10.0, 50.0), central], 640, 480), Some(central));
+        let corner = FaceBox {
+            x: 0.0,
+            y: 0.0,
+            w: 90.0,
+            h: 90.0,
+        };
+        assert_eq!(select(&[corner, central], 640, 480), Some(central));
+        // A much larger face wins even off-centre.
+        let big = f(400.0, 200.0);
+        assert_eq!(select(&[central, big], 640, 480), Some(big));
+        assert_eq!(select(&[], 640, 480), None);
+    }
+
+    #[test]
+    fn duplicate_detections_of_one_face_merge_into_the_larger() {
+        let a = FaceBox {
+            x: 100.0,
+            y: 100.0,
+            w: 50.0,
+            h: 50.0,
+        };
+        let b = FaceBox {
+            x: 104.0,
+            y: 102.0,
+            w: 46.0,
+            h: 46.0,
+        };
+        let c = FaceBox {
+            x: 300.0,
+            y: 100.0,
+            w: 40.0,
+            h: 40.0,
+        };
+        assert_eq!(merge(vec![b, c, a]), vec![a, c]);
     }
 }

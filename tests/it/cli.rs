@@ -4,11 +4,12 @@ use crate::util::{run_bin, synthetic_frames, MINUTE};
 use rppg_agent::capture::y4m::encode_420;
 use serde_json::Value;
 
-const JSON_KEYS: [&str; 14] = [
+const JSON_KEYS: [&str; 15] = [
     "sessionId",
     "measurementId",
     "status",
     "reason",
+    "constraint",
     "heart_rate_bpm",
     "respiratory_rate_bpm",
     "hrv_rmssd_ms",
@@ -450,6 +451,19 @@ fn eval_runs_in_a_short_mode_with_every_condition_and_the_robustness_verdicts() 
         );
     }
     assert!(r.stdout.contains("| HR MAE |") && r.stdout.contains("conf. right / wrong"));
+    // The framing axis: every row, with time to lock and to the first result.
+    for cond in rppg_agent::app::eval::FRAMINGS {
+        assert!(
+            r.stdout.contains(cond.name),
+            "missing framing row {:?}",
+            cond.name
+        );
+    }
+    assert!(
+        r.stdout.contains("## Framing") && r.stdout.contains("lock"),
+        "{}",
+        r.stdout
+    );
     // Seeded videos: these robustness rows end in their cancellation every time.
     for row in [
         "| no pulse (a photo) | LOW_SNR | 1 of 1 |",
@@ -479,10 +493,18 @@ fn eval_runs_in_a_short_mode_with_every_condition_and_the_robustness_verdicts() 
     );
     assert_eq!(j.code, 0, "{}", j.stderr);
     let v: serde_json::Value = serde_json::from_str(&j.stdout).unwrap();
+    let rows = v["synthetic"].as_array().unwrap();
+    let in_sweep = |name: &str| rows.iter().filter(|r| r["sweep"] == name).count();
     assert_eq!(
-        v["synthetic"].as_array().unwrap().len(),
+        in_sweep("conditions"),
         rppg_agent::app::eval::CONDITIONS.len()
     );
+    assert_eq!(in_sweep("framing"), rppg_agent::app::eval::FRAMINGS.len());
+    assert_eq!(rows.len(), in_sweep("conditions") + in_sweep("framing"));
+    assert!(rows
+        .iter()
+        .flat_map(|r| r["trials"].as_array().unwrap())
+        .all(|t| t["status"] == "cancelled" || t["locked_at_s"].is_number()));
     // Bad arguments are usage errors.
     let bad = run_bin(&["eval", "--seconds", "7"], None, MINUTE);
     assert_eq!(bad.code, 2);
@@ -570,7 +592,7 @@ fn scan_report_writes_an_svg_for_a_good_and_for_a_cancelled_scan() {
         &[
             "scan",
             "--input",
-            "synthetic:width=160,height=120,seconds=11",
+            "synthetic:width=160,height=120,face_width=0.45,seconds=11",
             "--seconds",
             "10",
             "--report",

@@ -357,6 +357,73 @@ async fn with_a_token_every_request_needs_it_and_a_wrong_one_is_refused() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kiosk_screen_gets_live_throttled_hints_on_sse_before_a_cancellation_that_says_what_was_seen(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), false);
+    // A person too far away: a face of about 48 px at 320×240.
+    cfg.run.input = "synthetic:width=320,height=240,face_width=0.15,photo=016".into();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let daemon = tokio::spawn(serve(cfg, listener, async {
+        let _ = stop_rx.await;
+    }));
+    let http = http_client();
+    let mut events = http.get(format!("{base}/v1/events")).send().await.unwrap();
+    let started = http.post(format!("{base}/v1/scans")).send().await.unwrap();
+    assert_eq!(started.status(), 201);
+    let seen = read_sse(&mut events, MINUTE, |e| e.iter().any(|(n, _)| ends_scan(n))).await;
+    let names: Vec<&str> = seen.iter().map(|(n, _)| n.as_str()).collect();
+    let hints: Vec<&Value> = seen
+        .iter()
+        .filter(|(n, _)| n == "CONSTRAINT_WARNING")
+        .map(|(_, e)| e)
+        .collect();
+    // Raised after 0.5 s and repeated every 3 s while it holds: a handful
+    // over the 10 s wait, not one per frame.
+    let small = hints
+        .iter()
+        .filter(|h| {
+            h["payload"]["constraint"] == "FACE_TOO_SMALL" && h["payload"]["status"] == "ACTIVE"
+        })
+        .count();
+    assert!(
+        (2..=5).contains(&small),
+        "{small} FACE_TOO_SMALL hints in {names:?}"
+    );
+    let first = hints[0];
+    assert_eq!(first["severity"], "WARN");
+    assert_eq!(first["payload"]["advice"], "step closer to the camera");
+    assert!(first["payload"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("the minimum is 64 px"));
+    // The hints come before the cancellation, which says what was seen.
+    let failed_at = names
+        .iter()
+        .position(|n| *n == "FAILED_INIT_BLOOD_FLOW")
+        .expect("NO_FACE");
+    let first_hint = names
+        .iter()
+        .position(|n| *n == "CONSTRAINT_WARNING")
+        .unwrap();
+    assert!(first_hint < failed_at, "{names:?}");
+    let failed = &seen[failed_at].1["payload"];
+    assert_eq!(failed["constraint"], "FACE_TOO_SMALL");
+    assert!(
+        failed["message"].as_str().unwrap().starts_with("a face "),
+        "{failed}"
+    );
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(20), daemon)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
 /// The real binary running `run --config cfg`: the child, the API address
 /// (from the "listening" log line), the log lines before it, and the rest of
 /// its log to read on.
@@ -401,7 +468,7 @@ fn sigterm_cancels_the_running_scan_stores_its_cancellation_and_exits_0() {
     std::fs::write(
         &cfg_path,
         format!(
-            "[run]\ninput = \"synthetic:width=160,height=120\"\nrealtime = true\nshutdown_drain_s = 0.5\n[api]\nlisten = \"127.0.0.1:0\"\n[outbox]\npath = {:?}\n[delivery]\nprobe_initial_s = 0.05\nprobe_max_s = 0.2\n[[webhook]]\nname = \"later\"\nurl = \"http://{dead_port}/hooks\"\nsecrets = [\"{SECRET}\"]\nallow_insecure = true\n",
+            "[run]\ninput = \"synthetic:width=160,height=120,face_width=0.45\"\nrealtime = true\nshutdown_drain_s = 0.5\n[api]\nlisten = \"127.0.0.1:0\"\n[outbox]\npath = {:?}\n[delivery]\nprobe_initial_s = 0.05\nprobe_max_s = 0.2\n[[webhook]]\nname = \"later\"\nurl = \"http://{dead_port}/hooks\"\nsecrets = [\"{SECRET}\"]\nallow_insecure = true\n",
             dir.path().join("outbox").display().to_string()
         ),
     )

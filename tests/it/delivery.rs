@@ -519,8 +519,17 @@ async fn dead_letters_can_be_listed_shown_and_replayed() {
     assert_eq!(scan.code, 3);
     let list = bin_env(&["outbox", "list", "--dead", "--json", "--config", &cfg]);
     let dead: serde_json::Value = serde_json::from_str(list.stdout.trim()).unwrap();
+    // The four lifecycle events and the three live NO_FACE hints (2, 5, 8 s).
+    let dead_of = |kind: &str| {
+        dead.as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["event"] == kind)
+            .count()
+    };
+    assert_eq!(dead_of("CONSTRAINT_WARNING"), 3, "{dead}");
     let n = dead.as_array().unwrap().len();
-    assert_eq!(n, 4, "{dead}");
+    assert_eq!(n, 4 + 3, "{dead}");
     assert!(dead[0]["reason"].as_str().unwrap().contains("410"));
     let id = dead[0]["id"].as_str().unwrap().to_string();
     let show = bin_env(&["outbox", "show", &id, "--json", "--config", &cfg]);
@@ -542,7 +551,7 @@ async fn dead_letters_can_be_listed_shown_and_replayed() {
     assert_eq!(sync.code, 0, "{}", sync.stdout);
     assert!(
         sync.stdout
-            .contains("0 pending, 3 dead-lettered, 1 delivered"),
+            .contains("0 pending, 6 dead-lettered, 1 delivered"),
         "{}",
         sync.stdout
     );
@@ -871,7 +880,7 @@ fn scan_fhir_prints_one_valid_bundle_and_a_cancelled_scan_prints_none() {
         &[
             "scan",
             "--input",
-            "synthetic:pulse=0,width=160,height=120",
+            "synthetic:pulse=0,width=160,height=120,face_width=0.45",
             "--fhir",
             "-q",
         ],

@@ -50,21 +50,44 @@ fn a_completed_scan_emits_events_in_the_documented_order_with_consecutive_sequen
 }
 
 #[test]
-fn a_scene_without_a_face_fails_init_blood_flow() {
+fn a_scene_without_a_face_warns_live_then_fails_init_blood_flow_saying_what_was_seen() {
     let (report, events) = scan("synthetic:face=0,width=320,height=240");
     assert_eq!(report.cancelled.map(|c| c.code()), Some("NO_FACE"));
+    // The hint is raised once the search has looked everywhere (2 s) and
+    // repeated every 3 s while nobody is there (2, 5 and 8 s of 10).
     assert_eq!(
         names(&events),
         [
             "CAMERA_STARTED",
             "MEASUREMENT_CREATED",
+            "CONSTRAINT_WARNING",
+            "CONSTRAINT_WARNING",
+            "CONSTRAINT_WARNING",
             "FAILED_INIT_BLOOD_FLOW",
             "MEASUREMENT_CANCELED"
         ]
     );
-    let failed = events[2].envelope();
+    let hint = events[2].envelope();
+    assert_eq!(hint["severity"], "WARN");
+    assert_eq!(hint["payload"]["constraint"], "NO_FACE");
+    assert_eq!(hint["payload"]["status"], "ACTIVE");
+    assert_eq!(
+        hint["payload"]["advice"],
+        "stand in front of the camera and face it"
+    );
+    let failed = events[5].envelope();
     assert_eq!(failed["severity"], "ERROR");
-    assert_eq!(events[3].envelope()["severity"], "WARN");
+    assert_eq!(failed["payload"]["constraint"], "NO_FACE");
+    assert!(
+        failed["payload"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("no face was found in 10.0 s"),
+        "{failed}"
+    );
+    let cancelled = events[6].envelope();
+    assert_eq!(cancelled["severity"], "WARN");
+    assert_eq!(cancelled["payload"]["constraint"], "NO_FACE");
 }
 
 #[test]

@@ -6,6 +6,7 @@ mod cli;
 mod daemon;
 mod delivery;
 mod faults;
+mod framing;
 mod fuzz;
 mod lifecycle;
 mod mqtt;

@@ -170,7 +170,12 @@ async fn the_cap_sheds_intermediate_results_first_refuses_a_scan_with_an_event_a
             .chain(["--config".into(), cfg.clone()])
             .collect()
     };
-    let scan = args(&["scan", "--input", "synthetic:width=160,height=120", "-q"]);
+    let scan = args(&[
+        "scan",
+        "--input",
+        "synthetic:width=160,height=120,face_width=0.45",
+        "-q",
+    ]);
     let listed = |cfg: &str| run_bin(&["outbox", "list", "--config", cfg], None, MINUTE).stdout;
     let stats = |cfg: &str| -> serde_json::Value {
         let s = run_bin(
@@ -234,9 +239,13 @@ async fn the_cap_sheds_intermediate_results_first_refuses_a_scan_with_an_event_a
     assert!(s["stored_bytes"].as_u64().unwrap() <= 1_048_576, "{s}");
     // No room for a scan's lifecycle: refused before it starts, with an
     // event on the stream and the reason on stderr.
-    let refused = bin(args(&["scan", "--input", "synthetic:width=160,height=120"]))
-        .await
-        .unwrap();
+    let refused = bin(args(&[
+        "scan",
+        "--input",
+        "synthetic:width=160,height=120,face_width=0.45",
+    ]))
+    .await
+    .unwrap();
     assert_eq!(refused.code, 1, "{}", refused.stderr);
     assert!(
         refused.stderr.contains("cannot store a new scan"),

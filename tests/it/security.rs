@@ -42,7 +42,7 @@ fn set_secret_env() {
 
 fn config_text(dir: &Path, hook_url: &str, broker_port: u16) -> String {
     format!(
-        "[run]\ninput = \"synthetic:width=160,height=120\"\nrealtime = false\nshutdown_drain_s = 0.2\n\
+        "[run]\ninput = \"synthetic:width=160,height=120,face_width=0.45\"\nrealtime = false\nshutdown_drain_s = 0.2\n\
          [api]\nlisten = \"127.0.0.1:0\"\ntoken_env = \"TEST_SEC_API_TOKEN\"\n\
          [outbox]\npath = {:?}\n[delivery]\ndrain_timeout_s = 0.5\nprobe_initial_s = 0.05\nprobe_max_s = 0.2\n\
          [[webhook]]\nname = \"signed\"\nurl = {hook_url:?}\nsecret_env = [\"TEST_SEC_HOOK\"]\nallow_insecure = true\nretry_schedule_s = [0, 0.05]\n\
@@ -101,7 +101,7 @@ async fn secrets_never_appear_in_output_logs_errors_debug_or_the_outbox() {
         &[
             "scan",
             "--input",
-            "synthetic:width=160,height=120",
+            "synthetic:width=160,height=120,face_width=0.45",
             "--config",
             &cfg,
         ],
