@@ -101,6 +101,11 @@ impl PhotoSpec {
     /// A built-in name, or a path (anything with `/` or `.` in it).
     pub fn parse(value: &str, face_box: Option<[f64; 4]>) -> Result<PhotoSpec, String> {
         if let Some(i) = PORTRAITS.iter().position(|p| p.name == value) {
+            if face_box.is_some() {
+                return Err(format!(
+                    "box= is for photos given by path; the built-in photo {value} has its own face box"
+                ));
+            }
             return Ok(PhotoSpec::Builtin(i));
         }
         if value.contains('/') || value.contains('.') {

@@ -218,6 +218,11 @@ impl SyntheticParams {
                 }
             }
         }
+        if face_box.is_some() && !matches!(p.photo, PhotoSpec::File { .. }) {
+            return Err(bad(
+                "box= gives the face box of a photo file: use it with photo=PATH".to_string(),
+            ));
+        }
         Ok(p)
     }
 
@@ -913,6 +918,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("outside"), "{e}");
+        // A face box is only for a photo file; given alone it would be ignored.
+        let e = SyntheticParams::parse("synthetic:box=1:1:9:9", "box=1:1:9:9")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("use it with photo=PATH"), "{e}");
+        let p = SyntheticParams::parse("s", "photo=a/face.png,box=1:2:30:30").unwrap();
+        assert_eq!(
+            p.to_spec()
+                .matches("photo=a/face.png,box=1:2:30:30")
+                .count(),
+            1
+        );
     }
 
     #[test]

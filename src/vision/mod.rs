@@ -198,7 +198,6 @@ struct Track {
     /// The search has looked again, since this face was taken, everywhere
     /// a face that would be chosen over it could be (see [`FaceRoiExtractor::offer`]).
     surveyed: bool,
-    found_t: f64,
 }
 
 /// The per-frame vision stage: detector, search, tracker and ROI, with reused buffers.
@@ -586,7 +585,6 @@ impl FaceRoiExtractor {
             id,
             confirmed: false,
             surveyed: self.held || survey_end == 0 || candidate.w < self.cfg.survey_min_face_px,
-            found_t: t,
         });
         self.correction = [0.0; 4];
         self.prev = None;
@@ -615,11 +613,6 @@ impl FaceRoiExtractor {
             self.drop_track(t);
         }
         false
-    }
-
-    /// When the tracked face was first found (frame time), if there is one.
-    pub fn face_found_at(&self) -> Option<f64> {
-        self.track.map(|t| t.found_t)
     }
 }
 

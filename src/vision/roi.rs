@@ -71,7 +71,7 @@ fn luma(r: u8, g: u8, b: u8) -> u32 {
 /// Width of the skin rule's soft edge, in 8-bit levels (see [`skin_weight`]).
 pub const SKIN_RAMP: i32 = 16;
 
-/// The skin rule on one pixel, as a weight in `0..=SKIN_RAMP` (eighths):
+/// The skin rule on one pixel, as a weight in `0..=SKIN_RAMP` (sixteenths):
 /// full weight well inside every bound, falling linearly to 0 across a
 /// band of [`SKIN_RAMP`] levels centred on each bound.
 ///

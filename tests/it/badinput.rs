@@ -175,6 +175,54 @@ fn cases() -> Vec<Case> {
             stderr: "error: broken/0001.png: frame 0: cannot decode: Format error decoding Png: Invalid PNG signature.",
         },
         Case {
+            name: "a portrait that does not exist",
+            files: vec![],
+            args: vec!["scan", "--input", "synthetic:photo=missing.jpg,box=1:1:40:40", "--json"],
+            env: vec![],
+            code: 2,
+            stderr: "error: cannot open input missing.jpg: No such file or directory (os error 2)",
+        },
+        Case {
+            name: "a portrait that is not an image",
+            files: vec![("face.jpg", b"not a jpeg".to_vec())],
+            args: vec!["scan", "--input", "synthetic:photo=face.jpg,box=1:1:40:40", "--json"],
+            env: vec![],
+            code: 2,
+            stderr: "error: invalid --input \"synthetic:photo=face.jpg,box=1:1:40:40\": face.jpg: not an image: Format error decoding Jpeg: Error parsing image. Illegal start bytes:6E6F",
+        },
+        Case {
+            name: "a portrait without its face box",
+            files: vec![],
+            args: vec!["scan", "--input", "synthetic:photo=face.jpg", "--json"],
+            env: vec![],
+            code: 2,
+            stderr: "error: invalid --input \"synthetic:photo=face.jpg\": photo=face.jpg needs the face box in the photo: box=X:Y:W:H (pixels)",
+        },
+        Case {
+            name: "a face box outside its portrait",
+            files: vec![],
+            args: vec!["scan", "--input", "synthetic:photo=small.png,box=50:10:40:40", "--json"],
+            env: vec![],
+            code: 2,
+            stderr: "error: invalid --input \"synthetic:photo=small.png,box=50:10:40:40\": face box 50:10:40:40 is not inside the 64x48 photo",
+        },
+        Case {
+            name: "a face box that nothing uses",
+            files: vec![],
+            args: vec!["scan", "--input", "synthetic:photo=013,box=1:1:40:40", "--json"],
+            env: vec![],
+            code: 2,
+            stderr: "error: invalid --input \"synthetic:photo=013,box=1:1:40:40\": box= is for photos given by path; the built-in photo 013 has its own face box",
+        },
+        Case {
+            name: "an unknown built-in portrait",
+            files: vec![],
+            args: vec!["scan", "--input", "synthetic:photo=astronot", "--json"],
+            env: vec![],
+            code: 2,
+            stderr: "error: invalid --input \"synthetic:photo=astronot\": unknown photo \"astronot\"; built-in: astronaut, 001, 013, 016, 021, 032, or a path to a JPEG/PNG with box=X:Y:W:H",
+        },
+        Case {
             name: "an RGB trace without R, G, B columns",
             files: vec![("t.csv", b"a,b\n1,2\n".to_vec())],
             args: vec!["analyze", "--rgb-csv", "t.csv"],
@@ -206,6 +254,9 @@ fn every_bad_input_gets_its_exact_message_and_exit_code_and_leaves_nothing_behin
             let path = dir.path().join(name);
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(path, bytes).unwrap();
+        }
+        if case.name.contains("outside its portrait") {
+            png(&dir.path().join("small.png"), 64, 48);
         }
         if case.name.contains("mid-stream") {
             std::fs::create_dir_all(dir.path().join("mixed")).unwrap();
@@ -251,7 +302,11 @@ fn every_bad_input_gets_its_exact_message_and_exit_code_and_leaves_nothing_behin
         // No outbox, no partial state: the run was refused before it began.
         let left: Vec<String> = walk(dir.path())
             .into_iter()
-            .filter(|p| !case.files.iter().any(|(f, _)| p == f) && !p.starts_with("mixed/"))
+            .filter(|p| {
+                !case.files.iter().any(|(f, _)| p == f)
+                    && !p.starts_with("mixed/")
+                    && p != "small.png"
+            })
             .collect();
         assert!(left.is_empty(), "{name}: left behind {left:?}");
     }
