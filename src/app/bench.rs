@@ -404,10 +404,19 @@ pub fn run(frames: usize, runs: usize, out: &mut impl Write) -> Result<(), AppEr
         [170.0, 120.0, 100.0][c] * (1.0 - 0.003 * (2.0 * std::f64::consts::PI * 1.2 * t).sin())
             + ((i * 7 + c * 13) % 11) as f64 * 0.01
     });
+    // Eleven skin regions, as vision measures them, each with its own noise.
+    let regions = (0..crate::vision::roi::REGION_COUNT)
+        .map(|k| {
+            ndarray::Array2::from_shape_fn((n, 3), |(i, c)| {
+                rgb[[i, c]] + ((i * (17 + k) + c * 5) % 13) as f64 * 0.03
+            })
+        })
+        .collect();
     let traces = Traces {
         fs_hz: 30.0,
         rgb,
         vertical_px: Some(vec![0.0; n]),
+        regions,
     };
     let mut est = VitalsEstimator::new(SignalConfig {
         max_window_s: 31.0,

@@ -31,12 +31,20 @@
 pub mod guidance;
 
 use crate::signal::{SignalConfig, SignalError, Traces, VitalsEstimator};
+use crate::vision::roi::REGION_COUNT;
 use crate::vision::Observation;
 use guidance::{Constraint, Guide, Hint, Limits};
 use serde::Serialize;
 
 /// Once measuring, a face down to this share of `min_face_px` still counts.
 pub const MEASURING_FACE_SHARE: f64 = 0.75;
+
+/// A skin region with fewer skin pixels than this in a frame keeps its
+/// previous colour there (a region whose skin comes and goes would step).
+const MIN_REGION_SKIN: f64 = 4.0;
+
+/// A region joins the fusion only with skin in this share of the frames.
+const MIN_REGION_PRESENCE: f64 = 0.9;
 
 /// Thresholds and timing of a scan (validated by the config loader).
 #[derive(Debug, Clone, PartialEq)]
@@ -71,7 +79,7 @@ impl Default for MeasurementConfig {
             min_duration_s: 15.0,
             face_init_timeout_s: 10.0,
             face_lost_timeout_s: 2.0,
-            min_face_px: 64.0,
+            min_face_px: 56.0,
             min_skin_pixels: 40,
             dark_luma: 25.0,
             dark_timeout_s: 2.0,
@@ -231,6 +239,10 @@ pub struct Measurement {
     t: Vec<f64>,
     rgb: Vec<[f64; 3]>,
     vertical: Vec<f64>,
+    /// Per skin region ([`crate::vision::roi::REGIONS`]): its colour per
+    /// recorded frame (held where it had no skin) and the frames it had skin.
+    regions: [Vec<[f64; 3]>; REGION_COUNT],
+    region_frames: [usize; REGION_COUNT],
 }
 
 impl Measurement {
@@ -271,6 +283,8 @@ impl Measurement {
             t: Vec::new(),
             rgb: Vec::new(),
             vertical: Vec::new(),
+            regions: Default::default(),
+            region_frames: [0; REGION_COUNT],
         })
     }
 
@@ -468,6 +482,16 @@ impl Measurement {
         self.t.push(obs.t_s);
         self.rgb.push(obs.mean_rgb);
         self.vertical.push(obs.vertical_px);
+        for (k, region) in obs.regions.iter().enumerate() {
+            let trace = &mut self.regions[k];
+            let rgb = if region.skin >= MIN_REGION_SKIN {
+                self.region_frames[k] += 1;
+                region.mean_rgb
+            } else {
+                trace.last().copied().unwrap_or(obs.mean_rgb)
+            };
+            trace.push(rgb);
+        }
     }
 
     fn measure(&mut self, obs: &Observation, speed: f64, out: &mut Vec<Update>) {
@@ -560,7 +584,16 @@ impl Measurement {
 
     fn traces(&self) -> Traces {
         let fs = self.estimator.config().resample_hz;
+        let present = (MIN_REGION_PRESENCE * self.t.len() as f64).ceil() as usize;
+        let regions: Vec<&[[f64; 3]]> = self
+            .regions
+            .iter()
+            .zip(self.region_frames)
+            .filter(|&(_, frames)| frames >= present.max(1))
+            .map(|(r, _)| r.as_slice())
+            .collect();
         Traces::from_irregular(&self.t, &self.rgb, Some(&self.vertical), fs)
+            .with_regions(&self.t, if regions.len() >= 2 { &regions } else { &[] })
     }
 
     fn intermediate(&mut self, t: f64, out: &mut Vec<Update>) {
@@ -1048,7 +1081,7 @@ mod tests {
         assert_eq!(*constraint, Constraint::FaceTooSmall);
         assert_eq!(
             detail,
-            "a face 40 px wide was found; the minimum is 64 px: move closer or use a higher resolution"
+            "a face 40 px wide was found; the minimum is 56 px: move closer or use a higher resolution"
         );
         assert!(matches!(
             out.last(),

@@ -86,33 +86,92 @@ pub fn project(
 /// POS, Algorithm 1 of Wang et al. 2017: per window of `l` samples stepping
 /// by one, temporally normalise, project onto `[0, 1, -1]` and
 /// `[-2, 1, 1]`, alpha-tune and overlap-add.
+/// POS in O(n): the same result as projecting every window and adding the
+/// windows up (the tests keep that direct form as the oracle), from prefix
+/// sums. In a window, each normalised channel is `x / μ`, the two
+/// projections are linear in the channels, their standard deviations
+/// follow from the window's channel variances and covariances, and so the
+/// window's mean-free `h = s1 + α s2` is `Σ k_c (x_c - μ_c)` with
+/// per-window coefficients `k_c`: each sample then needs only the sums of
+/// `k_c` and `k_c μ_c` over the windows that cover it. This runs once per
+/// skin region per estimate, so it must be cheap.
 fn pos(rgb: ArrayView2<f64>, l: usize, out: &mut [f64]) {
     let n = rgb.nrows();
-    let mut s1 = vec![0.0; l];
-    let mut s2 = vec![0.0; l];
-    for m in 0..=(n - l) {
-        let w = rgb.slice(ndarray::s![m..m + l, ..]);
-        let mean = window_means(&w);
-        for (i, row) in w.outer_iter().enumerate() {
-            let (r, g, b) = (
-                normalised(row[0], mean[0]),
-                normalised(row[1], mean[1]),
-                normalised(row[2], mean[2]),
-            );
-            s1[i] = g - b;
-            s2[i] = -2.0 * r + g + b;
+    // Centred on the whole trace's means, so the prefix sums of products
+    // stay small and their differences exact enough.
+    let mut centre = [0.0; 3];
+    for row in rgb.outer_iter() {
+        for c in 0..3 {
+            centre[c] += row[c];
         }
-        let (sd1, sd2) = (std_dev(&s1), std_dev(&s2));
+    }
+    let centre = centre.map(|s| s / n as f64);
+    let x: Vec<[f64; 3]> = rgb
+        .outer_iter()
+        .map(|r| [r[0] - centre[0], r[1] - centre[1], r[2] - centre[2]])
+        .collect();
+    // Prefix sums: 3 channels, then rr, gg, bb, rg, rb, gb.
+    const PAIRS: [(usize, usize); 6] = [(0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2)];
+    let mut prefix = vec![[0.0f64; 9]; n + 1];
+    for (j, v) in x.iter().enumerate() {
+        let mut next = prefix[j];
+        for c in 0..3 {
+            next[c] += v[c];
+        }
+        for (k, &(c, d)) in PAIRS.iter().enumerate() {
+            next[3 + k] += v[c] * v[d];
+        }
+        prefix[j + 1] = next;
+    }
+    let windows = n - l + 1;
+    // Per window: the coefficients k_c and Σ k_c a_c (a_c: the window's
+    // mean of the centred channel), as prefix sums over windows.
+    let mut coef = vec![[0.0f64; 4]; windows + 1];
+    let lf = l as f64;
+    for m in 0..windows {
+        let s: [f64; 9] = std::array::from_fn(|k| prefix[m + l][k] - prefix[m][k]);
+        let a = [s[0] / lf, s[1] / lf, s[2] / lf];
+        let cov = |k: usize| {
+            let (c, d) = PAIRS[k];
+            s[3 + k] / lf - a[c] * a[d]
+        };
+        let (vr, vg, vb, crg, crb, cgb) = (cov(0), cov(1), cov(2), cov(3), cov(4), cov(5));
+        // 1/μ per channel; a channel whose mean is not positive is the
+        // constant 1 of `normalised`, which adds nothing once mean-free.
+        let inv = std::array::from_fn::<f64, 3, _>(|c| {
+            let mean = centre[c] + a[c];
+            if mean > 1e-9 {
+                1.0 / mean
+            } else {
+                0.0
+            }
+        });
+        let [ir, ig, ib] = inv;
+        let var1 = ig * ig * vg - 2.0 * ig * ib * cgb + ib * ib * vb;
+        let var2 = 4.0 * ir * ir * vr + ig * ig * vg + ib * ib * vb
+            - 4.0 * ir * ig * crg
+            - 4.0 * ir * ib * crb
+            + 2.0 * ig * ib * cgb;
+        let (sd1, sd2) = (var1.max(0.0).sqrt(), var2.max(0.0).sqrt());
         let alpha = if sd2 > 1e-12 { sd1 / sd2 } else { 0.0 };
-        let h: Vec<f64> = s1.iter().zip(&s2).map(|(a, b)| a + alpha * b).collect();
-        let hm = h.iter().sum::<f64>() / l as f64;
-        for (i, v) in h.iter().enumerate() {
-            out[m + i] -= v - hm;
-        }
+        let k = [-2.0 * alpha * ir, (1.0 + alpha) * ig, (alpha - 1.0) * ib];
+        let e = k[0] * a[0] + k[1] * a[1] + k[2] * a[2];
+        coef[m + 1] = [
+            coef[m][0] + k[0],
+            coef[m][1] + k[1],
+            coef[m][2] + k[2],
+            coef[m][3] + e,
+        ];
+    }
+    for (j, (o, v)) in out.iter_mut().zip(&x).enumerate() {
+        // Windows m with m <= j < m + l.
+        let lo = (j + 1).saturating_sub(l);
+        let hi = j.min(windows - 1) + 1;
+        let sum: [f64; 4] = std::array::from_fn(|k| coef[hi][k] - coef[lo][k]);
+        *o = -(v[0] * sum[0] + v[1] * sum[1] + v[2] * sum[2] - sum[3]);
     }
 }
 
-/// CHROM with Hann-windowed overlap-add over half-overlapping windows.
 fn chrom(rgb: ArrayView2<f64>, l: usize, out: &mut [f64]) {
     let n = rgb.nrows();
     let l = l.max(4) & !1; // even, so half windows tile exactly
@@ -166,6 +225,76 @@ fn channel(g: ArrayView1<f64>, l: usize, out: &mut [f64]) {
 
 #[cfg(test)]
 mod tests {
+    /// POS window by window, as the paper writes it: the oracle for `pos`.
+    fn pos_direct(rgb: ArrayView2<f64>, l: usize, out: &mut [f64]) {
+        let n = rgb.nrows();
+        // Plain rows and reused buffers: this runs once per skin region per
+        // estimate, so no allocation per window.
+        let rows: Vec<[f64; 3]> = rgb.outer_iter().map(|r| [r[0], r[1], r[2]]).collect();
+        let mut s1 = vec![0.0; l];
+        let mut s2 = vec![0.0; l];
+        for m in 0..=(n - l) {
+            let w = &rows[m..m + l];
+            let mut mean = [0.0; 3];
+            for row in w {
+                for c in 0..3 {
+                    mean[c] += row[c];
+                }
+            }
+            // Channels divided by their window means (a channel whose mean is 0
+            // counts as constant 1, as `normalised` says), by one reciprocal.
+            let scale = mean.map(|s| {
+                let mean = s / l as f64;
+                if mean > 1e-9 {
+                    (1.0 / mean, 0.0)
+                } else {
+                    (0.0, 1.0)
+                }
+            });
+            for (i, row) in w.iter().enumerate() {
+                let r = row[0] * scale[0].0 + scale[0].1;
+                let g = row[1] * scale[1].0 + scale[1].1;
+                let b = row[2] * scale[2].0 + scale[2].1;
+                s1[i] = g - b;
+                s2[i] = -2.0 * r + g + b;
+            }
+            let (sd1, sd2) = (std_dev(&s1), std_dev(&s2));
+            let alpha = if sd2 > 1e-12 { sd1 / sd2 } else { 0.0 };
+            let hm = s1.iter().zip(&s2).map(|(a, b)| a + alpha * b).sum::<f64>() / l as f64;
+            for (i, (a, b)) in s1.iter().zip(&s2).enumerate() {
+                out[m + i] -= a + alpha * b - hm;
+            }
+        }
+    }
+
+    #[test]
+    fn pos_in_linear_time_equals_pos_window_by_window() {
+        let fs = 30.0;
+        let mut rnd = crate::signal::test_noise::stream(5);
+        for (n, l) in [(300, 48), (900, 48), (50, 48), (48, 48), (7, 5), (120, 8)] {
+            // A pulse, light drift, noise, and a stretch of black red channel.
+            let rgb = ndarray::Array2::from_shape_fn((n, 3), |(i, c)| {
+                let t = i as f64 / fs;
+                let base = [170.0, 120.0, 100.0][c] * (1.0 + 0.05 * (0.2 * t).sin());
+                let v = base * (1.0 - 0.004 * (7.5 * t).sin()) + 0.5 * rnd();
+                if c == 0 && (n / 3..n / 2).contains(&i) {
+                    0.0
+                } else {
+                    v
+                }
+            });
+            let (mut fast, mut direct) = (vec![0.0; n], vec![0.0; n]);
+            pos(rgb.view(), l, &mut fast);
+            pos_direct(rgb.view(), l, &mut direct);
+            let scale = direct.iter().map(|v| v.abs()).fold(0.0, f64::max);
+            for (j, (a, b)) in fast.iter().zip(&direct).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-7 * scale.max(1e-12),
+                    "n {n}, l {l}, sample {j}: {a} vs {b}"
+                );
+            }
+        }
+    }
     use super::*;
     use ndarray::Array2;
     use std::f64::consts::PI;

@@ -3,7 +3,8 @@
 //!
 //! Owns: the order of the DSP steps and the confidence map.
 //! `traces -> projection (POS/CHROM/GREEN) -> band-pass (edges 20 % / 15 %
-//! outside the HR band, so the band is flat) -> spectrum ->
+//! outside the HR band, so the band is flat) -> [per skin region, then
+//! fused by each region's SNR] -> spectrum ->
 //! HR peak + SNR -> confidence`, then `beats -> RMSSD` and
 //! `intensity + motion + beats -> respiration`.
 //!
@@ -27,6 +28,11 @@ use ndarray::{Array2, ArrayView2};
 const FILTER_MARGIN_LOW: f64 = 1.2;
 /// The HR filter's high edge is the band's high edge times this.
 const FILTER_MARGIN_HIGH: f64 = 1.15;
+/// Bin spacing (at most) of the spectra that weigh the skin regions. Their
+/// FFT is sized for this or for `hr_window_s`, whichever is longer: on a
+/// longer window (the whole scan) the weights come from its most recent
+/// part (34 s at 30 Hz).
+const WEIGHT_RESOLUTION_HZ: f64 = 0.03;
 
 /// Parameters of the signal chain (validated by the config loader).
 #[derive(Debug, Clone, PartialEq)]
@@ -81,6 +87,11 @@ pub struct Traces {
     pub rgb: Array2<f64>,
     /// Vertical face displacement in pixels, one per row, when measured.
     pub vertical_px: Option<Vec<f64>>,
+    /// The same skin seen region by region (`n x 3` each, same grid), when
+    /// measured: the pulse is then the SNR-weighted fusion of the regions'
+    /// pulses ([`VitalsEstimator`]); `rgb` still carries the pooled mean
+    /// for respiration and for the first estimate of the heart rate.
+    pub regions: Vec<Array2<f64>>,
 }
 
 impl Traces {
@@ -104,7 +115,22 @@ impl Traces {
             fs_hz,
             rgb,
             vertical_px: vertical_px.map(|_| uniform.iter().map(|v| v[3]).collect()),
+            regions: Vec::new(),
         }
+    }
+
+    /// Adds per-region skin traces sampled at the same `t_s` as the pooled
+    /// one (one `[R, G, B]` per timestamp each).
+    pub fn with_regions(mut self, t_s: &[f64], regions: &[&[[f64; 3]]]) -> Traces {
+        let mut uniform = Vec::new();
+        self.regions = regions
+            .iter()
+            .filter_map(|r| {
+                let n = resample_linear(t_s, r, self.fs_hz, &mut uniform);
+                (n == self.len()).then(|| Array2::from_shape_fn((n, 3), |(i, c)| uniform[i][c]))
+            })
+            .collect();
+        self
     }
 
     pub fn len(&self) -> usize {
@@ -140,12 +166,35 @@ pub struct Vitals {
     pub beats: Vec<Beat>,
 }
 
+/// Which spectrum an estimate uses: one periodogram of the live window, or
+/// the whole scan's Welch average of `seg`-sample segments stepping by `hop`.
+#[derive(Debug, Clone, Copy)]
+enum SpectrumKind {
+    Periodogram,
+    Welch { seg: usize, hop: usize },
+}
+
 /// Plan-once estimator for one [`SignalConfig`].
+///
+/// With per-region traces, the pulse is their SNR-weighted fusion, after
+/// DistancePPG (Kumar, Veeraraghavan & Sabharwal, Biomed. Opt. Express
+/// 6(5):1565, 2015): each region's pulse is scaled to unit power and
+/// weighted by `sqrt(G (1 + G))`, where `G` is its power near the heart
+/// rate (fundamental and harmonic, as in [`snr_db`]) over the rest of the
+/// band, at the heart rate the other regions show. For a unit-power pulse
+/// `a s + n`, `G = a² / σ²`, so that weight is the maximum-ratio combining
+/// weight `a / σ²`: every region adds its own evidence in proportion to how
+/// clean it is, and a region that shading, hair, a beard or glasses spoil
+/// (low `G`) adds almost nothing.
 #[derive(Debug)]
 pub struct VitalsEstimator {
     cfg: SignalConfig,
     hr_band: Bandpass,
     spec: SpectrumEstimator,
+    /// A coarser spectrum (about 0.03 Hz bins) for weighing regions: a
+    /// weight needs the power within ±0.1 Hz of the heart rate, not the
+    /// rate to 0.3 bpm, and 2 spectra per region per estimate add up.
+    weigh_spec: SpectrumEstimator,
     resp: RespirationEstimator,
     projected: Vec<f64>,
     filtered: Vec<f64>,
@@ -169,6 +218,7 @@ impl VitalsEstimator {
             hr_band,
             // 0.005 Hz bins (0.3 bpm) before parabolic refinement.
             spec: SpectrumEstimator::new(fs, 0.005, hr_len),
+            weigh_spec: SpectrumEstimator::new(fs, WEIGHT_RESOLUTION_HZ, hr_len),
             resp: RespirationEstimator::new(fs, cfg.rr_band_hz.0, cfg.rr_band_hz.1, 2, max_len)?,
             projected: Vec::new(),
             filtered: Vec::new(),
@@ -194,6 +244,76 @@ impl VitalsEstimator {
             &mut self.projected,
         );
         self.hr_band.filtfilt(&self.projected, &mut self.filtered);
+    }
+
+    fn power_of(&mut self, x: &[f64], kind: SpectrumKind) -> Vec<f64> {
+        match kind {
+            SpectrumKind::Periodogram => self.spec.periodogram(x).to_vec(),
+            SpectrumKind::Welch { seg, hop } => self.spec.welch(x, seg, hop).to_vec(),
+        }
+    }
+
+    /// The pulse wave into `self.filtered`, and its power spectrum: the
+    /// pooled trace's, or with at least two `regions`, their SNR-weighted
+    /// fusion (see the type's doc), scaled to the pooled pulse's power.
+    fn pulse_and_power(
+        &mut self,
+        pooled: ArrayView2<f64>,
+        regions: &[ArrayView2<f64>],
+        kind: SpectrumKind,
+    ) -> Vec<f64> {
+        self.pulse_wave(pooled);
+        if regions.len() < 2 {
+            return self.power_of(&self.filtered.clone(), kind);
+        }
+        let pooled_pulse = std::mem::take(&mut self.filtered);
+        let n = pooled_pulse.len();
+        // Each region's pulse at unit power.
+        let mut pulses: Vec<Vec<f64>> = Vec::with_capacity(regions.len());
+        for region in regions {
+            self.pulse_wave(*region);
+            let r = rms(&self.filtered);
+            if super::is_positive(r) && self.filtered.len() == n {
+                pulses.push(self.filtered.iter().map(|v| v / r).collect());
+            }
+        }
+        let mut sum = vec![0.0; n];
+        for p in &pulses {
+            sum.iter_mut().zip(p).for_each(|(s, v)| *s += v);
+        }
+        let (lo, hi) = self.cfg.hr_band_hz;
+        let df = self.weigh_spec.df_hz();
+        let mut fused = vec![0.0; n];
+        let mut weight_sum = 0.0;
+        let mut others = vec![0.0; n];
+        for p in &pulses {
+            // Each region is weighed at the heart rate the *other* regions
+            // show: weighing it at a peak its own noise helped to place
+            // would favour that noise (on a face without a pulse this
+            // raised the best SNR of 24 scans from -1.7 to +1.0 dB).
+            others
+                .iter_mut()
+                .zip(sum.iter().zip(p))
+                .for_each(|(o, (s, v))| *o = s - v);
+            let Some(peak) = peak_in_band(self.weigh_spec.periodogram(&others), df, lo, hi) else {
+                continue;
+            };
+            let snr = snr_db(self.weigh_spec.periodogram(p), df, peak.freq_hz, lo, hi);
+            let g = 10f64.powf(snr / 10.0);
+            let w = (g * (1.0 + g)).sqrt();
+            if w.is_finite() && w > 0.0 {
+                fused.iter_mut().zip(p).for_each(|(f, v)| *f += w * v);
+                weight_sum += w;
+            }
+        }
+        if !super::is_positive(weight_sum) {
+            self.filtered = pooled_pulse;
+            return self.power_of(&self.filtered.clone(), kind);
+        }
+        let scale = rms(&pooled_pulse) / weight_sum;
+        fused.iter_mut().for_each(|v| *v *= scale);
+        self.filtered = fused;
+        self.power_of(&self.filtered.clone(), kind)
     }
 
     fn heart_from_power(&self, power: &[f64]) -> HeartRate {
@@ -227,8 +347,16 @@ impl VitalsEstimator {
                 confidence: 0.0,
             };
         }
-        self.pulse_wave(traces.rgb.slice(ndarray::s![n - len.., ..]));
-        let power = self.spec.periodogram(&self.filtered).to_vec();
+        let regions: Vec<_> = traces
+            .regions
+            .iter()
+            .map(|r| r.slice(ndarray::s![n - len.., ..]))
+            .collect();
+        let power = self.pulse_and_power(
+            traces.rgb.slice(ndarray::s![n - len.., ..]),
+            &regions,
+            SpectrumKind::Periodogram,
+        );
         self.heart_from_power(&power)
     }
 
@@ -254,10 +382,14 @@ impl VitalsEstimator {
                 beats: Vec::new(),
             };
         }
-        self.pulse_wave(rgb);
         let seg = ((self.cfg.hr_window_s * fs).round() as usize).max(2);
         let hop = (fs.round() as usize).max(1);
-        let power = self.spec.welch(&self.filtered, seg, hop).to_vec();
+        let regions: Vec<_> = traces
+            .regions
+            .iter()
+            .map(|r| r.slice(ndarray::s![start.., ..]))
+            .collect();
+        let power = self.pulse_and_power(rgb, &regions, SpectrumKind::Welch { seg, hop });
         let heart = self.heart_from_power(&power);
 
         let beats = heart
@@ -292,6 +424,11 @@ impl VitalsEstimator {
     }
 }
 
+/// Root mean square of `x` (0 when empty).
+fn rms(x: &[f64]) -> f64 {
+    (x.iter().map(|v| v * v).sum::<f64>() / x.len().max(1) as f64).sqrt()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,6 +452,7 @@ mod tests {
             fs_hz: fs,
             rgb,
             vertical_px: None,
+            regions: Vec::new(),
         }
     }
 
@@ -346,9 +484,107 @@ mod tests {
             fs_hz: 30.0,
             rgb,
             vertical_px: None,
+            regions: Vec::new(),
         };
         let hr = est.heart_rate(&t).bpm.unwrap();
         assert!((hr - 90.0).abs() < 3.0, "got {hr}");
+    }
+
+    /// `k` skin regions of 30 s: `pulse_pct` of pulse at `hr_bpm` (0 for
+    /// none), a red-only colour wave of `artifact_pct` at `artifact_hz`
+    /// (shading or a reflection: not a pulse), and noise; with the pooled
+    /// trace their mean, as vision measures it.
+    fn regions(spec: &[(f64, f64, f64)], hr_bpm: f64, seed: u64) -> Traces {
+        let (fs, n) = (30.0, 900);
+        let skin = [170.0, 120.0, 100.0];
+        let pbv = [0.33, 0.77, 0.53];
+        let regions: Vec<Array2<f64>> = spec
+            .iter()
+            .enumerate()
+            .map(|(k, &(pulse_pct, artifact_pct, artifact_hz))| {
+                let mut rnd = noise(seed * 100 + k as u64);
+                Array2::from_shape_fn((n, 3), |(i, c)| {
+                    let t = i as f64 / fs;
+                    let pulse =
+                        pulse_pct / 100.0 * pbv[c] / pbv[1] * (2.0 * PI * hr_bpm / 60.0 * t).sin();
+                    let artifact = if c == 0 {
+                        artifact_pct / 100.0 * (2.0 * PI * artifact_hz * t).sin()
+                    } else {
+                        0.0
+                    };
+                    skin[c] * (1.0 - pulse + artifact) + 0.3 * rnd()
+                })
+            })
+            .collect();
+        let mut rgb = Array2::zeros((n, 3));
+        for r in &regions {
+            rgb += r;
+        }
+        rgb /= regions.len() as f64;
+        Traces {
+            fs_hz: fs,
+            rgb,
+            vertical_px: None,
+            regions,
+        }
+    }
+
+    #[test]
+    fn regions_are_fused_by_their_own_snr_so_a_spoiled_minority_cannot_outvote_the_pulse() {
+        // Four clean regions and two with a strong colour wave at 1.9 Hz
+        // (114/min): pooled, the wave wins; fused, the pulse does.
+        let spec = [
+            (0.3, 0.0, 0.0),
+            (0.3, 0.0, 0.0),
+            (0.3, 0.0, 0.0),
+            (0.3, 0.0, 0.0),
+            (0.0, 1.5, 1.9),
+            (0.0, 1.5, 1.9),
+        ];
+        let mut est = VitalsEstimator::new(SignalConfig::default()).unwrap();
+        for (seed, hr) in [(1, 66.0), (2, 80.0), (3, 150.0)] {
+            let fused = regions(&spec, hr, seed);
+            let pooled = Traces {
+                regions: Vec::new(),
+                ..fused.clone()
+            };
+            let wrong = est.vitals(&pooled).heart.bpm.unwrap();
+            assert!((wrong - 114.0).abs() < 2.0, "pooled: {wrong}");
+            let v = est.vitals(&fused);
+            let got = v.heart.bpm.unwrap();
+            assert!((got - hr).abs() < 1.0, "fused: {got}, true {hr}");
+            assert!(v.heart.confidence > 0.9, "{:?}", v.heart);
+            let live = est.heart_rate(&fused).bpm.unwrap();
+            assert!((live - hr).abs() < 2.0, "live: {live}, true {hr}");
+        }
+    }
+
+    #[test]
+    fn fusing_regions_of_noise_does_not_make_a_pulse_of_it() {
+        // Eleven regions without a pulse, 60 seeds: each region is weighed
+        // at the others' peak, so noise that happens to agree is hardly
+        // rewarded. Measured over 200 seeds: mean SNR -4.8 dB fused, -5.1
+        // pooled; highest 0.27 and 0.20 dB (the scan's threshold is 1 dB).
+        let spec = [(0.0, 0.0, 0.0); 11];
+        let mut est = VitalsEstimator::new(SignalConfig::default()).unwrap();
+        let (mut pooled_sum, mut fused_sum) = (0.0, 0.0);
+        let seeds = 60;
+        for seed in 0..seeds {
+            let fused = regions(&spec, 72.0, seed);
+            let pooled = Traces {
+                regions: Vec::new(),
+                ..fused.clone()
+            };
+            let f = est.heart_rate(&fused).snr_db;
+            pooled_sum += est.heart_rate(&pooled).snr_db;
+            fused_sum += f;
+            assert!(f < 1.0, "seed {seed}: fused SNR {f:.2} dB");
+        }
+        let (fused, pooled) = (fused_sum / seeds as f64, pooled_sum / seeds as f64);
+        assert!(
+            fused < pooled + 0.5,
+            "mean SNR fused {fused:.2} dB, pooled {pooled:.2} dB"
+        );
     }
 
     #[test]

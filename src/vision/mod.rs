@@ -98,6 +98,8 @@ pub struct Observation {
     /// ROI pixels with a channel at or above [`roi::CLIPPED_LEVEL`]
     /// (over-exposed: no pulse survives clipping).
     pub clipped_pixels: u32,
+    /// Each of [`roi::REGIONS`] on its own (zero skin where it has none).
+    pub regions: [roi::RegionMean; roi::REGION_COUNT],
     /// Mean frame luma, 0..255.
     pub luma: f64,
     /// Face displacement since the previous frame, pixels `[dx, dy]`.
@@ -140,7 +142,7 @@ impl Default for VisionConfig {
             track_face_px: 64,
             correction_time_s: 1.0,
             redetect_tolerance: 0.1,
-            survey_min_face_px: 64.0,
+            survey_min_face_px: 56.0,
             max_missed_detections: 3,
         }
     }
@@ -328,6 +330,7 @@ impl FaceRoiExtractor {
             skin_pixels: stats.skin_pixels,
             roi_pixels: stats.roi_pixels,
             clipped_pixels: stats.clipped_pixels,
+            regions: stats.regions,
             luma: roi::frame_luma(frame),
             motion_px: if confirmed.is_some() {
                 motion_px

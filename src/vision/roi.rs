@@ -13,7 +13,12 @@
 //!
 //! ROI: forehead plus both cheeks, as fractions of the face box (SeetaFace
 //! boxes run from mid-forehead to below the chin): these areas are
-//! thin-skinned, well perfused and free of eyes, brows, nostrils and lips.
+//! thin-skinned, well perfused and free of eyes, brows, nostrils and lips;
+//! their pooled mean is what respiration and the skin checks use. The
+//! pulse comes from eleven regions ([`REGIONS`]: those three, temples,
+//! nose, under the eyes, jaw, chin), each reported on its own so the signal
+//! stage can weight it by its own SNR. Regions never overlap, so their
+//! noises are independent.
 
 use super::FaceBox;
 use crate::capture::Frame;
@@ -22,11 +27,40 @@ use crate::capture::Frame;
 /// cheeks and a nose region were tried for small faces: they add skin
 /// pixels but also the shading of folds and the nose, which the breathing
 /// head motion modulates at harmonics that reach the heart-rate band (SNR
-/// at 45 bpm fell from 3.2-3.8 to 0.8-2.1 dB), so these three stay.
+/// at 45 bpm fell from 3.2-3.8 to 0.8-2.1 dB), so these three stay the
+/// pooled ROI ([`RoiStats::mean_rgb`], which respiration and the skin
+/// checks use). The other skin is measured region by region instead
+/// ([`REGIONS`]), where the signal stage weights each by its own SNR.
 pub const ROI_REGIONS: [(f64, f64, f64, f64); 3] = [
     (0.28, 0.02, 0.72, 0.16), // forehead
     (0.14, 0.50, 0.36, 0.72), // left cheek
     (0.64, 0.50, 0.86, 0.72), // right cheek
+];
+
+/// Number of skin regions measured one by one ([`REGIONS`]).
+pub const REGION_COUNT: usize = 11;
+
+/// Every skin area of the face as its own region, `(name, x0, y0, x1, y1)`
+/// in fractions of the face box: the three pooled ROI regions first, then
+/// the temples, between the eyes and down the nose, under the eyes, the
+/// jaw and the chin. Each gives its own colour trace; the signal stage
+/// projects each to a pulse and fuses them weighted by each region's SNR
+/// (DistancePPG: Kumar, Veeraraghavan & Sabharwal, Biomed. Opt. Express
+/// 6(5), 2015), so a region that hair, glasses, a beard or moving shading
+/// spoils is outweighed instead of spoiling the rest, and the skin a small
+/// or dark face has is all used.
+pub const REGIONS: [(&str, f64, f64, f64, f64); REGION_COUNT] = [
+    ("forehead", 0.28, 0.02, 0.72, 0.16),
+    ("left cheek", 0.14, 0.50, 0.36, 0.72),
+    ("right cheek", 0.64, 0.50, 0.86, 0.72),
+    ("left temple", 0.10, 0.02, 0.28, 0.16),
+    ("right temple", 0.72, 0.02, 0.90, 0.16),
+    ("nose", 0.42, 0.28, 0.58, 0.56),
+    ("left under-eye", 0.16, 0.40, 0.38, 0.50),
+    ("right under-eye", 0.62, 0.40, 0.84, 0.50),
+    ("left jaw", 0.14, 0.72, 0.34, 0.88),
+    ("right jaw", 0.66, 0.72, 0.86, 0.88),
+    ("chin", 0.38, 0.86, 0.62, 0.98),
 ];
 
 /// Integer box inside the frame: `[x0, x1) x [y0, y1)`.
@@ -117,6 +151,16 @@ pub struct RoiStats {
     pub roi_pixels: u32,
     /// ROI pixels with any channel at or above [`CLIPPED_LEVEL`].
     pub clipped_pixels: u32,
+    /// Each of [`REGIONS`] on its own.
+    pub regions: [RegionMean; REGION_COUNT],
+}
+
+/// Skin-masked mean colour of one region, and its skin pixels (weighted
+/// by the soft skin rule and the sub-pixel edges).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct RegionMean {
+    pub mean_rgb: [f64; 3],
+    pub skin: f64,
 }
 
 /// Coverage of pixel `i` (spanning `[i, i + 1)`) by the interval `[lo, hi)`.
@@ -127,7 +171,8 @@ fn coverage(i: u32, lo: f64, hi: f64) -> f64 {
     (b - a).max(0.0)
 }
 
-/// Skin-masked mean RGB over the forehead and cheek regions of `face`.
+/// Skin-masked mean RGB over the forehead and cheek regions of `face`
+/// (pooled), and over each of [`REGIONS`] on its own.
 ///
 /// Region edges are sub-pixel: an edge pixel counts with the fraction of it
 /// that the region covers, so the mean is a continuous function of the box
@@ -135,13 +180,15 @@ fn coverage(i: u32, lo: f64, hi: f64) -> f64 {
 /// snap by a pixel now and then, and each snap is a broadband step that
 /// lands in the heart-rate band.)
 pub fn roi_stats(frame: &Frame, face: &FaceBox) -> RoiStats {
+    let mut out = RoiStats::default();
     let mut sum = [0f64; 3];
     let mut skin = 0f64;
     let mut total = 0f64;
     let mut clipped = 0f64;
     let (fw, fh) = (frame.width as f64, frame.height as f64);
     let mut col_weight = Vec::new();
-    for (fx0, fy0, fx1, fy1) in ROI_REGIONS {
+    for (k, &(_, fx0, fy0, fx1, fy1)) in REGIONS.iter().enumerate() {
+        let pooled = k < ROI_REGIONS.len();
         let x0 = (face.x + fx0 * face.w).clamp(0.0, fw);
         let x1 = (face.x + fx1 * face.w).clamp(0.0, fw);
         let y0 = (face.y + fy0 * face.h).clamp(0.0, fh);
@@ -153,6 +200,15 @@ pub fn roi_stats(frame: &Frame, face: &FaceBox) -> RoiStats {
         let (py0, py1) = (y0.floor() as u32, (y1.ceil() as u32).min(frame.height));
         col_weight.clear();
         col_weight.extend((px0..px1).map(|x| coverage(x, x0, x1)));
+        let mut region_sum = [0f64; 3];
+        let mut region_skin = 0f64;
+        // Columns wholly inside the region sum in integers; only the
+        // partly covered edge columns need fractional weights.
+        let inner_lo = col_weight.iter().position(|&w| w == 1.0).unwrap_or(0);
+        let inner_hi = col_weight
+            .iter()
+            .rposition(|&w| w == 1.0)
+            .map_or(inner_lo, |i| i + 1);
         for y in py0..py1 {
             let wy = coverage(y, y0, y1);
             let row = (y as usize * frame.width as usize) * 3;
@@ -160,8 +216,9 @@ pub fn roi_stats(frame: &Frame, face: &FaceBox) -> RoiStats {
             let mut row_sum = [0f64; 3];
             let mut row_skin = 0f64;
             let mut row_clipped = 0f64;
-            for (p, &wx) in px.chunks_exact(3).zip(&col_weight) {
-                if p[0].max(p[1]).max(p[2]) >= CLIPPED_LEVEL {
+            let edges = (0..inner_lo).chain(inner_hi..col_weight.len());
+            for (p, &wx) in edges.map(|i| (&px[i * 3..i * 3 + 3], &col_weight[i])) {
+                if pooled && p[0].max(p[1]).max(p[2]) >= CLIPPED_LEVEL {
                     row_clipped += wx;
                 }
                 let k = skin_weight(p[0], p[1], p[2]);
@@ -173,21 +230,51 @@ pub fn roi_stats(frame: &Frame, face: &FaceBox) -> RoiStats {
                     row_skin += w;
                 }
             }
-            for c in 0..3 {
-                sum[c] += wy * row_sum[c];
+            let (mut inner, mut inner_clipped) = ([0u32; 4], 0u32);
+            for p in px[inner_lo * 3..inner_hi * 3].chunks_exact(3) {
+                inner_clipped += u32::from(p[0].max(p[1]).max(p[2]) >= CLIPPED_LEVEL);
+                let k = skin_weight(p[0], p[1], p[2]) as u32;
+                inner[0] += k * p[0] as u32;
+                inner[1] += k * p[1] as u32;
+                inner[2] += k * p[2] as u32;
+                inner[3] += k;
             }
-            skin += wy * row_skin;
-            clipped += wy * row_clipped;
-            total += wy * (x1 - x0);
+            let ramp = SKIN_RAMP as f64;
+            for c in 0..3 {
+                row_sum[c] += inner[c] as f64 / ramp;
+            }
+            row_skin += inner[3] as f64 / ramp;
+            if pooled {
+                row_clipped += inner_clipped as f64;
+            }
+            for c in 0..3 {
+                region_sum[c] += wy * row_sum[c];
+            }
+            region_skin += wy * row_skin;
+            if pooled {
+                clipped += wy * row_clipped;
+                total += wy * (x1 - x0);
+            }
+        }
+        if pooled {
+            for c in 0..3 {
+                sum[c] += region_sum[c];
+            }
+            skin += region_skin;
+        }
+        if region_skin > 0.0 {
+            out.regions[k] = RegionMean {
+                mean_rgb: region_sum.map(|s| s / region_skin),
+                skin: region_skin,
+            };
         }
     }
     let mean = |s: f64| if skin > 0.0 { s / skin } else { 0.0 };
-    RoiStats {
-        mean_rgb: [mean(sum[0]), mean(sum[1]), mean(sum[2])],
-        skin_pixels: skin.round() as u32,
-        roi_pixels: total.round() as u32,
-        clipped_pixels: clipped.round() as u32,
-    }
+    out.mean_rgb = [mean(sum[0]), mean(sum[1]), mean(sum[2])];
+    out.skin_pixels = skin.round() as u32;
+    out.roi_pixels = total.round() as u32;
+    out.clipped_pixels = clipped.round() as u32;
+    out
 }
 
 /// Row and column mean-luma profiles of `rect` (one pass), and its mean luma.
@@ -348,11 +435,27 @@ mod tests {
     }
 
     #[test]
-    fn roi_mean_counts_only_skin_pixels() {
-        // Left half skin, right half blue: the cheeks straddle both.
-        let fr = frame(100, 100, |x, _| {
+    fn the_pooled_roi_is_the_first_regions_and_no_two_regions_overlap() {
+        for (k, r) in ROI_REGIONS.iter().enumerate() {
+            let (_, x0, y0, x1, y1) = REGIONS[k];
+            assert_eq!(*r, (x0, y0, x1, y1));
+        }
+        for (i, a) in REGIONS.iter().enumerate() {
+            assert!(a.1 < a.3 && a.2 < a.4 && a.1 >= 0.0 && a.3 <= 1.0 && a.4 <= 1.0);
+            for b in &REGIONS[i + 1..] {
+                let apart = a.3 <= b.1 || b.3 <= a.1 || a.4 <= b.2 || b.4 <= a.2;
+                assert!(apart, "{} overlaps {}", a.0, b.0);
+            }
+        }
+    }
+
+    #[test]
+    fn the_pooled_roi_and_each_region_count_only_skin_pixels() {
+        // Skin on the left half only: the cheeks straddle both halves; the
+        // left regions see skin, the right ones none.
+        let fr = frame(100, 100, |x, y| {
             if x < 50 {
-                [200, 150, 120]
+                [200, 150, 120 + (y / 50) as u8]
             } else {
                 [20, 40, 200]
             }
@@ -364,8 +467,26 @@ mod tests {
             h: 100.0,
         };
         let s = roi_stats(&fr, &face);
-        assert_eq!(s.mean_rgb, [200.0, 150.0, 120.0]);
+        assert!((s.mean_rgb[0] - 200.0).abs() < 1e-9, "{:?}", s.mean_rgb);
+        assert!((s.mean_rgb[1] - 150.0).abs() < 1e-9, "{:?}", s.mean_rgb);
         assert!(s.skin_pixels > 0 && s.skin_pixels < s.roi_pixels);
+        for (k, &(name, x0, _, x1, _)) in REGIONS.iter().enumerate() {
+            let r = s.regions[k];
+            if x1 <= 0.5 {
+                assert!(
+                    (r.skin - (x1 - x0) * 100.0 * (REGIONS[k].4 - REGIONS[k].2) * 100.0).abs()
+                        < 1e-6,
+                    "{name}: {r:?}"
+                );
+                assert!((r.mean_rgb[0] - 200.0).abs() < 1e-9, "{name}: {r:?}");
+                assert!((r.mean_rgb[1] - 150.0).abs() < 1e-9, "{name}: {r:?}");
+            } else if x0 >= 0.5 {
+                assert_eq!(r, RegionMean::default(), "{name}");
+            }
+        }
+        // The chin straddles the middle: only its skin half counts.
+        let chin = s.regions[10].mean_rgb;
+        assert!((chin[2] - 121.0).abs() < 1e-9, "{chin:?}");
     }
 
     #[test]

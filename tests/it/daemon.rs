@@ -399,7 +399,7 @@ async fn the_kiosk_screen_gets_live_throttled_hints_on_sse_before_a_cancellation
     assert!(first["payload"]["message"]
         .as_str()
         .unwrap()
-        .contains("the minimum is 64 px"));
+        .contains("the minimum is 56 px"));
     // The hints come before the cancellation, which says what was seen.
     let failed_at = names
         .iter()

@@ -123,16 +123,17 @@ fn assert_measured_within_2_bpm(spec: &str) {
 }
 
 #[test]
-fn the_smallest_measured_face_70_px_is_measured_within_2_bpm_at_every_resolution_and_skin_type() {
-    // The documented minimum is 64 px (scan.min_face_px); 70 px faces are
-    // the smallest the eval sweep pins, here on six portraits (types I–VI).
+fn a_face_of_64_px_near_the_minimum_is_measured_within_2_bpm_at_every_resolution_and_skin_type() {
+    // The documented minimum is 56 px (scan.min_face_px, the detector's
+    // box); these faces are 64 px by the photos' annotated boxes (about 60
+    // by the detector's), on six portraits (types I–VI).
     for spec in [
-        "synthetic:width=320,height=240,face_width=0.22,photo=001,hr=64,seconds=20",
-        "synthetic:width=320,height=240,face_width=0.22,photo=016,hr=97,seconds=20",
-        "synthetic:width=640,height=480,face_width=0.11,photo=013,hr=58,seconds=20",
-        "synthetic:width=640,height=480,face_width=0.11,photo=astronaut,hr=121,seconds=20",
-        "synthetic:width=1280,height=720,face_width=0.055,photo=021,hr=76,seconds=20",
-        "synthetic:width=1280,height=720,face_width=0.055,photo=032,hr=88,seconds=20",
+        "synthetic:width=320,height=240,face_width=0.2,photo=001,hr=64,seconds=20",
+        "synthetic:width=320,height=240,face_width=0.2,photo=016,hr=97,seconds=20",
+        "synthetic:width=640,height=480,face_width=0.1,photo=013,hr=58,seconds=20",
+        "synthetic:width=640,height=480,face_width=0.1,photo=astronaut,hr=121,seconds=20",
+        "synthetic:width=1280,height=720,face_width=0.05,photo=021,hr=76,seconds=20",
+        "synthetic:width=1280,height=720,face_width=0.05,photo=032,hr=88,seconds=20",
     ] {
         assert_measured_within_2_bpm(spec);
     }
@@ -140,11 +141,11 @@ fn the_smallest_measured_face_70_px_is_measured_within_2_bpm_at_every_resolution
 
 #[test]
 fn a_face_below_the_minimum_is_never_measured_and_the_cancellation_says_how_small_it_was() {
-    // About 48 px: found by the search, but too small to measure.
+    // About 45 px: found by the search, but too small to measure.
     for spec in [
-        "synthetic:width=320,height=240,face_width=0.15,photo=013,seconds=12",
-        "synthetic:width=640,height=480,face_width=0.075,photo=032,seconds=12",
-        "synthetic:width=1280,height=720,face_width=0.038,photo=001,seconds=12",
+        "synthetic:width=320,height=240,face_width=0.14,photo=013,seconds=12",
+        "synthetic:width=640,height=480,face_width=0.07,photo=032,seconds=12",
+        "synthetic:width=1280,height=720,face_width=0.035,photo=001,seconds=12",
     ] {
         let (report, events) = scan(spec);
         assert_eq!(
@@ -169,8 +170,8 @@ fn a_face_below_the_minimum_is_never_measured_and_the_cancellation_says_how_smal
             .and_then(|m| m.split(' ').next())
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| panic!("{spec}: {message}"));
-        assert!((40.0..58.0).contains(&px), "{spec}: {message}");
-        assert!(message.ends_with("the minimum is 64 px: move closer or use a higher resolution"));
+        assert!((36.0..56.0).contains(&px), "{spec}: {message}");
+        assert!(message.ends_with("the minimum is 56 px: move closer or use a higher resolution"));
         assert_eq!(failed["payload"]["constraint"], "FACE_TOO_SMALL");
         assert_eq!(failed["payload"]["advice"], "step closer to the camera");
         // The live hint said so while there was time to act.
