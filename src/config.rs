@@ -320,6 +320,7 @@ pub struct SignalSection {
     pub confidence_mid_db: f64,
     pub confidence_slope_db: f64,
     pub hrv_min_confidence: f64,
+    pub rr_min_confidence: f64,
 }
 
 /// One thing wrong with the configuration.
@@ -1315,6 +1316,12 @@ impl Config {
             format!("must be within 0..1, found {}", g.hrv_min_confidence),
             "use 0.7",
         );
+        check(
+            (0.0..=1.0).contains(&g.rr_min_confidence),
+            "signal.rr_min_confidence",
+            format!("must be within 0..1, found {}", g.rr_min_confidence),
+            "use 0.3",
+        );
         out
     }
 
@@ -1346,6 +1353,7 @@ impl Config {
             confidence_mid_db: g.confidence_mid_db,
             confidence_slope_db: g.confidence_slope_db,
             hrv_min_confidence: g.hrv_min_confidence,
+            rr_min_confidence: g.rr_min_confidence,
             max_window_s: self.scan.duration_s + 1.0,
         }
     }

@@ -74,7 +74,7 @@ pub fn analyze_trace(trace: &RgbTrace, config: &Config) -> Result<Analysis, AppE
         hr_bpm: v.heart.bpm,
         snr_db: v.heart.snr_db,
         confidence: v.heart.confidence,
-        rr_bpm: v.respiration.as_ref().map(|r| r.rate_bpm),
+        rr_bpm: estimator.trusted_rr(v.respiration.as_ref()),
         rr_confidence: v.respiration.as_ref().map_or(0.0, |r| r.confidence),
         rmssd_ms: v.rmssd_ms,
         duration_s: traces.duration_s(),

@@ -611,7 +611,7 @@ impl Measurement {
             hr_bpm: heart.bpm,
             snr_db: heart.snr_db,
             confidence: heart.confidence,
-            rr_bpm: resp.as_ref().map(|r| r.rate_bpm),
+            rr_bpm: self.estimator.trusted_rr(resp.as_ref()),
             rr_confidence: resp.as_ref().map_or(0.0, |r| r.confidence),
         }));
         self.results += 1;
@@ -645,7 +645,7 @@ impl Measurement {
             hr_bpm: v.heart.bpm,
             confidence: v.heart.confidence,
             snr_db: v.heart.bpm.map(|_| v.heart.snr_db),
-            rr_bpm: v.respiration.as_ref().map(|r| r.rate_bpm),
+            rr_bpm: self.estimator.trusted_rr(v.respiration.as_ref()),
             rr_confidence: v.respiration.as_ref().map_or(0.0, |r| r.confidence),
             rmssd_ms: v.rmssd_ms,
             duration_s: traces.duration_s(),

@@ -56,6 +56,8 @@ pub struct SignalConfig {
     pub confidence_slope_db: f64,
     /// HRV is reported only when HR confidence reaches this.
     pub hrv_min_confidence: f64,
+    /// RR is reported only when its own confidence reaches this.
+    pub rr_min_confidence: f64,
     /// Longest window the estimator must handle (plans FFT sizes).
     pub max_window_s: f64,
 }
@@ -74,6 +76,7 @@ impl Default for SignalConfig {
             confidence_mid_db: 0.0,
             confidence_slope_db: 1.5,
             hrv_min_confidence: 0.7,
+            rr_min_confidence: 0.3,
             max_window_s: 120.0,
         }
     }
@@ -228,6 +231,14 @@ impl VitalsEstimator {
 
     pub fn config(&self) -> &SignalConfig {
         &self.cfg
+    }
+
+    /// The breathing rate of `resp` if its confidence reaches
+    /// `rr_min_confidence`: below it the rate is withheld (`None`), while
+    /// the estimate (confidence, wave) stays for diagnostics.
+    pub fn trusted_rr(&self, resp: Option<&RespirationEstimate>) -> Option<f64> {
+        resp.filter(|r| r.confidence >= self.cfg.rr_min_confidence)
+            .map(|r| r.rate_bpm)
     }
 
     /// Logistic map from SNR (dB) to a 0..1 confidence.
@@ -471,6 +482,21 @@ mod tests {
             let r = v.respiration.unwrap();
             assert!((r.rate_bpm - rr).abs() < 1.5, "RR {rr}: {}", r.rate_bpm);
         }
+    }
+
+    #[test]
+    fn a_breathing_rate_below_its_confidence_floor_is_withheld() {
+        let mut est = VitalsEstimator::new(SignalConfig::default()).unwrap();
+        // No breathing at all: whatever peak the noise has is not a rate.
+        for seed in 0..4 {
+            let v = est.vitals(&traces(72.0, 0.0, 0.3, 30.0, seed));
+            let r = v.respiration.as_ref();
+            let seen = r.map(|r| (r.rate_bpm, r.confidence));
+            assert_eq!(est.trusted_rr(r), None, "seed {seed}: {seen:?}");
+        }
+        let v = est.vitals(&traces(72.0, 15.0, 0.3, 30.0, 1));
+        let rr = est.trusted_rr(v.respiration.as_ref()).unwrap();
+        assert!((rr - 15.0).abs() < 1.5, "{rr}");
     }
 
     #[test]
