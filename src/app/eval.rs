@@ -171,7 +171,7 @@ pub fn truth_grid(k: usize) -> (f64, f64) {
 /// One row of the framing sweep: where the face is, how large, at which
 /// resolution, with whom. Face widths are shares of the frame width, of
 /// the photo's face box; the detector's box is about 5 % narrower (0.95 on
-/// the 30 portraits, 0.84-1.16 on single frames), so at the rows "just
+/// the 30 portraits, 0.84-1.16 for the widest box seen in 3 s), so at the rows "just
 /// above the minimum" (70 px) the detector measures 59-77 px, above
 /// `scan.min_face_px` = 56 px, and at the rows "below the minimum" (45 px)
 /// at most 52 px.
