@@ -232,6 +232,8 @@ pub struct FaceRoiExtractor {
     cols: Vec<f64>,
     gray: Vec<u8>,
     luma: Vec<u8>,
+    /// Scratch for the skin regions' column weights.
+    col_weight: Vec<f64>,
     vertical_px: f64,
 }
 
@@ -260,6 +262,7 @@ impl FaceRoiExtractor {
             cols: Vec::new(),
             gray: Vec::new(),
             luma: Vec::new(),
+            col_weight: Vec::new(),
             vertical_px: 0.0,
         }
     }
@@ -317,7 +320,7 @@ impl FaceRoiExtractor {
             .track
             .filter(|t| t.confirmed && t.surveyed && self.misses == 0);
         let stats = confirmed
-            .map(|t| roi::roi_stats(frame, &t.face))
+            .map(|t| roi::roi_stats_with(frame, &t.face, &mut self.col_weight))
             .unwrap_or_default();
         Observation {
             t_s: frame.t_s,

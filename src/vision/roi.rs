@@ -180,13 +180,18 @@ fn coverage(i: u32, lo: f64, hi: f64) -> f64 {
 /// snap by a pixel now and then, and each snap is a broadband step that
 /// lands in the heart-rate band.)
 pub fn roi_stats(frame: &Frame, face: &FaceBox) -> RoiStats {
+    roi_stats_with(frame, face, &mut Vec::new())
+}
+
+/// [`roi_stats`] with the caller's scratch for column weights, so the
+/// per-frame path allocates nothing once it is warm.
+pub fn roi_stats_with(frame: &Frame, face: &FaceBox, col_weight: &mut Vec<f64>) -> RoiStats {
     let mut out = RoiStats::default();
     let mut sum = [0f64; 3];
     let mut skin = 0f64;
     let mut total = 0f64;
     let mut clipped = 0f64;
     let (fw, fh) = (frame.width as f64, frame.height as f64);
-    let mut col_weight = Vec::new();
     for (k, &(_, fx0, fy0, fx1, fy1)) in REGIONS.iter().enumerate() {
         let pooled = k < ROI_REGIONS.len();
         let x0 = (face.x + fx0 * face.w).clamp(0.0, fw);

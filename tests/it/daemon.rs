@@ -40,6 +40,41 @@ impl JsonBody for reqwest::Response {
 
 const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 
+/// `daemon::serve` on a free loopback port, until [`Daemon::stop`].
+struct Daemon {
+    base: String,
+    stop_tx: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<
+        Result<rppg_agent::app::daemon::Summary, rppg_agent::app::AppError>,
+    >,
+}
+
+impl Daemon {
+    async fn start(cfg: Config) -> Daemon {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve(cfg, listener, async {
+            let _ = stop_rx.await;
+        }));
+        Daemon {
+            base,
+            stop_tx,
+            task,
+        }
+    }
+
+    /// Asks it to shut down and waits (at most 20 s) for its summary.
+    async fn stop(self) -> rppg_agent::app::daemon::Summary {
+        self.stop_tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+    }
+}
+
 fn config(dir: &std::path::Path, realtime: bool) -> Config {
     let mut c = Config::default_config();
     c.outbox.path = dir.join("outbox").display().to_string();
@@ -108,12 +143,8 @@ async fn the_api_starts_a_scan_streams_its_events_refuses_a_second_and_cancels_o
     .unwrap();
     let mut cfg = config(dir.path(), false);
     cfg.webhook = vec![hook(&rx.url())];
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let daemon = tokio::spawn(serve(cfg, listener, async {
-        let _ = stop_rx.await;
-    }));
+    let daemon = Daemon::start(cfg).await;
+    let base = daemon.base.clone();
     let http = http_client();
 
     let health: Value = get_json(&http, format!("{base}/healthz")).await;
@@ -291,12 +322,7 @@ async fn the_api_starts_a_scan_streams_its_events_refuses_a_second_and_cancels_o
         404
     );
 
-    stop_tx.send(()).unwrap();
-    let summary = tokio::time::timeout(Duration::from_secs(20), daemon)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let summary = daemon.stop().await;
     assert_eq!((summary.scans, summary.pending), (2, 0));
 }
 
@@ -309,12 +335,8 @@ async fn with_a_token_every_request_needs_it_and_a_wrong_one_is_refused() {
     );
     let mut cfg = config(dir.path(), false);
     cfg.api.token_env = "TEST_DAEMON_API_TOKEN".into();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let daemon = tokio::spawn(serve(cfg, listener, async {
-        let _ = stop_rx.await;
-    }));
+    let daemon = Daemon::start(cfg).await;
+    let base = daemon.base.clone();
     let http = http_client();
     let none = http.get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(none.status(), 401);
@@ -335,12 +357,7 @@ async fn with_a_token_every_request_needs_it_and_a_wrong_one_is_refused() {
     assert_eq!(right.status(), 200);
     let body = right.text().await.unwrap();
     assert!(!body.contains("a-long-random"), "the token is never echoed");
-    stop_tx.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(20), daemon)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    daemon.stop().await;
 
     // A short token is refused at start, naming the variable.
     std::env::set_var("TEST_DAEMON_SHORT_TOKEN", "short");
@@ -364,12 +381,8 @@ async fn the_kiosk_screen_gets_live_throttled_hints_on_sse_before_a_cancellation
     let mut cfg = config(dir.path(), false);
     // A person too far away: a face of about 48 px at 320×240.
     cfg.run.input = "synthetic:width=320,height=240,face_width=0.15,photo=016".into();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let daemon = tokio::spawn(serve(cfg, listener, async {
-        let _ = stop_rx.await;
-    }));
+    let daemon = Daemon::start(cfg).await;
+    let base = daemon.base.clone();
     let http = http_client();
     let mut events = http.get(format!("{base}/v1/events")).send().await.unwrap();
     let started = http.post(format!("{base}/v1/scans")).send().await.unwrap();
@@ -416,12 +429,7 @@ async fn the_kiosk_screen_gets_live_throttled_hints_on_sse_before_a_cancellation
         failed["message"].as_str().unwrap().starts_with("a face "),
         "{failed}"
     );
-    stop_tx.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(20), daemon)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    daemon.stop().await;
 }
 
 /// The real binary running `run --config cfg`: the child, the API address
@@ -546,12 +554,8 @@ async fn a_steady_face_starts_a_scan_by_itself_and_an_empty_scene_does_not() {
         cfg.run.input = input.into();
         cfg.run.auto_start_steady_s = 1.0;
         cfg.run.auto_start_cooldown_s = 3600.0;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let daemon = tokio::spawn(serve(cfg, listener, async {
-            let _ = stop_rx.await;
-        }));
+        let daemon = Daemon::start(cfg).await;
+        let base = daemon.base.clone();
         let http = http_client();
         let mut events = http.get(format!("{base}/v1/events")).send().await.unwrap();
         if expect_scan {
@@ -564,12 +568,7 @@ async fn a_steady_face_starts_a_scan_by_itself_and_an_empty_scene_does_not() {
             assert!(m.contains("rppg_events_emitted_total 0"), "{m}");
             assert!(m.contains("rppg_scan_running 0"), "{m}");
         }
-        stop_tx.send(()).unwrap();
-        let summary = tokio::time::timeout(Duration::from_secs(20), daemon)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let summary = daemon.stop().await;
         assert_eq!(summary.scans, u64::from(expect_scan), "{input}");
     }
 }
