@@ -319,6 +319,7 @@ pub struct SignalSection {
     pub rr_min_window_s: f64,
     pub confidence_mid_db: f64,
     pub confidence_slope_db: f64,
+    pub hr_min_confidence: f64,
     pub hrv_min_confidence: f64,
     pub rr_min_confidence: f64,
 }
@@ -1311,6 +1312,12 @@ impl Config {
             "use 10 s",
         );
         check(
+            (0.0..=1.0).contains(&g.hr_min_confidence),
+            "signal.hr_min_confidence",
+            format!("must be within 0..1, found {}", g.hr_min_confidence),
+            "use 0.5",
+        );
+        check(
             (0.0..=1.0).contains(&g.hrv_min_confidence),
             "signal.hrv_min_confidence",
             format!("must be within 0..1, found {}", g.hrv_min_confidence),
@@ -1352,6 +1359,7 @@ impl Config {
             rr_min_window_s: g.rr_min_window_s,
             confidence_mid_db: g.confidence_mid_db,
             confidence_slope_db: g.confidence_slope_db,
+            hr_min_confidence: g.hr_min_confidence,
             hrv_min_confidence: g.hrv_min_confidence,
             rr_min_confidence: g.rr_min_confidence,
             max_window_s: self.scan.duration_s + 1.0,

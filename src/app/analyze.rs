@@ -22,9 +22,11 @@ pub struct Analysis {
     pub rr_bpm: Option<f64>,
     pub rr_confidence: f64,
     pub rmssd_ms: Option<f64>,
+    pub hrv_confidence: f64,
     pub duration_s: f64,
     pub rows: usize,
-    /// Below `scan.low_snr_db`: no numbers are reported.
+    /// Below `scan.low_snr_db` or `signal.hr_min_confidence`: no numbers
+    /// are reported.
     pub low_snr: bool,
     pub processing_time_ms: u64,
 }
@@ -50,6 +52,7 @@ impl Analysis {
             "snr_db": num(Some(self.snr_db), 2),
             "confidence": num(Some(if self.low_snr { 0.0 } else { self.confidence }), 3),
             "rr_confidence": num(Some(if self.low_snr { 0.0 } else { self.rr_confidence }), 3),
+            "hrv_confidence": num(Some(if self.low_snr { 0.0 } else { self.hrv_confidence }), 3),
             "duration_s": num(Some(self.duration_s), 2),
             "frames": self.rows,
             "frames_dropped": 0,
@@ -76,10 +79,12 @@ pub fn analyze_trace(trace: &RgbTrace, config: &Config) -> Result<Analysis, AppE
         confidence: v.heart.confidence,
         rr_bpm: estimator.trusted_rr(v.respiration.as_ref()),
         rr_confidence: v.respiration.as_ref().map_or(0.0, |r| r.confidence),
-        rmssd_ms: v.rmssd_ms,
+        rmssd_ms: estimator.trusted_hrv(v.hrv.as_ref()),
+        hrv_confidence: v.hrv.as_ref().map_or(0.0, |h| h.confidence),
         duration_s: traces.duration_s(),
         rows: trace.rgb.len(),
-        low_snr: v.heart.snr_db < config.scan.low_snr_db,
+        low_snr: v.heart.snr_db < config.scan.low_snr_db
+            || estimator.trusted_hr(&v.heart).is_none(),
         processing_time_ms: started.elapsed().as_millis() as u64,
     })
 }

@@ -99,6 +99,12 @@ pub enum Command {
     /// at 320x240, 640x480 and 1280x720. Per row: share completed, HR and RR
     /// MAE, wrong numbers, time to lock and to the first result.
     ///
+    /// Confidence: per condition, the AUROC of each vital's confidence (HR,
+    /// RR, HRV) for right vs wrong answers, and per vital a reliability
+    /// table (per confidence decile: answers and the share right). With
+    /// --forced every trust floor is off, so the answers the floors would
+    /// withhold are scored too.
+    ///
     /// --welltory DIR adds the Welltory contact-PPG recordings (folders with
     /// PPG.csv and RR.txt): HR and RMSSD against the Polar H10 chest strap,
     /// beside a plain FFT peak from the same run.
@@ -106,6 +112,7 @@ pub enum Command {
     /// Examples:
     ///   rppg-agent eval                       # the full sweep (a few minutes)
     ///   rppg-agent eval --quick               # one scan per condition, 20 s each
+    ///   rppg-agent eval --forced              # floors off: how well confidence ranks
     ///   rppg-agent eval --trials 0 --welltory ../shared/data/welltory
     ///   rppg-agent eval --sweep framing --faces ../shared/data/faces --trials 30
     #[command(verbatim_doc_comment)]
@@ -283,7 +290,8 @@ pub struct ScanArgs {
     ///
     /// synthetic options: hr, rr, seconds, seed, width, height, fps, noise
     /// (σ, 8-bit levels), motion (px), light (relative drift), pulse (% of
-    /// green, 0 = no pulse), rsa, brightness, face (0 = empty scene),
+    /// green, 0 = no pulse), rsa, breathing (depth, 0 = none), brightness,
+    /// face (0 = empty scene),
     /// tone (skin type 1-6), rotate (deg), zoom, jump (px), flicker,
     /// flicker_hz, drop (probability), jitter (ms). Framing: photo (astronaut,
     /// 001, 013, 016, 021, 032 or a PNG/JPEG path with box=X:Y:W:H), face_width
@@ -391,6 +399,11 @@ pub struct EvalArgs {
     /// Print one JSON object (every trial) instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// Every trust floor off (scan.low_snr_db, signal.hr/rr/hrv_min_confidence):
+    /// each scan reports what the floors would withhold, so the confidence
+    /// tables (AUROC, reliability) see the wrong answers they must rank low.
+    #[arg(long)]
+    pub forced: bool,
 }
 
 /// The synthetic sweeps of `eval`.

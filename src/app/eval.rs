@@ -28,6 +28,8 @@ use std::sync::Mutex;
 /// An estimate within this many bpm (HR) or breaths/min (RR) of the truth is "right".
 pub const HR_RIGHT_BPM: f64 = 5.0;
 pub const RR_RIGHT_PER_MIN: f64 = 3.0;
+/// An RMSSD within this many milliseconds of the truth is "right".
+pub const RMSSD_RIGHT_MS: f64 = 10.0;
 
 /// What a condition must end in.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -156,6 +158,28 @@ pub const CONDITIONS: &[Condition] = &[
             CancelReason::FaceLost,
             CancelReason::LowSnr,
         ]),
+    },
+    // Added after the rows above so that their true rates (truth_grid of
+    // the row index) stay those of earlier runs: before/after compare.
+    Condition {
+        name: "skin tone III",
+        options: "tone=3",
+        expect: Expect::Vitals,
+    },
+    Condition {
+        name: "real type V portrait (021), its own skin colour",
+        options: "photo=021",
+        expect: Expect::Vitals,
+    },
+    Condition {
+        name: "real type VI portrait (032), its own skin colour",
+        options: "photo=032",
+        expect: Expect::Vitals,
+    },
+    Condition {
+        name: "real type VI portrait (032), 640×480",
+        options: "photo=032,width=640,height=480",
+        expect: Expect::Vitals,
     },
 ];
 
@@ -292,6 +316,7 @@ pub struct Trial {
     pub rmssd: Option<f64>,
     pub confidence: f64,
     pub rr_confidence: f64,
+    pub hrv_confidence: f64,
     pub snr_db: Option<f64>,
 }
 
@@ -640,10 +665,25 @@ pub fn framing_table(trials: &[Trial]) -> String {
 }
 
 /// Runs one synthetic scan of `seconds` in-process (no events kept).
-pub fn run_trial(condition: usize, spec: &str, seconds: f64) -> Result<Trial, AppError> {
+/// `forced`: every trust floor off (`scan.low_snr_db` and the HR, RR and
+/// HRV confidence floors), so each scan reports what it would have
+/// withheld: the wrong answers the floors exist for, and what the
+/// confidence tables are judged on.
+pub fn run_trial(
+    condition: usize,
+    spec: &str,
+    seconds: f64,
+    forced: bool,
+) -> Result<Trial, AppError> {
     let mut config = Config::default_config();
     config.scan.duration_s = seconds;
     config.scan.min_duration_s = config.scan.min_duration_s.min(seconds);
+    if forced {
+        config.scan.low_snr_db = f64::NEG_INFINITY;
+        config.signal.hr_min_confidence = 0.0;
+        config.signal.rr_min_confidence = 0.0;
+        config.signal.hrv_min_confidence = 0.0;
+    }
     let source: SourceSpec = spec.parse()?;
     let report = run_scan(
         ScanOptions {
@@ -677,6 +717,7 @@ pub fn run_trial(condition: usize, spec: &str, seconds: f64) -> Result<Trial, Ap
         rmssd: r.rmssd_ms,
         confidence: r.confidence,
         rr_confidence: r.rr_confidence,
+        hrv_confidence: r.hrv_confidence,
         snr_db: r.snr_db,
     })
 }
@@ -685,6 +726,7 @@ pub fn run_trial(condition: usize, spec: &str, seconds: f64) -> Result<Trial, Ap
 pub fn run_sweep(
     specs: &[(usize, String)],
     seconds: f64,
+    forced: bool,
     threads: usize,
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<Vec<Trial>, AppError> {
@@ -697,7 +739,7 @@ pub fn run_sweep(
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some((c, spec)) = specs.get(i) else { break };
-                let r = run_trial(*c, spec, seconds);
+                let r = run_trial(*c, spec, seconds, forced);
                 results.lock().expect("results lock")[i] = Some(r);
                 progress(done.fetch_add(1, Ordering::SeqCst) + 1, specs.len());
             });
@@ -907,6 +949,134 @@ pub fn sweep_table(trials: &[Trial]) -> String {
     out
 }
 
+/// The area under the ROC curve of `confidence` for telling right answers
+/// from wrong ones: the chance that a random right answer has a higher
+/// confidence than a random wrong one (ties count half). `None` without
+/// both kinds.
+pub fn auroc(right: &[f64], wrong: &[f64]) -> Option<f64> {
+    if right.is_empty() || wrong.is_empty() {
+        return None;
+    }
+    let mut wins = 0.0;
+    for r in right {
+        for w in wrong {
+            wins += if r > w {
+                1.0
+            } else if r == w {
+                0.5
+            } else {
+                0.0
+            };
+        }
+    }
+    Some(wins / (right.len() * wrong.len()) as f64)
+}
+
+/// Confidences of the right and of the wrong answers of vital `v` (0 HR,
+/// 1 RR, 2 HRV) among the completed scans of `rows`.
+fn split_vital(rows: &[&Trial], v: usize) -> (Vec<f64>, Vec<f64>) {
+    let pick = vital_picks()[v].2;
+    split_by_rightness(
+        rows.iter()
+            .filter(|t| t.cancelled.is_none())
+            .map(|t| pick(t)),
+        TOLERANCES[v],
+    )
+}
+
+/// Per confidence decile (0-0.1, ..., 0.9-1.0): answers, and answers right.
+pub fn reliability(right: &[f64], wrong: &[f64]) -> [(usize, usize); 10] {
+    let decile = |c: f64| ((c.clamp(0.0, 1.0) * 10.0).floor() as usize).min(9);
+    let mut bins = [(0, 0); 10];
+    for &c in right {
+        bins[decile(c)].0 += 1;
+        bins[decile(c)].1 += 1;
+    }
+    for &c in wrong {
+        bins[decile(c)].0 += 1;
+    }
+    bins
+}
+
+/// The three vitals as the confidence tables see them: name, what counts
+/// as right, and `(estimate, truth, confidence)` of a trial.
+type VitalPick = (&'static str, String, fn(&Trial) -> (Option<f64>, f64, f64));
+const TOLERANCES: [f64; 3] = [HR_RIGHT_BPM, RR_RIGHT_PER_MIN, RMSSD_RIGHT_MS];
+fn vital_picks() -> [VitalPick; 3] {
+    [
+        ("HR", format!("within {HR_RIGHT_BPM} bpm"), |t| {
+            (t.hr, t.hr_true, t.confidence)
+        }),
+        ("RR", format!("within {RR_RIGHT_PER_MIN} /min"), |t| {
+            (t.rr, t.rr_true, t.rr_confidence)
+        }),
+        ("HRV (RMSSD)", format!("within {RMSSD_RIGHT_MS} ms"), |t| {
+            (t.rmssd, t.rmssd_true, t.hrv_confidence)
+        }),
+    ]
+}
+
+/// Confidence against rightness, per vital, over the completed scans of
+/// every condition (the must-cancel ones too: forced, that is where most
+/// wrong answers are): per condition the AUROC (with how many right and
+/// wrong answers it rests on), then per vital the reliability table (per
+/// confidence decile: answers and the share right). Meaningful with
+/// `--forced`: with the floors on, wrong answers are what the floors
+/// removed.
+pub fn confidence_tables(trials: &[Trial]) -> String {
+    let picks = vital_picks();
+    let split = split_vital;
+    let cell = |(right, wrong): &(Vec<f64>, Vec<f64>)| {
+        format!(
+            "{} ({} / {})",
+            fmt(auroc(right, wrong), 2),
+            right.len(),
+            wrong.len()
+        )
+    };
+    let mut out = String::new();
+    out.push_str("AUROC of each vital's confidence for right vs wrong (answers right / wrong; — without both):\n\n");
+    out.push_str("| condition | HR | RR | HRV |\n|---|---|---|---|\n");
+    let mut measurable: Vec<&Trial> = Vec::new();
+    for (c, cond) in CONDITIONS.iter().enumerate() {
+        let rows: Vec<&Trial> = trials.iter().filter(|t| t.condition == c).collect();
+        if rows.is_empty() {
+            continue;
+        }
+        measurable.extend(&rows);
+        out.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            cond.name,
+            cell(&split(&rows, 0)),
+            cell(&split(&rows, 1)),
+            cell(&split(&rows, 2))
+        ));
+    }
+    out.push_str(&format!(
+        "| **all conditions** | {} | {} | {} |\n",
+        cell(&split(&measurable, 0)),
+        cell(&split(&measurable, 1)),
+        cell(&split(&measurable, 2))
+    ));
+    for (v, (name, tolerance, _)) in picks.iter().enumerate() {
+        let (right, wrong) = split(&measurable, v);
+        out.push_str(&format!(
+            "\nReliability of the {name} confidence (right = {tolerance}):\n\n| confidence | answers | right |\n|---|---|---|\n"
+        ));
+        for (d, (n, ok)) in reliability(&right, &wrong).iter().enumerate() {
+            if *n > 0 {
+                out.push_str(&format!(
+                    "| {:.1}–{:.1} | {n} | {:.0} % |\n",
+                    d as f64 / 10.0,
+                    (d + 1) as f64 / 10.0,
+                    100.0 * *ok as f64 / *n as f64
+                ));
+            }
+        }
+    }
+    out
+}
+
 fn summary_row(name: &str, s: &ConditionSummary) -> String {
     format!(
         "| {} | {} | {:.0} % | {} | {} | {} / {} ({}) | {} / {} ({}) | {} |\n",
@@ -1032,6 +1202,14 @@ pub fn to_json(trials: &[Trial], real: &[RealTrial]) -> Value {
             }
             let s = summarize(&rows, cond.expect);
             let st = |e: &ErrorStats| json!({"n": e.n, "mae": e.mae, "rmse": e.rmse, "mape": e.mape, "r": e.r});
+            let aurocs: serde_json::Map<String, Value> = ["hr", "rr", "hrv"]
+                .iter()
+                .enumerate()
+                .map(|(v, k)| {
+                    let (right, wrong) = split_vital(&rows, v);
+                    (k.to_string(), json!(auroc(&right, &wrong)))
+                })
+                .collect();
             Some(json!({
                 "condition": cond.name,
                 "sweep": if c < CONDITIONS.len() { "conditions" } else { "framing" },
@@ -1049,6 +1227,7 @@ pub fn to_json(trials: &[Trial], real: &[RealTrial]) -> Value {
                 "rmssd": st(&s.rmssd),
                 "confidence_right": s.conf_right,
                 "confidence_wrong": s.conf_wrong,
+                "auroc": aurocs,
                 "rr_confidence_right": s.rr_conf_right,
                 "rr_confidence_wrong": s.rr_conf_wrong,
                 "trials": rows.iter().map(|t| json!({
@@ -1117,6 +1296,7 @@ mod tests {
             rmssd: None,
             confidence: conf,
             rr_confidence: 0.0,
+            hrv_confidence: 0.0,
             snr_db: None,
         };
         let a = t(Some(81.0), None, 0.9);
@@ -1132,6 +1312,19 @@ mod tests {
             summarize(&[&c], Expect::Cancel(&[CancelReason::NoFace])).cancelled_as_expected,
             0
         );
+    }
+
+    #[test]
+    fn auroc_is_the_chance_a_right_answer_outranks_a_wrong_one() {
+        assert_eq!(auroc(&[0.9, 0.8], &[0.1, 0.2]), Some(1.0));
+        assert_eq!(auroc(&[0.1], &[0.9]), Some(0.0));
+        assert_eq!(auroc(&[0.5, 0.9], &[0.5]), Some(0.75));
+        assert_eq!(auroc(&[0.5], &[]), None);
+        let bins = reliability(&[0.95, 0.91, 0.55, 1.0], &[0.05, 0.92]);
+        assert_eq!(bins[9], (4, 3));
+        assert_eq!(bins[5], (1, 1));
+        assert_eq!(bins[0], (1, 0));
+        assert_eq!(bins.iter().map(|b| b.0).sum::<usize>(), 6);
     }
 
     #[test]

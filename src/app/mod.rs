@@ -328,7 +328,7 @@ fn eval_command(a: cli::EvalArgs) -> Result<i32, AppError> {
     }
     let started = std::time::Instant::now();
     let tty = std::io::stderr().is_terminal();
-    let synthetic = eval::run_sweep(&specs, seconds, threads, &|done, total| {
+    let synthetic = eval::run_sweep(&specs, seconds, a.forced, threads, &|done, total| {
         if tty {
             eprint!("\reval: {done}/{total} synthetic scans");
         } else if done % 10 == 0 || done == total {
@@ -355,9 +355,14 @@ fn eval_command(a: cli::EvalArgs) -> Result<i32, AppError> {
         .any(|t| t.condition >= eval::CONDITIONS.len());
     if !synthetic.is_empty() {
         println!(
-            "# Synthetic sweep: {} scans of {seconds} s ({:.0} s on {threads} threads)\n",
+            "# Synthetic sweep: {} scans of {seconds} s ({:.0} s on {threads} threads){}\n",
             synthetic.len(),
-            sweep_s
+            sweep_s,
+            if a.forced {
+                ", forced: every trust floor off"
+            } else {
+                ""
+            }
         );
         println!(
             "Errors over completed scans; HR in bpm, RR in breaths/min. \"Right\" = within {} bpm.\n",
@@ -370,6 +375,8 @@ fn eval_command(a: cli::EvalArgs) -> Result<i32, AppError> {
             eval::CONDITIONS.len()
         );
         print!("{}", eval::sweep_table(&synthetic));
+        println!("\n## Confidence\n");
+        print!("{}", eval::confidence_tables(&synthetic));
     }
     if framing {
         let config = Config::default_config();

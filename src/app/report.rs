@@ -88,11 +88,25 @@ pub fn render_svg(report: &ScanReport) -> Result<String, ReportError> {
             .collect();
         let span = pulse.last().map_or(1.0, |p| p.0.max(1.0));
         let amp = r.pulse.iter().fold(1e-9f64, |m, v| m.max(v.abs())) * 1.1;
-        let caption = format!(
-            "{}: pulse wave (band-passed) and {} detected beats",
-            report.measurement_id,
-            r.beat_times_s.len()
-        );
+        // Beats are drawn only with a trusted heart rate: the beats of a
+        // rhythm the agent does not trust would look like a finding.
+        let beats: &[f64] = if r.hr_bpm.is_some() {
+            &r.beat_times_s
+        } else {
+            &[]
+        };
+        let caption = if r.hr_bpm.is_some() {
+            format!(
+                "{}: pulse wave (band-passed) and {} detected beats",
+                report.measurement_id,
+                beats.len()
+            )
+        } else {
+            format!(
+                "{}: pulse wave (band-passed); no beats drawn, the heart rate is not trusted",
+                report.measurement_id
+            )
+        };
         let mut chart = panel(
             &panels[0],
             &caption,
@@ -109,7 +123,7 @@ pub fn render_svg(report: &ScanReport) -> Result<String, ReportError> {
         };
         chart
             .draw_series(
-                r.beat_times_s
+                beats
                     .iter()
                     .map(|&t| Circle::new((t, at(t)), 3, BLACK.filled())),
             )
@@ -230,6 +244,7 @@ mod tests {
                 rr_bpm: Some(15.0),
                 rr_confidence: 0.8,
                 rmssd_ms: Some(30.0),
+                hrv_confidence: 0.8,
                 duration_s: 20.0,
                 frames: 600,
                 beat_times_s: (0..24).map(|k| 0.2 + k as f64 / 1.2).collect(),
@@ -260,6 +275,18 @@ mod tests {
         // Beats are drawn as circles; waves as polylines.
         assert!(svg.matches("<circle").count() >= 24);
         assert!(svg.contains("<polyline"));
+    }
+
+    #[test]
+    fn beats_are_drawn_only_with_a_trusted_heart_rate() {
+        // A cancelled scan keeps its wave (what a bad scan is debugged
+        // with), but its beats would look like a finding.
+        let mut r = report(None);
+        r.cancelled = Some(crate::measurement::CancelReason::LowSnr);
+        let svg = render_svg(&r).unwrap();
+        assert!(svg.contains("no beats drawn, the heart rate is not trusted"));
+        assert!(svg.contains("<polyline"));
+        assert_eq!(svg.matches("<circle").count(), 0);
     }
 
     #[test]

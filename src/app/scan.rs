@@ -86,6 +86,7 @@ impl ScanReport {
             "snr_db": num(r.snr_db, 2),
             "confidence": num(Some(r.confidence), 3),
             "rr_confidence": num(Some(r.rr_confidence), 3),
+            "hrv_confidence": num(Some(r.hrv_confidence), 3),
             "duration_s": num(Some(r.duration_s), 2),
             "frames": r.frames,
             "frames_dropped": self.frames_dropped,

@@ -36,6 +36,101 @@ pub const ASTRONAUT_PNG: &[u8] = include_bytes!("../../models/astronaut.png");
 /// Blood-volume pulse direction in RGB.
 const PBV: [f64; 3] = [0.33, 0.77, 0.53];
 
+/// Skin model: colour and pulse strength per skin type.
+///
+/// Colour. Skin colour is graded by the individual typology angle,
+/// `ITA° = atan((L* - 50) / b*)` in CIELAB (Chardon, Cretois & Hourseau,
+/// Int. J. Cosmet. Sci. 13:191, 1991), whose bands Del Bino & Bernerd
+/// (Br. J. Dermatol. 169 Suppl 3:33, 2013) relate to the Fitzpatrick
+/// types: very light > 55°, light 41–55°, intermediate 28–41°, tan
+/// 10–28°, brown -30–10°, dark < -30°. Type `t` takes the centre of its
+/// band ([`ITA_DEG`]; -45° for the open-ended dark band) at a* 11 and b*
+/// 16 (14 for the brown and dark bands, whose b* is lower), the middle of
+/// the skin values those papers plot; L* follows from the ITA. That gives
+/// L* 80 (type I) down to 36 (type VI), linear sRGB green 0.52 down to
+/// 0.076: melanin darkens blue and green most.
+///
+/// Pulse. Blood volume modulates the light that entered the skin and came
+/// back (the diffuse part). Epidermal melanin attenuates that light on the
+/// way in and out, so in a Beer–Lambert two-layer model it scales the
+/// pulsatile and the steady diffuse light alike; what it does not scale is
+/// the surface reflection at the air–skin boundary (about 4 % at normal
+/// incidence for a refractive index near 1.5; Anderson & Parrish, J.
+/// Invest. Dermatol. 77:13, 1981), which carries no pulse. So the pulse's
+/// share of the light a camera sees is `(R - S) / R` per channel, with
+/// `R` the skin's total reflectance and `S` 0.04: 0.88 in green for type
+/// II, 0.72 for V, 0.47 for VI. Monte Carlo studies find the same
+/// direction, the pulse falling with melanin and most in green (Ajmal et
+/// al., Biomed. Opt. Express 12:7445, 2021). The `pulse` parameter is the
+/// amplitude of a type II skin; every face's own is scaled by its colour's
+/// `(R - S) / R` over type II's, so a real dark-skinned portrait gets the
+/// smaller pulse of its own colour, with or without `tone`. Not modelled:
+/// camera gamma (it scales every type's relative pulse alike), shot noise
+/// (sensor noise is the same σ for every type, which is harsher on dark
+/// skin than a real sensor).
+pub const ITA_DEG: [f64; 6] = [62.0, 48.0, 34.5, 19.0, -10.0, -45.0];
+
+/// Surface (Fresnel) reflectance of skin, which carries no pulse.
+pub const SURFACE_REFLECTANCE: f64 = 0.04;
+
+/// The skin type whose pulse the `pulse` parameter gives.
+const REFERENCE_TYPE: u8 = 2;
+
+/// CIELAB (D65) to linear sRGB.
+fn lab_to_linear_srgb(l: f64, a: f64, b: f64) -> [f64; 3] {
+    let fy = (l + 16.0) / 116.0;
+    let (fx, fz) = (fy + a / 500.0, fy - b / 200.0);
+    let f = |t: f64| {
+        if t.powi(3) > 0.008856 {
+            t.powi(3)
+        } else {
+            (t - 16.0 / 116.0) / 7.787
+        }
+    };
+    let (x, y, z) = (0.95047 * f(fx), f(fy), 1.08883 * f(fz));
+    [
+        3.2406 * x - 1.5372 * y - 0.4986 * z,
+        -0.9689 * x + 1.8758 * y + 0.0415 * z,
+        0.0557 * x - 0.2040 * y + 1.0570 * z,
+    ]
+    .map(|c| c.clamp(0.0, 1.0))
+}
+
+/// Linear sRGB reflectance of skin type `t` (1-6), see [`ITA_DEG`].
+pub fn skin_reflectance(t: u8) -> [f64; 3] {
+    let t = t.clamp(1, 6);
+    let b = if t >= 5 { 14.0 } else { 16.0 };
+    let l = 50.0 + b * ITA_DEG[usize::from(t) - 1].to_radians().tan();
+    lab_to_linear_srgb(l, 11.0, b)
+}
+
+/// The pulse of skin of linear reflectance `r` relative to type II's, per
+/// channel: `((r - S) / r) / ((r₂ - S) / r₂)`, see [`ITA_DEG`].
+pub fn pulse_gain(r: [f64; 3]) -> [f64; 3] {
+    let share = |r: f64| ((r - SURFACE_REFLECTANCE) / r.max(1e-6)).max(0.0);
+    let reference = skin_reflectance(REFERENCE_TYPE);
+    std::array::from_fn(|c| share(r[c]) / share(reference[c]))
+}
+
+fn srgb_to_linear(v: f64) -> f64 {
+    let v = (v / 255.0).clamp(0.0, 1.0);
+    if v <= 0.04045 {
+        v / 12.92
+    } else {
+        ((v + 0.055) / 1.055).powf(2.4)
+    }
+}
+
+fn linear_to_srgb(v: f64) -> f64 {
+    let v = v.clamp(0.0, 1.0);
+    255.0
+        * if v <= 0.003_130_8 {
+            12.92 * v
+        } else {
+            1.055 * v.powf(1.0 / 2.4) - 0.055
+        }
+}
+
 /// Parameters of a synthetic video (`synthetic:hr=72,rr=15,...`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SyntheticParams {
@@ -56,13 +151,16 @@ pub struct SyntheticParams {
     pub pulse: f64,
     /// Respiratory sinus arrhythmia: relative HR swing over a breath.
     pub rsa: f64,
+    /// Depth of breathing, relative (1 = normal; 0 = no breathing at all:
+    /// no breathing light change, head motion or sinus arrhythmia).
+    pub breathing: f64,
     /// Global brightness factor (0.1 = a very dark room).
     pub brightness: f64,
     /// Whether there is a face in the scene.
     pub face: bool,
-    /// Skin tone as a Fitzpatrick type 1-6; 0 = the photo as it is (about
-    /// type 2). Darker types darken the skin (more in blue and green) and
-    /// shrink the pulse by the same melanin factor.
+    /// Skin tone as a Fitzpatrick type 1-6: the measured face's skin takes
+    /// that type's colour (see [`ITA_DEG`]), and with it that colour's
+    /// pulse; 0 = the photo's own skin colour (and its pulse).
     pub tone: u8,
     /// Head rotation amplitude in degrees (slow oscillation about the face).
     pub rotate_deg: f64,
@@ -109,6 +207,7 @@ impl Default for SyntheticParams {
             light: 0.0,
             pulse: 0.3,
             rsa: 0.05,
+            breathing: 1.0,
             brightness: 1.0,
             face: true,
             tone: 0,
@@ -187,6 +286,7 @@ impl SyntheticParams {
                 "light" => p.light = num(0.0..=0.9)?,
                 "pulse" => p.pulse = num(0.0..=10.0)?,
                 "rsa" => p.rsa = num(0.0..=0.3)?,
+                "breathing" => p.breathing = num(0.0..=2.0)?,
                 "brightness" => p.brightness = num(0.0..=4.0)?,
                 "face" => p.face = num(0.0..=1.0)? >= 0.5,
                 "tone" => p.tone = num(0.0..=6.0)?.round() as u8,
@@ -210,7 +310,7 @@ impl SyntheticParams {
                         spec: spec.to_string(),
                         problem: format!(
                             "unknown option {other:?}; synthetic takes hr, rr, seconds, seed, width, height, \
-                             fps, noise, motion, light, pulse, rsa, brightness, face, tone, rotate, zoom, \
+                             fps, noise, motion, light, pulse, rsa, breathing, brightness, face, tone, rotate, zoom, \
                              jump, flicker, flicker_hz, drop, jitter, photo, box, face_width, face_x, \
                              face_y, faces, clutter, leave"
                         ),
@@ -236,6 +336,7 @@ impl SyntheticParams {
         );
         let d = SyntheticParams::default();
         let extra = [
+            ("breathing", self.breathing, d.breathing),
             ("tone", f64::from(self.tone), f64::from(d.tone)),
             ("rotate", self.rotate_deg, d.rotate_deg),
             ("zoom", self.zoom, d.zoom),
@@ -309,17 +410,6 @@ impl SyntheticParams {
             w: size * main.w,
         }
     }
-
-    /// Melanin factor of the skin tone: skin colour and pulse scale by it.
-    fn melanin(&self) -> f64 {
-        match self.tone {
-            0..=2 => 1.0,
-            3 => 0.82,
-            4 => 0.66,
-            5 => 0.5,
-            _ => 0.36,
-        }
-    }
 }
 
 /// SplitMix64: tiny, fast, seedable, identical on every platform.
@@ -384,7 +474,7 @@ fn beat_times(p: &SyntheticParams, hr_bpm: f64, rng: &mut Rng) -> Vec<f64> {
     let mut beats = vec![t];
     let f_r = p.rr_bpm / 60.0;
     while t <= p.seconds + 2.0 {
-        let hr = hr_bpm * (1.0 + p.rsa * (2.0 * PI * f_r * t).sin());
+        let hr = hr_bpm * (1.0 + p.breathing * p.rsa * (2.0 * PI * f_r * t).sin());
         let jitter = 0.012 * rng.normal();
         t += (60.0 / hr + jitter).max(0.25);
         beats.push(t);
@@ -418,6 +508,20 @@ fn auto_exposure(base: &mut [f32], skin: &[f32], owner: &[u8]) {
 
 /// See [`auto_exposure`].
 pub const AE_SKIN_CEILING: f32 = 235.0;
+
+/// Mean linear sRGB of the measured face's skin (mask above 0.5), if any.
+fn skin_mean_linear(base: &[f32], skin: &[f32], owner: &[u8]) -> Option<[f64; 3]> {
+    let (mut sum, mut n) = ([0.0f64; 3], 0usize);
+    for ((px, &m), &o) in base.chunks_exact(3).zip(skin).zip(owner) {
+        if m > 0.5 && o == 0 {
+            for c in 0..3 {
+                sum[c] += srgb_to_linear(f64::from(px[c]));
+            }
+            n += 1;
+        }
+    }
+    (n >= 16).then(|| sum.map(|s| s / n as f64))
+}
 
 /// Indices of the skin pixels that carry the pulse of someone behind.
 fn skin_of_others(skin: &[f32], owner: &[u8]) -> Vec<u32> {
@@ -456,6 +560,8 @@ pub struct SyntheticSource {
     beats: Vec<Vec<f64>>,
     /// Amplitude of the breathing head motion, pixels.
     breath_px: f64,
+    /// The measured face's pulse per channel relative to type II skin's.
+    pulse_gain: [f64; 3],
     motion_phases: [f64; 6],
     /// Sudden moves: from this time on, the head is offset by (dx, dy).
     jumps: Vec<(f64, f64, f64)>,
@@ -519,20 +625,30 @@ impl SyntheticSource {
         let center = main
             .as_ref()
             .map_or((w as f64 / 2.0, h as f64 / 2.0), |(_, at)| (at.cx, at.cy));
-        let breath_px = main.as_ref().map_or(0.0, |(_, at)| at.w / 150.0);
+        let breath_px = main
+            .as_ref()
+            .map_or(0.0, |(_, at)| params.breathing * at.w / 150.0);
         let (mut base, skin, owner) = (sc.base, sc.blood, sc.owner);
-        let k = params.melanin();
-        if k < 1.0 {
-            // Melanin absorbs more at shorter wavelengths: blue and green darken most.
-            let tint = [k, k.powf(1.15), k.powf(1.3)].map(|v| v as f32);
-            for ((px, &m), &o) in base.chunks_exact_mut(3).zip(&skin).zip(&owner) {
-                if o == 0 {
-                    for c in 0..3 {
-                        px[c] *= 1.0 - m * (1.0 - tint[c]);
+        // The measured face's skin colour (linear), then its skin type's if
+        // `tone` asks for one; its pulse follows its colour (see ITA_DEG).
+        let mut face_rgb = skin_mean_linear(&base, &skin, &owner);
+        if params.tone > 0 {
+            if let Some(from) = face_rgb {
+                let to = skin_reflectance(params.tone);
+                let gain: [f64; 3] = std::array::from_fn(|c| to[c] / from[c].max(1e-4));
+                for ((px, &m), &o) in base.chunks_exact_mut(3).zip(&skin).zip(&owner) {
+                    if o == 0 && m > 0.0 {
+                        for c in 0..3 {
+                            let lin = srgb_to_linear(f64::from(px[c]));
+                            let toned = lin * (1.0 - f64::from(m) * (1.0 - gain[c]));
+                            px[c] = linear_to_srgb(toned) as f32;
+                        }
                     }
                 }
+                face_rgb = Some(to);
             }
         }
+        let pulse_gain = face_rgb.map_or([1.0; 3], pulse_gain);
         auto_exposure(&mut base, &skin, &owner);
         let mut rng = Rng(params.seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0x5DEE_CE66);
         let mut beats = vec![beat_times(&params, params.hr_bpm, &mut rng)];
@@ -586,6 +702,7 @@ impl SyntheticSource {
             noise,
             beats,
             breath_px,
+            pulse_gain,
             motion_phases,
             jumps,
             center,
@@ -709,14 +826,14 @@ impl FrameSource for SyntheticSource {
         let gain = p.brightness
             * (1.0 + p.light * (2.0 * PI * t / 40.0).sin())
             * (1.0 + p.flicker * (2.0 * PI * p.flicker_hz * t).sin())
-            * (1.0 + 0.003 * (2.0 * PI * f_r * t).sin());
+            * (1.0 + 0.003 * p.breathing * (2.0 * PI * f_r * t).sin());
         // How much blood darkens each channel now, per face (the measured
-        // face's pulse scaled by its melanin factor).
+        // face's pulse scaled by its skin colour's, see ITA_DEG).
         let mut darken = [[0.0f32; 3]; 3];
         for (face, d) in darken.iter_mut().enumerate().take(self.beats.len()) {
-            let k = if face == 0 { p.melanin() } else { 1.0 };
-            let pulse = k * p.pulse / 100.0 * (self.bvp(face, t) - 0.5);
-            *d = std::array::from_fn(|c| (pulse * PBV[c] / PBV[1]) as f32);
+            let k = if face == 0 { self.pulse_gain } else { [1.0; 3] };
+            let pulse = p.pulse / 100.0 * (self.bvp(face, t) - 0.5);
+            *d = std::array::from_fn(|c| (k[c] * pulse * PBV[c] / PBV[1]) as f32);
         }
         if p.leave_s.is_some_and(|l| t >= l) {
             if let Some((base, skin, owner, others)) = self.after_leave.take() {
@@ -974,7 +1091,8 @@ mod tests {
             }
             sum / n
         };
-        assert!(mean(&dark, true) < 0.5 * mean(&light, true));
+        // Type VI green (L* 36) is about half the photo's (about type II).
+        assert!(mean(&dark, true) < 0.6 * mean(&light, true));
         // The highlight-protecting auto-exposure may darken the lighter
         // face's whole scene; the wall's colours are otherwise untouched.
         let gain = mean(&dark, false) / mean(&light, false);
@@ -992,7 +1110,59 @@ mod tests {
                 );
             }
         }
-        assert!(dark.params.melanin() < 0.4);
+        // Type VI's pulse: about half of type II's in green, a fifth in blue.
+        assert!(
+            (0.45..0.65).contains(&dark.pulse_gain[1]),
+            "{:?}",
+            dark.pulse_gain
+        );
+        assert!(dark.pulse_gain[2] < dark.pulse_gain[1] && dark.pulse_gain[1] < dark.pulse_gain[0]);
+    }
+
+    #[test]
+    fn skin_types_follow_their_ita_bands_and_darker_skin_carries_a_smaller_pulse() {
+        // Back from linear sRGB to CIELAB: each type's ITA lies in its band.
+        let lab = |rgb: [f64; 3]| {
+            let [r, g, b] = rgb;
+            let x = (0.4124 * r + 0.3576 * g + 0.1805 * b) / 0.95047;
+            let y = 0.2126 * r + 0.7152 * g + 0.0722 * b;
+            let z = (0.0193 * r + 0.1192 * g + 0.9505 * b) / 1.08883;
+            let f = |t: f64| {
+                if t > 0.008856 {
+                    t.cbrt()
+                } else {
+                    7.787 * t + 16.0 / 116.0
+                }
+            };
+            (
+                116.0 * f(y) - 16.0,
+                500.0 * (f(x) - f(y)),
+                200.0 * (f(y) - f(z)),
+            )
+        };
+        let bands = [
+            (55.0, 90.0),
+            (41.0, 55.0),
+            (28.0, 41.0),
+            (10.0, 28.0),
+            (-30.0, 10.0),
+            (-90.0, -30.0),
+        ];
+        let mut last = [f64::INFINITY; 3];
+        for t in 1..=6u8 {
+            let rgb = skin_reflectance(t);
+            let (l, _, b) = lab(rgb);
+            let ita = ((l - 50.0) / b).atan().to_degrees();
+            let (lo, hi) = bands[usize::from(t) - 1];
+            assert!(ita > lo && ita < hi, "type {t}: ITA {ita:.1}");
+            let gain = pulse_gain(rgb);
+            for c in 0..3 {
+                assert!(gain[c] < last[c], "type {t}: {gain:?}");
+            }
+            last = gain;
+        }
+        let two = pulse_gain(skin_reflectance(2));
+        assert!(two.iter().all(|g| (g - 1.0).abs() < 1e-9));
     }
 
     #[test]

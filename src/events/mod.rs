@@ -314,7 +314,7 @@ fn completed(r: &ScanResult, measurement_id: &str, processing_time_ms: u64) -> V
         "results": {
             "heart_rate": vital(r.hr_bpm, "/min", r.confidence, 1),
             "respiratory_rate": vital(r.rr_bpm, "/min", r.rr_confidence, 1),
-            "hrv_rmssd": vital(r.rmssd_ms, "ms", r.confidence, 1),
+            "hrv_rmssd": vital(r.rmssd_ms, "ms", r.hrv_confidence, 1),
             "blood_pressure": Value::Null,
         },
         "snr_db": opt(r.snr_db, 2),

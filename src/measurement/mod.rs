@@ -5,7 +5,7 @@
 //! [`Update`]s; the events stage turns those into WMS-style events.
 //!
 //! ```text
-//! created ──face ≥ min_face_px + skin──▶ measuring ──duration reached, SNR ok──▶ completed
+//! created ──face ≥ min_face_px + skin──▶ measuring ──duration reached, HR trusted──▶ completed
 //!    │                      │ ├─ ~1 Hz: intermediate result
 //!    │                      │ ├─ face missing > face_lost_timeout ─▶ cancelled FACE_LOST
 //!    │                      │ ├─ another face (new identity) ─────▶ cancelled FACE_LOST (FACE_CHANGED)
@@ -26,7 +26,10 @@
 //! does I/O, so every path is tested with plain synchronous tests; exactly
 //! one terminal update (`Completed` or `Cancelled`) per measurement, after
 //! which input is ignored; a cancelled scan never reports a heart rate (a
-//! confident wrong number is worse than none).
+//! confident wrong number is worse than none); no vital is reported, live
+//! or final, below its own confidence floor (the trust rule of
+//! [`VitalsEstimator::trusted_hr`] and its siblings), and a scan completes
+//! only with a trusted heart rate.
 
 pub mod guidance;
 
@@ -150,6 +153,7 @@ pub struct ScanResult {
     pub rr_bpm: Option<f64>,
     pub rr_confidence: f64,
     pub rmssd_ms: Option<f64>,
+    pub hrv_confidence: f64,
     /// Seconds of signal the result is based on.
     pub duration_s: f64,
     /// Frames seen by the measurement.
@@ -608,14 +612,14 @@ impl Measurement {
         out.push(Update::Intermediate(Intermediate {
             index: self.results,
             elapsed_s: span,
-            hr_bpm: heart.bpm,
+            hr_bpm: self.estimator.trusted_hr(&heart),
             snr_db: heart.snr_db,
             confidence: heart.confidence,
             rr_bpm: self.estimator.trusted_rr(resp.as_ref()),
             rr_confidence: resp.as_ref().map_or(0.0, |r| r.confidence),
         }));
         self.results += 1;
-        if heart.bpm.is_some() && self.first_result_at.is_none() {
+        if self.estimator.trusted_hr(&heart).is_some() && self.first_result_at.is_none() {
             self.first_result_at = Some(t);
         }
         // LOW_SNR is judged only on full windows: a short window's SNR is low by construction.
@@ -641,13 +645,16 @@ impl Measurement {
     fn final_result(&mut self) -> ScanResult {
         let traces = self.traces();
         let v = self.estimator.vitals(&traces);
+        let hr_bpm = self.estimator.trusted_hr(&v.heart);
         ScanResult {
-            hr_bpm: v.heart.bpm,
+            hr_bpm,
             confidence: v.heart.confidence,
             snr_db: v.heart.bpm.map(|_| v.heart.snr_db),
             rr_bpm: self.estimator.trusted_rr(v.respiration.as_ref()),
             rr_confidence: v.respiration.as_ref().map_or(0.0, |r| r.confidence),
-            rmssd_ms: v.rmssd_ms,
+            // HRV only with a trusted heart rate, and at its own floor.
+            rmssd_ms: hr_bpm.and(self.estimator.trusted_hrv(v.hrv.as_ref())),
+            hrv_confidence: v.hrv.as_ref().map_or(0.0, |h| h.confidence),
             duration_s: traces.duration_s(),
             frames: self.frames,
             beat_times_s: v.beats.iter().map(|b| b.t_s).collect(),
@@ -657,10 +664,17 @@ impl Measurement {
         }
     }
 
+    /// A result may complete a scan: its SNR reaches `low_snr_db` and its
+    /// heart rate its confidence floor.
+    fn trusted(&self, result: &ScanResult) -> bool {
+        result.hr_bpm.is_some() && result.snr_db.unwrap_or(-100.0) >= self.cfg.low_snr_db
+    }
+
+    /// Completes with the final result if it is trusted, else ends in LOW_SNR.
     fn complete(&mut self, out: &mut Vec<Update>) {
         let result = self.final_result();
         let snr = result.snr_db.unwrap_or(-100.0);
-        if snr < self.cfg.low_snr_db {
+        if !self.trusted(&result) {
             out.push(Update::LowSnr {
                 snr_db: snr,
                 threshold_db: self.cfg.low_snr_db,
@@ -709,6 +723,7 @@ impl Measurement {
         result.rmssd_ms = None;
         result.confidence = 0.0;
         result.rr_confidence = 0.0;
+        result.hrv_confidence = 0.0;
         self.phase = Phase::Done;
         out.push(Update::Cancelled {
             reason,

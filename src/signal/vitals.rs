@@ -15,7 +15,7 @@
 //! the estimator); windows longer than `max_window_s` are truncated to their
 //! most recent part; no I/O, no clock.
 
-use super::beats::{detect_beats, intervals_s, rmssd_ms, Beat};
+use super::beats::{detect_beats, hrv, intervals_s, timing_sigma_ms, Beat, Hrv};
 use super::filter::Bandpass;
 use super::projection::{project, Method};
 use super::resample::resample_linear;
@@ -54,7 +54,9 @@ pub struct SignalConfig {
     pub confidence_mid_db: f64,
     /// Logistic slope of the confidence map.
     pub confidence_slope_db: f64,
-    /// HRV is reported only when HR confidence reaches this.
+    /// HR is reported only when its confidence reaches this.
+    pub hr_min_confidence: f64,
+    /// HRV is reported only when its own confidence ([`Hrv::confidence`]) reaches this.
     pub hrv_min_confidence: f64,
     /// RR is reported only when its own confidence reaches this.
     pub rr_min_confidence: f64,
@@ -75,6 +77,7 @@ impl Default for SignalConfig {
             rr_min_window_s: 20.0,
             confidence_mid_db: 0.0,
             confidence_slope_db: 1.5,
+            hr_min_confidence: 0.5,
             hrv_min_confidence: 0.7,
             rr_min_confidence: 0.3,
             max_window_s: 120.0,
@@ -163,7 +166,9 @@ pub struct HeartRate {
 pub struct Vitals {
     pub heart: HeartRate,
     pub respiration: Option<RespirationEstimate>,
-    pub rmssd_ms: Option<f64>,
+    /// RMSSD with its confidence, whether trusted or not (see
+    /// [`VitalsEstimator::trusted_hrv`]).
+    pub hrv: Option<Hrv>,
     /// The band-passed pulse wave (uniform at `fs_hz`), for reports.
     pub pulse: Vec<f64>,
     pub beats: Vec<Beat>,
@@ -201,6 +206,10 @@ pub struct VitalsEstimator {
     resp: RespirationEstimator,
     projected: Vec<f64>,
     filtered: Vec<f64>,
+    /// With four or more regions: the fusion of the even and of the odd
+    /// regions, two independent views of the same beats (their beat times
+    /// measure the timing noise, see [`timing_sigma_ms`]).
+    halves: Option<(Vec<f64>, Vec<f64>)>,
 }
 
 impl VitalsEstimator {
@@ -225,6 +234,7 @@ impl VitalsEstimator {
             resp: RespirationEstimator::new(fs, cfg.rr_band_hz.0, cfg.rr_band_hz.1, 2, max_len)?,
             projected: Vec::new(),
             filtered: Vec::new(),
+            halves: None,
             cfg,
         })
     }
@@ -233,12 +243,25 @@ impl VitalsEstimator {
         &self.cfg
     }
 
-    /// The breathing rate of `resp` if its confidence reaches
-    /// `rr_min_confidence`: below it the rate is withheld (`None`), while
-    /// the estimate (confidence, wave) stays for diagnostics.
+    /// The trust rule, one per vital: a value is reported only when its own
+    /// confidence reaches its configured floor; below it the value is
+    /// withheld (`None`), while the confidence stays for diagnostics.
+    pub fn trusted_hr(&self, heart: &HeartRate) -> Option<f64> {
+        heart
+            .bpm
+            .filter(|_| heart.confidence >= self.cfg.hr_min_confidence)
+    }
+
+    /// See [`VitalsEstimator::trusted_hr`]; `rr_min_confidence`.
     pub fn trusted_rr(&self, resp: Option<&RespirationEstimate>) -> Option<f64> {
         resp.filter(|r| r.confidence >= self.cfg.rr_min_confidence)
             .map(|r| r.rate_bpm)
+    }
+
+    /// See [`VitalsEstimator::trusted_hr`]; `hrv_min_confidence`.
+    pub fn trusted_hrv(&self, hrv: Option<&Hrv>) -> Option<f64> {
+        hrv.filter(|h| h.confidence >= self.cfg.hrv_min_confidence)
+            .map(|h| h.rmssd_ms)
     }
 
     /// Logistic map from SNR (dB) to a 0..1 confidence.
@@ -274,6 +297,7 @@ impl VitalsEstimator {
         kind: SpectrumKind,
     ) -> Vec<f64> {
         self.pulse_wave(pooled);
+        self.halves = None;
         if regions.len() < 2 {
             return self.power_of(&self.filtered.clone(), kind);
         }
@@ -295,9 +319,10 @@ impl VitalsEstimator {
         let (lo, hi) = self.cfg.hr_band_hz;
         let df = self.weigh_spec.df_hz();
         let mut fused = vec![0.0; n];
+        let mut halves = (vec![0.0; n], vec![0.0; n]);
         let mut weight_sum = 0.0;
         let mut others = vec![0.0; n];
-        for p in &pulses {
+        for (i, p) in pulses.iter().enumerate() {
             // Each region is weighed at the heart rate the *other* regions
             // show: weighing it at a peak its own noise helped to place
             // would favour that noise (on a face without a pulse this
@@ -314,8 +339,17 @@ impl VitalsEstimator {
             let w = (g * (1.0 + g)).sqrt();
             if w.is_finite() && w > 0.0 {
                 fused.iter_mut().zip(p).for_each(|(f, v)| *f += w * v);
+                let half = if i % 2 == 0 {
+                    &mut halves.0
+                } else {
+                    &mut halves.1
+                };
+                half.iter_mut().zip(p).for_each(|(f, v)| *f += w * v);
                 weight_sum += w;
             }
+        }
+        if pulses.len() >= 4 {
+            self.halves = Some(halves);
         }
         if !super::is_positive(weight_sum) {
             self.filtered = pooled_pulse;
@@ -388,7 +422,7 @@ impl VitalsEstimator {
                     confidence: 0.0,
                 },
                 respiration: None,
-                rmssd_ms: None,
+                hrv: None,
                 pulse: Vec::new(),
                 beats: Vec::new(),
             };
@@ -407,11 +441,15 @@ impl VitalsEstimator {
             .bpm
             .map(|bpm| detect_beats(&self.filtered, fs, bpm / 60.0))
             .unwrap_or_default();
-        let rmssd_ms = if heart.confidence >= self.cfg.hrv_min_confidence {
-            rmssd_ms(&intervals_s(&beats), 10)
-        } else {
-            None
+        let timing_sigma = match (&self.halves, heart.bpm) {
+            (Some((a, b)), Some(bpm)) => timing_sigma_ms(
+                &detect_beats(a, fs, bpm / 60.0),
+                &detect_beats(b, fs, bpm / 60.0),
+                60.0 / bpm,
+            ),
+            _ => None,
         };
+        let hrv = hrv(&intervals_s(&beats), 10, heart.confidence, timing_sigma);
 
         let respiration = if rgb.nrows() as f64 / fs + 1e-9 >= self.cfg.rr_min_window_s {
             let intensity: Vec<f64> = rgb.rows().into_iter().map(|r| r.sum() / 3.0).collect();
@@ -428,7 +466,7 @@ impl VitalsEstimator {
         Vitals {
             heart,
             respiration,
-            rmssd_ms,
+            hrv,
             pulse: self.filtered.clone(),
             beats,
         }
@@ -619,7 +657,8 @@ mod tests {
         for seed in 0..5 {
             let v = est.vitals(&traces(72.0, 15.0, 0.0, 30.0, seed));
             assert!(v.heart.confidence < 0.3, "seed {seed}: {:?}", v.heart);
-            assert!(v.rmssd_ms.is_none());
+            assert_eq!(est.trusted_hr(&v.heart), None);
+            assert_eq!(est.trusted_hrv(v.hrv.as_ref()), None, "{:?}", v.hrv);
         }
     }
 

@@ -13,4 +13,5 @@ mod mqtt;
 mod resources;
 mod security;
 mod soak;
+mod trust;
 mod util;
