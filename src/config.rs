@@ -276,6 +276,8 @@ struct MqttEntry {
 #[serde(deny_unknown_fields)]
 pub struct ScanConfig {
     pub duration_s: f64,
+    pub max_duration_s: f64,
+    pub extended_low_snr_db: f64,
     pub min_duration_s: f64,
     pub face_init_timeout_s: f64,
     pub face_lost_timeout_s: f64,
@@ -322,6 +324,8 @@ pub struct SignalSection {
     pub hr_min_confidence: f64,
     pub hrv_min_confidence: f64,
     pub rr_min_confidence: f64,
+    pub contact_snr_db: f64,
+    pub contact_hrv_min_confidence: f64,
 }
 
 /// One thing wrong with the configuration.
@@ -1177,6 +1181,21 @@ impl Config {
             "use 10-120 s; 30 s is typical",
         );
         check(
+            s.max_duration_s.is_finite() && (0.0..=3600.0).contains(&s.max_duration_s),
+            "scan.max_duration_s",
+            format!("must be within 0..3600 s, found {}", s.max_duration_s),
+            "use 60 (twice scan.duration_s), or 0 never to measure longer",
+        );
+        check(
+            s.extended_low_snr_db.is_finite() && s.extended_low_snr_db <= s.low_snr_db,
+            "scan.extended_low_snr_db",
+            format!(
+                "{} dB must be a number at or below scan.low_snr_db ({} dB)",
+                s.extended_low_snr_db, s.low_snr_db
+            ),
+            "use the value calibrated for your scan.max_duration_s (config/default.toml)",
+        );
+        check(
             s.min_duration_s >= 2.0 && s.min_duration_s <= s.duration_s,
             "scan.min_duration_s",
             format!(
@@ -1329,6 +1348,21 @@ impl Config {
             format!("must be within 0..1, found {}", g.rr_min_confidence),
             "use 0.3",
         );
+        check(
+            g.contact_snr_db.is_finite() && (-30.0..=30.0).contains(&g.contact_snr_db),
+            "signal.contact_snr_db",
+            format!("must be within -30..30 dB, found {}", g.contact_snr_db),
+            "use -1.7",
+        );
+        check(
+            (0.0..=1.0).contains(&g.contact_hrv_min_confidence),
+            "signal.contact_hrv_min_confidence",
+            format!(
+                "must be within 0..1, found {}",
+                g.contact_hrv_min_confidence
+            ),
+            "use 0.9",
+        );
         out
     }
 
@@ -1346,8 +1380,13 @@ impl Config {
             .collect()
     }
 
+    /// The signal chain's settings. Contact PPG (`method = "red"`) has its
+    /// own SNR threshold and HRV floor (`signal.contact_*`, chosen by
+    /// cross-validation on real finger recordings): its SNR runs on
+    /// another scale than a face's.
     pub fn signal(&self) -> SignalConfig {
         let g = &self.signal;
+        let contact = g.method == Method::Red;
         SignalConfig {
             method: g.method,
             resample_hz: g.resample_hz,
@@ -1357,12 +1396,20 @@ impl Config {
             filter_order: g.filter_order,
             hr_window_s: g.hr_window_s,
             rr_min_window_s: g.rr_min_window_s,
-            confidence_mid_db: g.confidence_mid_db,
+            confidence_mid_db: if contact {
+                g.contact_snr_db
+            } else {
+                g.confidence_mid_db
+            },
             confidence_slope_db: g.confidence_slope_db,
             hr_min_confidence: g.hr_min_confidence,
-            hrv_min_confidence: g.hrv_min_confidence,
+            hrv_min_confidence: if contact {
+                g.contact_hrv_min_confidence
+            } else {
+                g.hrv_min_confidence
+            },
             rr_min_confidence: g.rr_min_confidence,
-            max_window_s: self.scan.duration_s + 1.0,
+            max_window_s: self.scan.duration_s.max(self.scan.max_duration_s) + 1.0,
         }
     }
 
@@ -1370,6 +1417,14 @@ impl Config {
         let s = &self.scan;
         MeasurementConfig {
             duration_s: s.duration_s,
+            // Contact PPG's SNR scale has its own threshold and no
+            // calibrated extension.
+            max_duration_s: if self.signal.method == Method::Red {
+                0.0
+            } else {
+                s.max_duration_s
+            },
+            extended_low_snr_db: s.extended_low_snr_db,
             min_duration_s: s.min_duration_s,
             face_init_timeout_s: s.face_init_timeout_s,
             face_lost_timeout_s: s.face_lost_timeout_s,
@@ -1378,7 +1433,11 @@ impl Config {
             dark_timeout_s: s.dark_timeout_s,
             max_motion_face_widths_per_s: s.max_motion_face_widths_per_s,
             motion_timeout_s: s.motion_timeout_s,
-            low_snr_db: s.low_snr_db,
+            low_snr_db: if self.signal.method == Method::Red {
+                self.signal.contact_snr_db
+            } else {
+                s.low_snr_db
+            },
             low_snr_timeout_s: s.low_snr_timeout_s,
             intermediate_interval_s: s.intermediate_interval_s,
             first_result_after_s: s.first_result_after_s,

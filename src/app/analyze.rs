@@ -23,10 +23,12 @@ pub struct Analysis {
     pub rr_confidence: f64,
     pub rmssd_ms: Option<f64>,
     pub hrv_confidence: f64,
+    /// The beat series' part of `hrv_confidence` (without the heart rate's).
+    pub hrv_beat_confidence: f64,
     pub duration_s: f64,
     pub rows: usize,
-    /// Below `scan.low_snr_db` or `signal.hr_min_confidence`: no numbers
-    /// are reported.
+    /// Below `scan.low_snr_db` (`signal.contact_snr_db` for contact PPG)
+    /// or `signal.hr_min_confidence`: no numbers are reported.
     pub low_snr: bool,
     pub processing_time_ms: u64,
 }
@@ -81,9 +83,10 @@ pub fn analyze_trace(trace: &RgbTrace, config: &Config) -> Result<Analysis, AppE
         rr_confidence: v.respiration.as_ref().map_or(0.0, |r| r.confidence),
         rmssd_ms: estimator.trusted_hrv(v.hrv.as_ref()),
         hrv_confidence: v.hrv.as_ref().map_or(0.0, |h| h.confidence),
+        hrv_beat_confidence: v.hrv.as_ref().map_or(0.0, |h| h.beat_confidence),
         duration_s: traces.duration_s(),
         rows: trace.rgb.len(),
-        low_snr: v.heart.snr_db < config.scan.low_snr_db
+        low_snr: v.heart.snr_db < config.measurement().low_snr_db
             || estimator.trusted_hr(&v.heart).is_none(),
         processing_time_ms: started.elapsed().as_millis() as u64,
     })

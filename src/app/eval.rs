@@ -450,6 +450,13 @@ pub fn summarize(trials: &[&Trial], expect: Expect) -> ConditionSummary {
     }
 }
 
+/// Length of a sweep's videos for scans of `seconds`: long enough for a
+/// scan that measures on to `scan.max_duration_s` (the others stop at
+/// `seconds`, so the extra costs nothing).
+fn video_seconds(seconds: f64) -> f64 {
+    seconds.max(Config::default_config().scan.max_duration_s) + 1.0
+}
+
 /// The synthetic specs of a sweep: `trials` per condition, `seconds` each.
 pub fn sweep_specs(trials: usize, seconds: f64) -> Vec<(usize, String)> {
     let mut out = Vec::new();
@@ -459,7 +466,7 @@ pub fn sweep_specs(trials: usize, seconds: f64) -> Vec<(usize, String)> {
             let mut spec = format!(
                 "synthetic:hr={hr},rr={rr},seed={},width=320,height=240,seconds={}",
                 100 + k,
-                seconds + 1.0
+                video_seconds(seconds)
             );
             if !cond.options.is_empty() {
                 spec.push(',');
@@ -576,7 +583,7 @@ pub fn framing_specs(trials: usize, seconds: f64, photos: &[EvalPhoto]) -> Vec<(
                 format!(
                     "synthetic:hr={hr},rr={rr},seed={},seconds={},{},photo={}",
                     200 + k,
-                    seconds + 1.0,
+                    video_seconds(seconds),
                     framing.options,
                     photo.spec
                 ),
@@ -764,9 +771,122 @@ pub struct RealTrial {
     pub hr: Option<f64>,
     pub confidence: f64,
     pub snr_db: f64,
+    /// RMSSD as reported (completed, at the configured HRV floor).
     pub rmssd: Option<f64>,
+    /// RMSSD before any floor, and its confidence.
+    pub rmssd_raw: Option<f64>,
+    pub hrv_confidence: f64,
+    /// The beat series' part of it; with the HR confidence at a threshold
+    /// `θ`, `1 / (1 + exp(-(snr - θ) / slope))`, the HRV confidence is the
+    /// smaller of the two (how a fold rebuilds it for its own `θ`).
+    pub hrv_beat_confidence: f64,
+    pub confidence_slope_db: f64,
     /// The plain FFT peak of the red channel over the whole recording.
     pub hr_plain_fft: Option<f64>,
+}
+
+/// The thresholds one leave-one-recording-out fold chose on the other
+/// recordings, and what they gave on the one left out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CvFold {
+    pub name: String,
+    /// SNR (dB) at or above which a recording completes.
+    pub snr_db: f64,
+    /// HRV confidence at or above which RMSSD is reported.
+    pub hrv_confidence: f64,
+    pub completed: bool,
+    pub rmssd_reported: bool,
+}
+
+/// The HRV floors the cross-validation chooses from.
+const CV_HRV_GRID: [f64; 10] = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9];
+
+/// The threshold that separates `(score, right)` items with the widest
+/// margin on the safe side: midway between the highest-scoring wrong item
+/// and the lowest-scoring right item above it (so no wrong item passes,
+/// and the threshold sits as far from both as it can). With no wrong
+/// item, the lowest right score (all pass); with no right item above the
+/// wrong ones, infinity (none passes).
+pub fn max_margin_threshold(items: impl Iterator<Item = (f64, bool)>) -> f64 {
+    let items: Vec<(f64, bool)> = items.collect();
+    let worst_wrong = items
+        .iter()
+        .filter(|(_, right)| !right)
+        .map(|(s, _)| *s)
+        .reduce(f64::max);
+    let lowest_right_above = |floor: f64| {
+        items
+            .iter()
+            .filter(|(s, right)| *right && *s > floor)
+            .map(|(s, _)| *s)
+            .reduce(f64::min)
+    };
+    match worst_wrong {
+        None => lowest_right_above(f64::NEG_INFINITY).unwrap_or(f64::INFINITY),
+        Some(w) => lowest_right_above(w).map_or(f64::INFINITY, |r| 0.5 * (w + r)),
+    }
+}
+
+/// Leave-one-recording-out cross-validation of the two thresholds of
+/// contact PPG: for each recording, the others choose the SNR threshold
+/// (dB) with [`max_margin_threshold`] (none of them completes with a wrong
+/// heart rate, beyond [`HR_RIGHT_BPM`]), then, among the ones it completes,
+/// the lowest HRV floor under which every reported RMSSD is within
+/// [`RMSSD_RIGHT_MS`] of the strap (none reported if no floor on the grid
+/// gets there). Those thresholds then judge the recording left out, which
+/// played no part in choosing them: the figures are what a new recording
+/// would see.
+pub fn cross_validate(trials: &[RealTrial]) -> Vec<CvFold> {
+    let hr_right = |t: &RealTrial| t.hr.is_some_and(|h| (h - t.hr_true).abs() <= HR_RIGHT_BPM);
+    let rmssd_right = |t: &RealTrial| {
+        t.rmssd_raw
+            .is_some_and(|r| (r - t.rmssd_true).abs() <= RMSSD_RIGHT_MS)
+    };
+    trials
+        .iter()
+        .enumerate()
+        .map(|(i, out)| {
+            let train: Vec<&RealTrial> = trials
+                .iter()
+                .enumerate()
+                .filter(|&(j, _)| j != i)
+                .map(|(_, t)| t)
+                .collect();
+            let snr_db = max_margin_threshold(
+                train
+                    .iter()
+                    .filter(|t| t.hr.is_some())
+                    .map(|t| (t.snr_db, hr_right(t))),
+            );
+            // The HRV confidence as this fold's threshold makes it (its HR
+            // confidence is 0.5 at the threshold), so that nothing of the
+            // left-out recording leaks in through the confidence map.
+            let hrv_conf = |t: &RealTrial| {
+                let hr = 1.0 / (1.0 + (-(t.snr_db - snr_db) / t.confidence_slope_db).exp());
+                hr.min(t.hrv_beat_confidence)
+            };
+            let done: Vec<&&RealTrial> = train.iter().filter(|t| t.snr_db >= snr_db).collect();
+            let hrv_confidence = CV_HRV_GRID
+                .iter()
+                .copied()
+                .find(|&th| {
+                    done.iter()
+                        .filter(|t| t.rmssd_raw.is_some() && hrv_conf(t) >= th)
+                        .all(|t| rmssd_right(t))
+                })
+                .unwrap_or(f64::INFINITY);
+            let completed = out.hr.is_some() && out.snr_db >= snr_db;
+            CvFold {
+                name: out.name.clone(),
+                snr_db,
+                hrv_confidence,
+                completed,
+                rmssd_reported: completed
+                    && out.rmssd_raw.is_some()
+                    && hrv_conf(out) >= hrv_confidence,
+            }
+        })
+        .collect()
 }
 
 /// Chest-strap truth over `0..duration_s`: mean HR and RMSSD of the RR
@@ -826,6 +946,10 @@ pub fn run_welltory(dir: &Path, config: &Config) -> Result<Vec<RealTrial>, AppEr
     }
     let mut config = config.clone();
     config.signal.method = crate::signal::Method::Red;
+    // Every RMSSD with its confidence (the floor is applied below, and
+    // chosen anew by the cross-validation).
+    let hrv_floor = config.signal.contact_hrv_min_confidence;
+    config.signal.contact_hrv_min_confidence = 0.0;
     let mut out = Vec::new();
     for path in subjects {
         let name = path
@@ -868,7 +992,13 @@ pub fn run_welltory(dir: &Path, config: &Config) -> Result<Vec<RealTrial>, AppEr
             hr: analysis.hr_bpm,
             confidence: analysis.confidence,
             snr_db: analysis.snr_db,
-            rmssd: analysis.rmssd_ms,
+            rmssd: analysis
+                .rmssd_ms
+                .filter(|_| !analysis.low_snr && analysis.hrv_confidence >= hrv_floor),
+            rmssd_raw: analysis.rmssd_ms,
+            hrv_confidence: analysis.hrv_confidence,
+            hrv_beat_confidence: analysis.hrv_beat_confidence,
+            confidence_slope_db: config.signal.confidence_slope_db,
             hr_plain_fft: plain_fft_hr(&trace.t_s, &red, config.signal.resample_hz),
         });
     }
@@ -1170,10 +1300,54 @@ pub fn welltory_table(trials: &[RealTrial]) -> String {
         right.len(),
         wrong.len()
     ));
-    out.push_str("\n| recording | s | strap HR | ours | conf. | SNR dB | plain FFT | strap RMSSD | ours |\n|---|---|---|---|---|---|---|---|---|\n");
-    for t in trials {
+    let folds = cross_validate(trials);
+    let cv_done: Vec<&RealTrial> = trials
+        .iter()
+        .zip(&folds)
+        .filter(|(_, f)| f.completed)
+        .map(|(t, _)| t)
+        .collect();
+    let cv_hr = stats_of(&cv_done, |t| t.hr.map(|h| (t.hr_true, h)));
+    let cv_wrong = cv_done
+        .iter()
+        .filter(|t| t.hr.is_some_and(|h| (h - t.hr_true).abs() > HR_RIGHT_BPM))
+        .count();
+    let cv_rmssd = stats_of(
+        &trials
+            .iter()
+            .zip(&folds)
+            .filter(|(_, f)| f.rmssd_reported)
+            .map(|(t, _)| t)
+            .collect::<Vec<_>>(),
+        |t| t.rmssd_raw.map(|r| (t.rmssd_true, r)),
+    );
+    let range = |v: Vec<f64>| {
+        let finite: Vec<f64> = v.into_iter().filter(|x| x.is_finite()).collect();
+        match (
+            finite.iter().copied().reduce(f64::min),
+            finite.iter().copied().reduce(f64::max),
+        ) {
+            (Some(a), Some(b)) if a == b => format!("{a:.2}"),
+            (Some(a), Some(b)) => format!("{a:.2} to {b:.2}"),
+            _ => "none on the grid".into(),
+        }
+    };
+    out.push_str(&format!(
+        "\nLeave-one-recording-out cross-validation (each recording judged by thresholds the other {} chose: the SNR midway between their highest-SNR wrong heart rate and the lowest-SNR right one above it, then the lowest HRV floor under which every RMSSD they report is within {RMSSD_RIGHT_MS} ms):\n\n| completed | HR MAE | wrong HR | RMSSD reported | RMSSD MAE | SNR threshold chosen (dB) | HRV floor chosen |\n|---|---|---|---|---|---|---|\n| {} of {} | {} | {} | {} | {} | {} | {} |\n",
+        trials.len().saturating_sub(1),
+        cv_done.len(),
+        trials.len(),
+        if cv_hr.n > 0 { format!("{:.2}", cv_hr.mae) } else { "—".into() },
+        cv_wrong,
+        cv_rmssd.n,
+        if cv_rmssd.n > 0 { format!("{:.1} ms", cv_rmssd.mae) } else { "—".into() },
+        range(folds.iter().map(|f| f.snr_db).collect()),
+        range(folds.iter().map(|f| f.hrv_confidence).collect()),
+    ));
+    out.push_str("\n| recording | s | strap HR | ours | conf. | SNR dB | plain FFT | strap RMSSD | ours (all) | HRV conf. | cross-validated |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for (t, f) in trials.iter().zip(&folds) {
         out.push_str(&format!(
-            "| {} | {:.0} | {:.1} | {}{} | {:.2} | {:.1} | {} | {:.0} | {} |\n",
+            "| {} | {:.0} | {:.1} | {}{} | {:.2} | {:.1} | {} | {:.0} | {} | {:.2} | {} |\n",
             t.name,
             t.duration_s,
             t.hr_true,
@@ -1183,7 +1357,13 @@ pub fn welltory_table(trials: &[RealTrial]) -> String {
             t.snr_db,
             fmt(t.hr_plain_fft, 1),
             t.rmssd_true,
-            fmt(t.rmssd, 0)
+            fmt(t.rmssd_raw, 0),
+            t.hrv_confidence,
+            match (f.completed, f.rmssd_reported) {
+                (false, _) => "cancelled".to_string(),
+                (true, false) => "HR".to_string(),
+                (true, true) => "HR + RMSSD".to_string(),
+            }
         ));
     }
     out
@@ -1312,6 +1492,65 @@ mod tests {
             summarize(&[&c], Expect::Cancel(&[CancelReason::NoFace])).cancelled_as_expected,
             0
         );
+    }
+
+    #[test]
+    fn cross_validation_judges_each_recording_by_thresholds_the_others_chose() {
+        let rec = |name: &str, snr: f64, err: f64, hrv_conf: f64, hrv_err: f64| RealTrial {
+            name: name.into(),
+            duration_s: 60.0,
+            hr_true: 70.0,
+            rmssd_true: 40.0,
+            completed: true,
+            hr: Some(70.0 + err),
+            confidence: 0.9,
+            snr_db: snr,
+            rmssd: None,
+            rmssd_raw: Some(40.0 + hrv_err),
+            hrv_confidence: hrv_conf,
+            hrv_beat_confidence: hrv_conf,
+            // Steep: the HR term is ~1 a little above each fold's threshold.
+            confidence_slope_db: 0.01,
+            hr_plain_fft: None,
+        };
+        // Wrong heart rates at SNR -1 and 0.2 dB: the others choose the
+        // middle of 0.2 (wrong) and 0.8 (right), 0.5 dB.
+        let trials = vec![
+            rec("a", -1.0, 20.0, 0.1, 50.0),
+            rec("b", 0.2, -12.0, 0.2, 30.0),
+            rec("c", 0.8, 1.0, 0.9, 2.0),
+            rec("d", 2.0, 0.5, 0.8, 4.0),
+            rec("e", 3.0, -0.5, 0.4, 25.0),
+        ];
+        let folds = cross_validate(&trials);
+        // "c" left out: the others' wrong ones end at 0.2 dB and their next
+        // right one is "d" at 2.0: midway, 1.1 dB, and "c" (0.8) is cancelled.
+        assert!((folds[2].snr_db - 1.1).abs() < 1e-9);
+        assert!(!folds[2].completed && !folds[0].completed);
+        // "d" and "e" left out: 0.5 dB (0.2 wrong, "c" right at 0.8).
+        assert!((folds[3].snr_db - 0.5).abs() < 1e-9);
+        assert!(folds[3].completed && folds[4].completed);
+        // "b" left out is judged by the threshold the wrong "a" alone set
+        // (midway from -1 to 0.8: -0.1 dB): it completes, wrong; that is
+        // what a new recording like it would see, and the table shows it.
+        assert!((folds[1].snr_db + 0.1).abs() < 1e-9);
+        assert!(folds[1].completed);
+        assert_eq!(
+            max_margin_threshold([(1.0, true), (2.0, true)].into_iter()),
+            1.0
+        );
+        assert_eq!(
+            max_margin_threshold([(1.0, false)].into_iter()),
+            f64::INFINITY
+        );
+        // HRV: with "e" (conf 0.4, 25 ms off) among the completed others,
+        // the floor goes just above it and "d" (0.8) is reported; left out,
+        // "e" meets the others' floor (0: all theirs are right) and is
+        // reported 25 ms off, as a new recording like it would be.
+        assert_eq!(folds[3].hrv_confidence, 0.5);
+        assert!(folds[3].rmssd_reported);
+        assert_eq!(folds[4].hrv_confidence, 0.0);
+        assert!(folds[4].rmssd_reported);
     }
 
     #[test]

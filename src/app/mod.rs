@@ -502,7 +502,8 @@ pub fn scan_length(
     }
     if let SourceSpec::Synthetic(p) = spec {
         if !input.contains("seconds=") {
-            p.seconds = config.scan.duration_s + 1.0;
+            // Long enough for a scan that measures on (scan.max_duration_s).
+            p.seconds = config.scan.duration_s.max(config.scan.max_duration_s) + 1.0;
         }
     }
     Ok(())

@@ -237,6 +237,14 @@ pub fn run_scan(
         return Err(e.into());
     }
     let (cancelled, constraint, result) = ended.expect("the loop ends only with a terminal update");
+    // Known truth over the stretch the scan measured (the video may be
+    // longer: room for a scan that measures on).
+    let mut info = info;
+    if let Some(t0) = measurement.started_at() {
+        if let Some(truth) = source.truth_between(t0, t0 + result.duration_s) {
+            info.truth = Some(truth);
+        }
+    }
     Ok(ScanReport {
         session_id,
         measurement_id,

@@ -84,6 +84,11 @@ pub trait FrameSource: Send {
     fn frames_dropped(&self) -> u64 {
         0
     }
+    /// The truth over `t0_s..t1_s` of the video, when the source knows it
+    /// (a scan compares with the stretch it measured, not the whole video).
+    fn truth_between(&self, _t0_s: f64, _t1_s: f64) -> Option<Truth> {
+        None
+    }
 }
 
 /// Everything that can go wrong getting frames or traces.

@@ -783,10 +783,15 @@ impl SyntheticSource {
 
 /// True HR (from the mean beat interval), RR and RMSSD over the video.
 fn truth(p: &SyntheticParams, beats: &[f64]) -> Truth {
+    truth_between(p, beats, 0.0, p.seconds)
+}
+
+/// The same over `t0..=t1` seconds of the video.
+fn truth_between(p: &SyntheticParams, beats: &[f64], t0: f64, t1: f64) -> Truth {
     let inside: Vec<f64> = beats
         .iter()
         .cloned()
-        .filter(|&b| (0.0..=p.seconds).contains(&b))
+        .filter(|&b| (t0..=t1).contains(&b))
         .collect();
     let iv: Vec<f64> = inside.windows(2).map(|w| w[1] - w[0]).collect();
     let hr = if iv.is_empty() {
@@ -810,6 +815,10 @@ fn truth(p: &SyntheticParams, beats: &[f64]) -> Truth {
 impl FrameSource for SyntheticSource {
     fn info(&self) -> &SourceInfo {
         &self.info
+    }
+
+    fn truth_between(&self, t0_s: f64, t1_s: f64) -> Option<Truth> {
+        Some(truth_between(&self.params, &self.beats[0], t0_s, t1_s))
     }
 
     fn next_frame(&mut self, frame: &mut Frame) -> Result<bool, CaptureError> {
@@ -1023,6 +1032,13 @@ mod tests {
         let t = s.info().truth.unwrap();
         assert!((t.hr_bpm - 72.0).abs() < 1.5, "{t:?}");
         assert!((10.0..80.0).contains(&t.rmssd_ms), "{t:?}");
+        // Over the whole video it is the same; over a stretch, that stretch's.
+        assert_eq!(s.truth_between(0.0, s.params.seconds), Some(t));
+        let part = s.truth_between(5.0, 15.0).unwrap();
+        assert!(
+            (part.hr_bpm - 72.0).abs() < 3.0 && part.hr_bpm != t.hr_bpm,
+            "{part:?}"
+        );
     }
 
     #[test]

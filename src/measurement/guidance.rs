@@ -43,6 +43,8 @@ pub const OFF_CENTER_SHARE: f64 = 0.3;
 pub const SKIN_DARK_LUMA: f64 = 35.0;
 /// More than this share of clipped ROI pixels: over-exposed.
 pub const OVEREXPOSED_SHARE: f64 = 0.1;
+/// More than this share of near-black ROI pixels: under-exposed.
+pub const UNDEREXPOSED_SHARE: f64 = 0.1;
 
 /// A machine-readable condition of the scene. Hints (`CONSTRAINT_WARNING`)
 /// and the causes of cancellations (`CONSTRAINT_VIOLATION`,
@@ -64,6 +66,12 @@ pub enum Constraint {
     TooDark,
     /// Skin pixels are clipped (over-exposed): no pulse survives clipping.
     SkinOverexposed,
+    /// Skin pixels sit near black (under-exposed): the pulse is lost in
+    /// quantisation (dark skin in dim light first).
+    SkinUnderexposed,
+    /// The pulse is weak: the scan measures longer (up to
+    /// `scan.max_duration_s`) before it decides.
+    WeakPulse,
     /// The face moves too fast.
     TooMuchMotion,
     /// A face was found, but forehead and cheeks show too little skin.
@@ -76,7 +84,7 @@ pub enum Constraint {
 
 impl Constraint {
     /// Every code, in documentation order.
-    pub const ALL: [Constraint; 11] = [
+    pub const ALL: [Constraint; 13] = [
         Constraint::NoFace,
         Constraint::FaceTooSmall,
         Constraint::FaceTooLarge,
@@ -84,6 +92,8 @@ impl Constraint {
         Constraint::FaceOffCenter,
         Constraint::TooDark,
         Constraint::SkinOverexposed,
+        Constraint::SkinUnderexposed,
+        Constraint::WeakPulse,
         Constraint::TooMuchMotion,
         Constraint::SkinNotFound,
         Constraint::FaceLost,
@@ -99,6 +109,8 @@ impl Constraint {
             Constraint::FaceOffCenter => "FACE_OFF_CENTER",
             Constraint::TooDark => "TOO_DARK",
             Constraint::SkinOverexposed => "SKIN_OVEREXPOSED",
+            Constraint::SkinUnderexposed => "SKIN_UNDEREXPOSED",
+            Constraint::WeakPulse => "WEAK_PULSE",
             Constraint::TooMuchMotion => "TOO_MUCH_MOTION",
             Constraint::SkinNotFound => "SKIN_NOT_FOUND",
             Constraint::FaceLost => "FACE_LOST",
@@ -124,6 +136,8 @@ impl Constraint {
             Constraint::FaceOffCenter => "move to the middle of the picture",
             Constraint::TooDark => "turn on a light in front of you",
             Constraint::SkinOverexposed => "dim the light on your face or move out of direct light",
+            Constraint::SkinUnderexposed => "add light in front of your face",
+            Constraint::WeakPulse => "hold still a little longer",
             Constraint::TooMuchMotion => "hold still",
             Constraint::SkinNotFound => {
                 "uncover your forehead and cheeks and light your face evenly"
@@ -246,6 +260,16 @@ pub fn assess(obs: &Observation, speed: f64, limits: &Limits) -> Vec<(Constraint
             format!(
                 "{:.0} % of forehead and cheek pixels are clipped",
                 100.0 * obs.clipped_pixels as f64 / obs.roi_pixels as f64
+            ),
+        ));
+    }
+    if obs.roi_pixels > 0 && obs.dark_pixels as f64 > UNDEREXPOSED_SHARE * obs.roi_pixels as f64 {
+        out.push((
+            Constraint::SkinUnderexposed,
+            format!(
+                "{:.0} % of forehead and cheek pixels are near black (a channel at or below {})",
+                100.0 * obs.dark_pixels as f64 / obs.roi_pixels as f64,
+                crate::vision::roi::NEAR_BLACK_LEVEL
             ),
         ));
     }
@@ -403,6 +427,11 @@ mod tests {
         let mut bright = seen(face(270.0, 170.0, 100.0));
         bright.clipped_pixels = 200;
         assert_eq!(codes(&bright, 0.0), vec![Constraint::SkinOverexposed]);
+        let mut dim = seen(face(270.0, 170.0, 100.0));
+        dim.dark_pixels = 200;
+        let d = assess(&dim, 0.0, &limits());
+        assert_eq!(d[0].0, Constraint::SkinUnderexposed);
+        assert!(d[0].1.contains("near black"), "{}", d[0].1);
     }
 
     #[test]

@@ -6,6 +6,9 @@
 //!
 //! ```text
 //! created ──face ≥ min_face_px + skin──▶ measuring ──duration reached, HR trusted──▶ completed
+//!    │                      │ ├─ duration reached, HR not trusted but SNR ≥ extended_low_snr_db:
+//!    │                      │ │  measure on to max_duration_s (WEAK_PULSE hint), judged there once
+//!    │                      │ │  against extended_low_snr_db ─▶ completed or LOW_SNR
 //!    │                      │ ├─ ~1 Hz: intermediate result
 //!    │                      │ ├─ face missing > face_lost_timeout ─▶ cancelled FACE_LOST
 //!    │                      │ ├─ another face (new identity) ─────▶ cancelled FACE_LOST (FACE_CHANGED)
@@ -53,6 +56,17 @@ const MIN_REGION_PRESENCE: f64 = 0.9;
 #[derive(Debug, Clone, PartialEq)]
 pub struct MeasurementConfig {
     pub duration_s: f64,
+    /// A scan whose heart rate is not trusted at `duration_s`, but whose
+    /// SNR reaches `extended_low_snr_db`, measures on to this length and is
+    /// judged once more there (see [`MeasurementConfig::extended_low_snr_db`]).
+    /// At or below `duration_s`: never extended.
+    pub max_duration_s: f64,
+    /// The SNR threshold of that second judgement, over `max_duration_s`:
+    /// a longer Welch average has a narrower noise distribution, so a lower
+    /// SNR is as unlikely to come from noise alone (calibrated on faces
+    /// without a pulse, see config/default.toml). The confidence is then
+    /// read `low_snr_db - extended_low_snr_db` higher.
+    pub extended_low_snr_db: f64,
     /// Shortest scan that still completes when the input ends early.
     pub min_duration_s: f64,
     pub face_init_timeout_s: f64,
@@ -79,6 +93,8 @@ impl Default for MeasurementConfig {
     fn default() -> Self {
         MeasurementConfig {
             duration_s: 30.0,
+            max_duration_s: 60.0,
+            extended_low_snr_db: -1.0,
             min_duration_s: 15.0,
             face_init_timeout_s: 10.0,
             face_lost_timeout_s: 2.0,
@@ -224,6 +240,9 @@ pub struct Measurement {
     dark_since: Option<f64>,
     fast_since: Option<f64>,
     low_snr_since: Option<f64>,
+    /// Past `duration_s` without a trusted heart rate, measuring on to
+    /// `max_duration_s`.
+    extending: bool,
     next_result_t: f64,
     results: u32,
     /// Recent `(t, speed in face widths per second)` for the 1 s motion average.
@@ -257,7 +276,9 @@ impl Measurement {
         out: &mut Vec<Update>,
     ) -> Result<Self, SignalError> {
         let signal = SignalConfig {
-            max_window_s: signal.max_window_s.max(cfg.duration_s + 1.0),
+            max_window_s: signal
+                .max_window_s
+                .max(cfg.duration_s.max(cfg.max_duration_s) + 1.0),
             ..signal
         };
         out.push(Update::Created);
@@ -273,6 +294,7 @@ impl Measurement {
             dark_since: None,
             fast_since: None,
             low_snr_since: None,
+            extending: false,
             next_result_t: 0.0,
             results: 0,
             speeds: Default::default(),
@@ -376,7 +398,16 @@ impl Measurement {
         let t = obs.t_s;
         let first_t = *self.first_t.get_or_insert(t);
         let speed = self.speed(obs);
-        let holding = guidance::assess(obs, speed, &self.limits());
+        let mut holding = guidance::assess(obs, speed, &self.limits());
+        if self.extending {
+            holding.push((
+                Constraint::WeakPulse,
+                format!(
+                    "the pulse was too weak to trust after {:.0} s: measuring up to {:.0} s",
+                    self.cfg.duration_s, self.cfg.max_duration_s
+                ),
+            ));
+        }
         self.guide.update(t, &holding, &mut self.hints);
         out.extend(self.hints.drain(..).map(Update::Hint));
 
@@ -577,8 +608,22 @@ impl Measurement {
             self.fast_since = None;
         }
 
-        if t - self.start_t >= self.cfg.duration_s {
-            return self.complete(out);
+        let elapsed = t - self.start_t;
+        if self.extending && elapsed >= self.cfg.max_duration_s {
+            let gain = self.extension_gain_db();
+            let result = self.final_result(gain);
+            return self.finish(result, gain, out);
+        }
+        if !self.extending && elapsed >= self.cfg.duration_s {
+            let result = self.final_result(0.0);
+            let weak_but_promising = self.cfg.max_duration_s > self.cfg.duration_s
+                && result
+                    .snr_db
+                    .is_some_and(|s| s >= self.cfg.extended_low_snr_db);
+            if self.trusted(&result, 0.0) || !weak_but_promising {
+                return self.finish(result, 0.0, out);
+            }
+            self.extending = true;
         }
         if t >= self.next_result_t {
             self.next_result_t += self.cfg.intermediate_interval_s;
@@ -622,16 +667,23 @@ impl Measurement {
         if self.estimator.trusted_hr(&heart).is_some() && self.first_result_at.is_none() {
             self.first_result_at = Some(t);
         }
-        // LOW_SNR is judged only on full windows: a short window's SNR is low by construction.
-        if span + 1e-9 < self.estimator.config().hr_window_s {
+        // LOW_SNR is judged only on full windows: a short window's SNR is
+        // low by construction; while extending, the last judgement decides.
+        if span + 1e-9 < self.estimator.config().hr_window_s || self.extending {
             return;
         }
-        if heart.snr_db < self.cfg.low_snr_db {
+        // Hopeless only below the lowest bar the scan could still clear.
+        let bar = if self.cfg.max_duration_s > self.cfg.duration_s {
+            self.cfg.low_snr_db.min(self.cfg.extended_low_snr_db)
+        } else {
+            self.cfg.low_snr_db
+        };
+        if heart.snr_db < bar {
             let since = *self.low_snr_since.get_or_insert(t);
             if t - since >= self.cfg.low_snr_timeout_s {
                 let low = Update::LowSnr {
                     snr_db: heart.snr_db,
-                    threshold_db: self.cfg.low_snr_db,
+                    threshold_db: bar,
                     below_for_s: t - since,
                 };
                 self.cancel_with(out, low);
@@ -641,10 +693,18 @@ impl Measurement {
         }
     }
 
-    /// Final vitals over everything recorded.
-    fn final_result(&mut self) -> ScanResult {
+    /// How much higher an SNR over `max_duration_s` counts than one over
+    /// `duration_s` (see [`MeasurementConfig::extended_low_snr_db`]).
+    fn extension_gain_db(&self) -> f64 {
+        (self.cfg.low_snr_db - self.cfg.extended_low_snr_db).max(0.0)
+    }
+
+    /// Final vitals over everything recorded; the heart rate's confidence
+    /// read `gain_db` higher (a judgement over a longer scan).
+    fn final_result(&mut self, gain_db: f64) -> ScanResult {
         let traces = self.traces();
-        let v = self.estimator.vitals(&traces);
+        let mut v = self.estimator.vitals(&traces);
+        v.heart.confidence = self.estimator.confidence(v.heart.snr_db + gain_db);
         let hr_bpm = self.estimator.trusted_hr(&v.heart);
         ScanResult {
             hr_bpm,
@@ -664,20 +724,31 @@ impl Measurement {
         }
     }
 
-    /// A result may complete a scan: its SNR reaches `low_snr_db` and its
-    /// heart rate its confidence floor.
-    fn trusted(&self, result: &ScanResult) -> bool {
-        result.hr_bpm.is_some() && result.snr_db.unwrap_or(-100.0) >= self.cfg.low_snr_db
+    /// A result may complete a scan: its SNR (read `gain_db` higher)
+    /// reaches `low_snr_db` and its heart rate its confidence floor.
+    fn trusted(&self, result: &ScanResult, gain_db: f64) -> bool {
+        result.hr_bpm.is_some() && result.snr_db.unwrap_or(-100.0) + gain_db >= self.cfg.low_snr_db
     }
 
-    /// Completes with the final result if it is trusted, else ends in LOW_SNR.
+    /// Completes with the final result over what was recorded (the input
+    /// ended): a judgement over `max_duration_s` if the scan got there.
     fn complete(&mut self, out: &mut Vec<Update>) {
-        let result = self.final_result();
+        let gain = if self.extending && self.elapsed_s() + 0.5 >= self.cfg.max_duration_s {
+            self.extension_gain_db()
+        } else {
+            0.0
+        };
+        let result = self.final_result(gain);
+        self.finish(result, gain, out);
+    }
+
+    /// Completes with `result` if it is trusted, else ends in LOW_SNR.
+    fn finish(&mut self, result: ScanResult, gain_db: f64, out: &mut Vec<Update>) {
         let snr = result.snr_db.unwrap_or(-100.0);
-        if !self.trusted(&result) {
+        if !self.trusted(&result, gain_db) {
             out.push(Update::LowSnr {
                 snr_db: snr,
-                threshold_db: self.cfg.low_snr_db,
+                threshold_db: self.cfg.low_snr_db - gain_db,
                 below_for_s: result.duration_s,
             });
             return self.finish_cancelled(CancelReason::LowSnr, None, result, out);
@@ -700,7 +771,7 @@ impl Measurement {
         // Mid-scan, keep the waves for reports (a bad scan is what they debug);
         // finish_cancelled drops every number.
         let mut result = if reason != CancelReason::NoFace && self.t.len() >= 64 {
-            self.final_result()
+            self.final_result(0.0)
         } else {
             ScanResult::default()
         };
@@ -888,6 +959,56 @@ mod tests {
                 .count(),
             1
         );
+    }
+
+    #[test]
+    fn a_pulse_too_weak_at_duration_measures_on_and_is_judged_again_at_max_duration() {
+        // The first judgement's bar is out of reach, the extended one not:
+        // the scan measures on with a WEAK_PULSE hint, without live LOW_SNR,
+        // and completes at max_duration_s with the extended bar.
+        let cfg = MeasurementConfig {
+            duration_s: 20.0,
+            max_duration_s: 30.0,
+            low_snr_db: 60.0,
+            extended_low_snr_db: -10.0,
+            ..Default::default()
+        };
+        // (The live rule judges against the extended bar, -10 dB: no
+        // live LOW_SNR for a clean pulse.)
+        let out = run_all(cfg.clone(), (0..1200).map(|i| obs(i, true)));
+        let Some(Update::Completed(r)) = out.last() else {
+            panic!("{:?}", out.last())
+        };
+        assert!((r.duration_s - 30.0).abs() < 0.1, "{}", r.duration_s);
+        assert!((r.hr_bpm.unwrap() - 72.0).abs() < 1.0);
+        assert!(hints(&out)
+            .iter()
+            .any(|h| h.constraint == Constraint::WeakPulse && h.active));
+        assert!(!out.iter().any(|u| matches!(u, Update::LowSnr { .. })));
+        // Without a pulse the first judgement is below the extended bar
+        // too: LOW_SNR at duration_s, no one kept waiting.
+        let strict = MeasurementConfig {
+            low_snr_db: 1.0,
+            extended_low_snr_db: 0.0,
+            ..cfg.clone()
+        };
+        let out = run(strict, (0..1200).map(|i| obs(i, false)));
+        let Some(Update::Cancelled { reason, result, .. }) = out.last() else {
+            panic!("{:?}", out.last())
+        };
+        assert_eq!(*reason, CancelReason::LowSnr);
+        assert!(result.duration_s < 20.5, "{}", result.duration_s);
+        // max_duration_s at or below duration_s: never extended.
+        let never = MeasurementConfig {
+            max_duration_s: 0.0,
+            ..cfg
+        };
+        let out = run(never, (0..1200).map(|i| obs(i, true)));
+        let Some(Update::Cancelled { reason, result, .. }) = out.last() else {
+            panic!("{:?}", out.last())
+        };
+        assert_eq!(*reason, CancelReason::LowSnr);
+        assert!(result.duration_s < 20.5);
     }
 
     #[test]

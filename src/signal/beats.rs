@@ -135,6 +135,9 @@ pub struct Hrv {
     /// when the beat timing noise is known, `1 / (1 + (n / 10 ms)²)` with
     /// `n` the RMSSD that noise alone would give.
     pub confidence: f64,
+    /// The beat series' own part of `confidence` (clean share and timing
+    /// noise, without the heart rate's).
+    pub beat_confidence: f64,
     /// Clean successive pairs / all successive pairs.
     pub clean_share: f64,
     /// Clean pairs used.
@@ -161,13 +164,11 @@ pub fn hrv(
     let share_term = ((clean_share - 0.5) / 0.5).clamp(0.0, 1.0);
     let noise_ms = timing_sigma_ms.map(timing_noise_rmssd_ms);
     let noise_term = noise_ms.map_or(1.0, |n| 1.0 / (1.0 + (n / HRV_NOISE_HALF_MS).powi(2)));
-    let confidence = hr_confidence
-        .clamp(0.0, 1.0)
-        .min(share_term)
-        .min(noise_term);
+    let beat_confidence = share_term.min(noise_term);
     Some(Hrv {
         rmssd_ms,
-        confidence,
+        confidence: hr_confidence.clamp(0.0, 1.0).min(beat_confidence),
+        beat_confidence,
         clean_share,
         pairs: diffs.len(),
         noise_ms,

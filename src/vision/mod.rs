@@ -98,6 +98,9 @@ pub struct Observation {
     /// ROI pixels with a channel at or above [`roi::CLIPPED_LEVEL`]
     /// (over-exposed: no pulse survives clipping).
     pub clipped_pixels: u32,
+    /// ROI pixels with a channel at or below [`roi::NEAR_BLACK_LEVEL`]
+    /// (under-exposed: the pulse is lost in quantisation).
+    pub dark_pixels: u32,
     /// Each of [`roi::REGIONS`] on its own (zero skin where it has none).
     pub regions: [roi::RegionMean; roi::REGION_COUNT],
     /// Mean frame luma, 0..255.
@@ -333,6 +336,7 @@ impl FaceRoiExtractor {
             skin_pixels: stats.skin_pixels,
             roi_pixels: stats.roi_pixels,
             clipped_pixels: stats.clipped_pixels,
+            dark_pixels: stats.dark_pixels,
             regions: stats.regions,
             luma: roi::frame_luma(frame),
             motion_px: if confirmed.is_some() {

@@ -143,6 +143,11 @@ pub fn is_skin(r: u8, g: u8, b: u8) -> bool {
 /// A channel at or above this level is clipped (over-exposed).
 pub const CLIPPED_LEVEL: u8 = 250;
 
+/// A channel at or below this level is near black (under-exposed): one
+/// 8-bit step is 8 % of it or more, twenty times a typical pulse, so the
+/// pulse there is lost in quantisation.
+pub const NEAR_BLACK_LEVEL: u8 = 12;
+
 /// Mean colour of the skin pixels in the ROI of a face box.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct RoiStats {
@@ -151,6 +156,8 @@ pub struct RoiStats {
     pub roi_pixels: u32,
     /// ROI pixels with any channel at or above [`CLIPPED_LEVEL`].
     pub clipped_pixels: u32,
+    /// ROI pixels with any channel at or below [`NEAR_BLACK_LEVEL`].
+    pub dark_pixels: u32,
     /// Each of [`REGIONS`] on its own.
     pub regions: [RegionMean; REGION_COUNT],
 }
@@ -191,6 +198,7 @@ pub fn roi_stats_with(frame: &Frame, face: &FaceBox, col_weight: &mut Vec<f64>) 
     let mut skin = 0f64;
     let mut total = 0f64;
     let mut clipped = 0f64;
+    let mut dark = 0f64;
     let (fw, fh) = (frame.width as f64, frame.height as f64);
     for (k, &(_, fx0, fy0, fx1, fy1)) in REGIONS.iter().enumerate() {
         let pooled = k < ROI_REGIONS.len();
@@ -221,10 +229,14 @@ pub fn roi_stats_with(frame: &Frame, face: &FaceBox, col_weight: &mut Vec<f64>) 
             let mut row_sum = [0f64; 3];
             let mut row_skin = 0f64;
             let mut row_clipped = 0f64;
+            let mut row_dark = 0f64;
             let edges = (0..inner_lo).chain(inner_hi..col_weight.len());
             for (p, &wx) in edges.map(|i| (&px[i * 3..i * 3 + 3], &col_weight[i])) {
                 if pooled && p[0].max(p[1]).max(p[2]) >= CLIPPED_LEVEL {
                     row_clipped += wx;
+                }
+                if pooled && p[0].min(p[1]).min(p[2]) <= NEAR_BLACK_LEVEL {
+                    row_dark += wx;
                 }
                 let k = skin_weight(p[0], p[1], p[2]);
                 if k > 0 {
@@ -235,9 +247,10 @@ pub fn roi_stats_with(frame: &Frame, face: &FaceBox, col_weight: &mut Vec<f64>) 
                     row_skin += w;
                 }
             }
-            let (mut inner, mut inner_clipped) = ([0u32; 4], 0u32);
+            let (mut inner, mut inner_clipped, mut inner_dark) = ([0u32; 4], 0u32, 0u32);
             for p in px[inner_lo * 3..inner_hi * 3].chunks_exact(3) {
                 inner_clipped += u32::from(p[0].max(p[1]).max(p[2]) >= CLIPPED_LEVEL);
+                inner_dark += u32::from(p[0].min(p[1]).min(p[2]) <= NEAR_BLACK_LEVEL);
                 let k = skin_weight(p[0], p[1], p[2]) as u32;
                 inner[0] += k * p[0] as u32;
                 inner[1] += k * p[1] as u32;
@@ -251,6 +264,7 @@ pub fn roi_stats_with(frame: &Frame, face: &FaceBox, col_weight: &mut Vec<f64>) 
             row_skin += inner[3] as f64 / ramp;
             if pooled {
                 row_clipped += inner_clipped as f64;
+                row_dark += inner_dark as f64;
             }
             for c in 0..3 {
                 region_sum[c] += wy * row_sum[c];
@@ -258,6 +272,7 @@ pub fn roi_stats_with(frame: &Frame, face: &FaceBox, col_weight: &mut Vec<f64>) 
             region_skin += wy * row_skin;
             if pooled {
                 clipped += wy * row_clipped;
+                dark += wy * row_dark;
                 total += wy * (x1 - x0);
             }
         }
@@ -279,6 +294,7 @@ pub fn roi_stats_with(frame: &Frame, face: &FaceBox, col_weight: &mut Vec<f64>) 
     out.skin_pixels = skin.round() as u32;
     out.roi_pixels = total.round() as u32;
     out.clipped_pixels = clipped.round() as u32;
+    out.dark_pixels = dark.round() as u32;
     out
 }
 
@@ -452,6 +468,30 @@ mod tests {
                 assert!(apart, "{} overlaps {}", a.0, b.0);
             }
         }
+    }
+
+    #[test]
+    fn near_black_and_clipped_roi_pixels_are_counted_apart_from_skin() {
+        // Top half: dark skin in dim light (blue at 9, near black); bottom
+        // half: lit skin. Only the top counts as near black.
+        let fr = frame(
+            100,
+            100,
+            |_, y| if y < 50 { [60, 30, 9] } else { [200, 150, 120] },
+        );
+        let face = FaceBox {
+            x: 10.0,
+            y: 10.0,
+            w: 80.0,
+            h: 80.0,
+        };
+        let s = roi_stats(&fr, &face);
+        assert!(s.dark_pixels > 0 && s.dark_pixels < s.roi_pixels, "{s:?}");
+        assert_eq!(s.clipped_pixels, 0);
+        let lit = roi_stats(&frame(100, 100, |_, _| [200, 150, 120]), &face);
+        assert_eq!(lit.dark_pixels, 0);
+        let black = roi_stats(&frame(100, 100, |_, _| [12, 12, 12]), &face);
+        assert_eq!(black.dark_pixels, black.roi_pixels);
     }
 
     #[test]
