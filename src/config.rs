@@ -1187,12 +1187,9 @@ impl Config {
             "use 60 (twice scan.duration_s), or 0 never to measure longer",
         );
         check(
-            s.extended_low_snr_db.is_finite() && s.extended_low_snr_db <= s.low_snr_db,
+            s.extended_low_snr_db.is_finite() && (-30.0..=30.0).contains(&s.extended_low_snr_db),
             "scan.extended_low_snr_db",
-            format!(
-                "{} dB must be a number at or below scan.low_snr_db ({} dB)",
-                s.extended_low_snr_db, s.low_snr_db
-            ),
+            format!("must be within -30..30 dB, found {}", s.extended_low_snr_db),
             "use the value calibrated for your scan.max_duration_s (config/default.toml)",
         );
         check(
@@ -1424,7 +1421,8 @@ impl Config {
             } else {
                 s.max_duration_s
             },
-            extended_low_snr_db: s.extended_low_snr_db,
+            // Never above the first judgement's bar.
+            extended_low_snr_db: s.extended_low_snr_db.min(s.low_snr_db),
             min_duration_s: s.min_duration_s,
             face_init_timeout_s: s.face_init_timeout_s,
             face_lost_timeout_s: s.face_lost_timeout_s,

@@ -15,7 +15,14 @@
 //!    the largest faces are re-detected alike), and let the box glide
 //!    towards the detection over `correction_time_s` when it differs by
 //!    more than `redetect_tolerance` face widths (less is detector jitter,
-//!    and jitter in the ROI is false pulse).
+//!    and jitter in the ROI is false pulse). After a **sudden move** (more
+//!    than [`SUDDEN_MOVE_SHARE`] of the face width in one frame, or a shift
+//!    at the edge of the tracker's search range, which only bounds the
+//!    move) the face is re-detected in the same frame and the box snaps to
+//!    the detection instead of gliding: gliding left the regions on the
+//!    wrong skin for a second (a step and a ramp in the colour traces);
+//!    such frames are flagged ([`Observation::discontinuity`]) so the
+//!    measurement splices its traces there.
 //! 3. Without a face — or with one that is not yet **held** (see below) —
 //!    run this frame's share of the [`search::SearchPlan`]: coarse bands
 //!    first, so the largest face is seen first; when a band completes, its
@@ -109,7 +116,16 @@ pub struct Observation {
     pub motion_px: [f64; 2],
     /// Cumulative vertical face displacement since the first frame, pixels.
     pub vertical_px: f64,
+    /// The box moved abruptly this frame (a sudden head move, or the
+    /// detector snapping the box to where the face went): the skin under
+    /// each region changed at once, so the colour traces step here and
+    /// the measurement splices them.
+    pub discontinuity: bool,
 }
+
+/// A face moving more than this share of its width in one frame moved
+/// suddenly: it is re-detected at once and the box snaps to the detection.
+pub const SUDDEN_MOVE_SHARE: f64 = 0.08;
 
 /// Vision settings (validated by the config loader).
 #[derive(Debug, Clone, PartialEq)]
@@ -238,6 +254,11 @@ pub struct FaceRoiExtractor {
     /// Scratch for the skin regions' column weights.
     col_weight: Vec<f64>,
     vertical_px: f64,
+    /// The tracker's last shift hit the edge of its search range (the face
+    /// moved further than it can follow): re-detect and snap.
+    shift_at_edge: bool,
+    /// The re-detection of this frame snapped the box (set by `redetect`).
+    snapped: bool,
 }
 
 impl FaceRoiExtractor {
@@ -267,6 +288,8 @@ impl FaceRoiExtractor {
             luma: Vec::new(),
             col_weight: Vec::new(),
             vertical_px: 0.0,
+            shift_at_edge: false,
+            snapped: false,
         }
     }
 
@@ -304,17 +327,27 @@ impl FaceRoiExtractor {
         let motion_px = self.track_motion(frame);
         self.apply_correction(frame.t_s);
         let tentative = self.track.is_some_and(|t| !t.confirmed);
+        let moved = motion_px[0].hypot(motion_px[1]);
         // A jump of more than a quarter of the face in one frame is more
         // likely the tracker losing the face than the face moving.
-        let suspicious = self
-            .track
-            .is_some_and(|t| motion_px[0].hypot(motion_px[1]) > 0.25 * t.face.w);
+        let suspicious = self.track.is_some_and(|t| moved > 0.25 * t.face.w);
+        // A sudden move (or one beyond what the tracker can follow): the
+        // detector says at once where the face went, and the box snaps
+        // there, instead of gliding over a second with the regions on the
+        // wrong skin.
+        let sudden = self.shift_at_edge
+            || self
+                .track
+                .is_some_and(|t| moved > SUDDEN_MOVE_SHARE * t.face.w);
         let due = match (self.track, self.last_detect_t) {
             (None, _) | (_, None) => false,
-            (Some(_), Some(t0)) if tentative || self.in_doubt() || suspicious => frame.t_s > t0,
+            (Some(_), Some(t0)) if tentative || self.in_doubt() || suspicious || sudden => {
+                frame.t_s > t0
+            }
             (Some(_), Some(t0)) => frame.t_s - t0 >= self.cfg.detect_interval_s || frame.t_s < t0,
         };
-        let mut detected = due && self.redetect(frame);
+        self.snapped = false;
+        let mut detected = due && self.redetect_snapping(frame, sudden);
         let unsurveyed = self.track.is_some_and(|t| !t.surveyed);
         if self.track.is_none() || !self.held || self.in_doubt() || unsurveyed {
             detected |= self.search(frame);
@@ -345,6 +378,7 @@ impl FaceRoiExtractor {
                 [0.0; 2]
             },
             vertical_px: self.vertical_px,
+            discontinuity: confirmed.is_some() && (sudden || self.snapped),
         }
     }
 
@@ -380,6 +414,11 @@ impl FaceRoiExtractor {
                     tracker::profile_shift(&self.prev_cols, &self.cols),
                     tracker::profile_shift(&self.prev_rows, &self.rows),
                 ) {
+                    // A shift at the edge of the search range is a lower
+                    // bound: the face may have moved further.
+                    let edge = |d: f64, n: usize| d.abs() + 0.5 >= tracker::max_shift(n) as f64;
+                    self.shift_at_edge = edge(dx, self.cols.len().min(self.prev_cols.len()))
+                        || edge(dy, self.rows.len().min(self.prev_rows.len()));
                     motion = [
                         dx * bin as f64 + rect.x0 as f64 - p.x0 as f64,
                         dy * bin as f64 + rect.y0 as f64 - p.y0 as f64,
@@ -443,6 +482,27 @@ impl FaceRoiExtractor {
                 h: f.h * sy,
             })
             .collect()
+    }
+
+    /// [`Self::redetect`]; after a sudden move (`snap`), a correction is
+    /// applied at once rather than glided in (what remains after a sudden
+    /// move is where the face went, not detector jitter).
+    fn redetect_snapping(&mut self, frame: &Frame, snap: bool) -> bool {
+        let before = self.track.map(|t| t.face);
+        let found = self.redetect(frame);
+        if snap && found && self.correction != [0.0; 4] {
+            if let Some(t) = self.track.as_mut() {
+                t.face.x += self.correction[0];
+                t.face.y += self.correction[1];
+                t.face.w += self.correction[2];
+                t.face.h += self.correction[3];
+            }
+            self.correction = [0.0; 4];
+            self.prev = None;
+        }
+        self.shift_at_edge = false;
+        self.snapped = snap && found && self.track.map(|t| t.face) != before;
+        found
     }
 
     /// Re-detects the tracked face on a crop around it; returns whether it was found.

@@ -48,8 +48,9 @@ pub fn bin_profile(profile: &mut Vec<f64>, bin: usize) {
 }
 
 /// Search range for profiles of `n` samples: a sixth of the profile,
-/// within [`MIN_SHIFT`]..=[`MAX_SHIFT`].
-fn max_shift(n: usize) -> i32 {
+/// within [`MIN_SHIFT`]..=[`MAX_SHIFT`]. A shift found at its edge is a
+/// lower bound: the content may have moved further.
+pub fn max_shift(n: usize) -> i32 {
     ((n / 6) as i32).clamp(MIN_SHIFT, MAX_SHIFT)
 }
 
