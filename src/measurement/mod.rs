@@ -58,20 +58,26 @@ const LOOKS_AGREE_BPM: f64 = 3.0;
 /// a heartbeat, so the pulse averages out of them).
 const SPLICE_WINDOW_S: f64 = 1.0;
 
-/// The samples `[lo, hi)` around jump `k` that set its splice: up to
-/// `window` seconds before it and after it, never across another jump.
-fn splice_spans(
-    t: &[f64],
-    jumps: &[usize],
-    k: usize,
+/// The spans that set each splice, in order: for every jump `j` (within
+/// `1..len`), the samples up to `window_s` seconds before it and after it,
+/// never across another jump; spans of fewer than 3 samples are passed
+/// over (close jumps).
+fn splice_spans<'a>(
+    t: &'a [f64],
+    jumps: &'a [usize],
     window_s: f64,
-) -> ((usize, usize), (usize, usize)) {
-    let j = jumps[k];
-    let lo = if k > 0 { jumps[k - 1] } else { 0 };
-    let hi = jumps.get(k + 1).copied().unwrap_or(t.len());
-    let before = t[lo..j].partition_point(|&x| x < t[j - 1] - window_s) + lo;
-    let after = t[j..hi].partition_point(|&x| x <= t[j] + window_s) + j;
-    ((before, j), (j, after))
+) -> impl Iterator<Item = (std::ops::Range<usize>, std::ops::Range<usize>)> + 'a {
+    (0..jumps.len()).filter_map(move |k| {
+        let j = jumps[k];
+        if j == 0 || j >= t.len() {
+            return None;
+        }
+        let lo = if k > 0 { jumps[k - 1] } else { 0 };
+        let hi = jumps.get(k + 1).copied().unwrap_or(t.len());
+        let before = t[lo..j].partition_point(|&x| x < t[j - 1] - window_s) + lo;
+        let after = t[j..hi].partition_point(|&x| x <= t[j] + window_s) + j;
+        (j - before >= 3 && after - j >= 3).then_some((before..j, j..after))
+    })
 }
 
 /// Splices colour samples at the jumps: each channel after a jump is
@@ -79,32 +85,21 @@ fn splice_spans(
 /// the second before it (re-normalising each segment; POS works on
 /// relative colour, so a scale is the right correction for a change of
 /// skin patch). A jump then costs the pulse a second of slightly wrong
-/// level, not a step the whole band sees. Pure; `t` is the sample times,
-/// `window_s` seconds either side (shorter between close jumps; spans of
-/// fewer than 3 samples are left alone).
+/// level, not a step the whole band sees. Pure; `t` is the sample times.
 fn splice_rgb(trace: &[[f64; 3]], t: &[f64], jumps: &[usize], window_s: f64) -> Vec<[f64; 3]> {
     let mut out = trace.to_vec();
-    for k in 0..jumps.len() {
-        if jumps[k] == 0 || jumps[k] >= out.len() {
-            continue;
-        }
-        let ((b0, b1), (a0, a1)) = splice_spans(t, jumps, k, window_s);
-        if b1 - b0 < 3 || a1 - a0 < 3 {
-            continue;
-        }
+    for (before, after) in splice_spans(t, jumps, window_s) {
         let mean = |s: &[[f64; 3]], c: usize| s.iter().map(|p| p[c]).sum::<f64>() / s.len() as f64;
         let ratio: [f64; 3] = std::array::from_fn(|c| {
-            let (before, after) = (mean(&out[b0..b1], c), mean(&out[a0..a1], c));
-            if after > 1e-9 && before > 1e-9 {
-                before / after
+            let (b, a) = (mean(&out[before.clone()], c), mean(&out[after.clone()], c));
+            if a > 1e-9 && b > 1e-9 {
+                b / a
             } else {
                 1.0
             }
         });
-        for p in &mut out[jumps[k]..] {
-            for c in 0..3 {
-                p[c] *= ratio[c];
-            }
+        for p in &mut out[after.start..] {
+            p.iter_mut().zip(ratio).for_each(|(v, r)| *v *= r);
         }
     }
     out
@@ -113,19 +108,10 @@ fn splice_rgb(trace: &[[f64; 3]], t: &[f64], jumps: &[usize], window_s: f64) -> 
 /// The same for a position trace (additive: the head's vertical position
 /// steps by the jump, which is not breathing).
 fn splice_offsets(trace: &mut [f64], t: &[f64], jumps: &[usize], window_s: f64) {
-    for k in 0..jumps.len() {
-        if jumps[k] == 0 || jumps[k] >= trace.len() {
-            continue;
-        }
-        let ((b0, b1), (a0, a1)) = splice_spans(t, jumps, k, window_s);
-        if b1 - b0 < 3 || a1 - a0 < 3 {
-            continue;
-        }
+    for (before, after) in splice_spans(t, jumps, window_s) {
         let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len() as f64;
-        let offset = mean(&trace[b0..b1]) - mean(&trace[a0..a1]);
-        for v in &mut trace[jumps[k]..] {
-            *v += offset;
-        }
+        let offset = mean(&trace[before]) - mean(&trace[after.clone()]);
+        trace[after.start..].iter_mut().for_each(|v| *v += offset);
     }
 }
 
