@@ -1114,6 +1114,43 @@ mod tests {
     }
 
     #[test]
+    fn a_second_judgement_that_finds_another_rate_than_the_first_is_not_trusted() {
+        // 72/min for the first 20 s; then a far stronger colour wave at
+        // 120/min takes over the whole-scan spectrum by 30 s. The first
+        // judgement (bar out of reach) saw 72, the second finds 120: two
+        // looks that disagree are not evidence, so LOW_SNR, not 120.
+        let cfg = MeasurementConfig {
+            duration_s: 20.0,
+            max_duration_s: 30.0,
+            low_snr_db: 60.0,
+            extended_low_snr_db: -10.0,
+            ..Default::default()
+        };
+        let frames = (0..1200).map(|i| {
+            let mut o = obs(i, i < 600);
+            if i >= 600 {
+                let w = 0.02 * (2.0 * PI * 2.0 * i as f64 / 30.0).sin();
+                o.mean_rgb = [
+                    180.0 * (1.0 - 0.43 * w),
+                    130.0 * (1.0 - w),
+                    110.0 * (1.0 - 0.69 * w),
+                ];
+            }
+            o
+        });
+        let out = run(cfg, frames);
+        let Some(Update::Cancelled { reason, result, .. }) = out.last() else {
+            panic!("{:?}", out.last())
+        };
+        assert_eq!(*reason, CancelReason::LowSnr);
+        assert!(
+            (result.duration_s - 30.0).abs() < 0.1,
+            "{}",
+            result.duration_s
+        );
+    }
+
+    #[test]
     fn a_step_at_a_jump_is_spliced_out_and_the_pulse_kept() {
         // 30 fps, a pulse on a level that steps by 5 % at 4 s (the regions
         // landed on other skin) and the head 12 px lower.
