@@ -319,8 +319,6 @@ pub struct Measurement {
     /// The heart rate the first judgement saw (untrusted); the second
     /// judgement must agree with it.
     first_look_bpm: Option<f64>,
-    /// The heart rate of the last final result, trusted or not.
-    last_raw_bpm: Option<f64>,
     next_result_t: f64,
     results: u32,
     /// Recent `(t, speed in face widths per second)` for the 1 s motion average.
@@ -377,7 +375,6 @@ impl Measurement {
             low_snr_since: None,
             extending: false,
             first_look_bpm: None,
-            last_raw_bpm: None,
             next_result_t: 0.0,
             results: 0,
             speeds: Default::default(),
@@ -702,8 +699,8 @@ impl Measurement {
             return self.finish(result, gain, out);
         }
         if !self.extending && elapsed >= self.cfg.duration_s {
-            let result = self.final_result(0.0);
-            self.first_look_bpm = self.last_raw_bpm;
+            let (result, raw_bpm) = self.judge(0.0);
+            self.first_look_bpm = raw_bpm;
             let weak_but_promising = self.cfg.max_duration_s > self.cfg.duration_s
                 && result
                     .snr_db
@@ -795,12 +792,18 @@ impl Measurement {
     /// Final vitals over everything recorded; the heart rate's confidence
     /// read `gain_db` higher (a judgement over a longer scan).
     fn final_result(&mut self, gain_db: f64) -> ScanResult {
+        self.judge(gain_db).0
+    }
+
+    /// [`Self::final_result`], and the heart rate it found whether trusted
+    /// or not.
+    fn judge(&mut self, gain_db: f64) -> (ScanResult, Option<f64>) {
         let traces = self.traces();
         let mut v = self.estimator.vitals(&traces);
-        self.last_raw_bpm = v.heart.bpm;
+        let raw_bpm = v.heart.bpm;
         v.heart.confidence = self.estimator.confidence(v.heart.snr_db + gain_db);
         let hr_bpm = self.estimator.trusted_hr(&v.heart);
-        ScanResult {
+        let result = ScanResult {
             hr_bpm,
             confidence: v.heart.confidence,
             snr_db: v.heart.bpm.map(|_| v.heart.snr_db),
@@ -815,7 +818,8 @@ impl Measurement {
             respiration_wave: v.respiration.map(|r| r.wave).unwrap_or_default(),
             wave_fs_hz: traces.fs_hz,
             pulse: v.pulse,
-        }
+        };
+        (result, raw_bpm)
     }
 
     /// A result may complete a scan: its SNR (read `gain_db` higher)
@@ -1063,18 +1067,24 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_pulse_too_weak_at_duration_measures_on_and_is_judged_again_at_max_duration() {
-        // The first judgement's bar is out of reach, the extended one not:
-        // the scan measures on with a WEAK_PULSE hint, without live LOW_SNR,
-        // and completes at max_duration_s with the extended bar.
-        let cfg = MeasurementConfig {
+    /// A scan of 20 s that may measure on to 30 s, whose first bar is out
+    /// of reach and whose extended bar is not.
+    fn extending_cfg() -> MeasurementConfig {
+        MeasurementConfig {
             duration_s: 20.0,
             max_duration_s: 30.0,
             low_snr_db: 60.0,
             extended_low_snr_db: -10.0,
             ..Default::default()
-        };
+        }
+    }
+
+    #[test]
+    fn a_pulse_too_weak_at_duration_measures_on_and_is_judged_again_at_max_duration() {
+        // The first judgement's bar is out of reach, the extended one not:
+        // the scan measures on with a WEAK_PULSE hint, without live LOW_SNR,
+        // and completes at max_duration_s with the extended bar.
+        let cfg = extending_cfg();
         // (The live rule judges against the extended bar, -10 dB: no
         // live LOW_SNR for a clean pulse.)
         let out = run_all(cfg.clone(), (0..1200).map(|i| obs(i, true)));
@@ -1119,13 +1129,7 @@ mod tests {
         // 120/min takes over the whole-scan spectrum by 30 s. The first
         // judgement (bar out of reach) saw 72, the second finds 120: two
         // looks that disagree are not evidence, so LOW_SNR, not 120.
-        let cfg = MeasurementConfig {
-            duration_s: 20.0,
-            max_duration_s: 30.0,
-            low_snr_db: 60.0,
-            extended_low_snr_db: -10.0,
-            ..Default::default()
-        };
+        let cfg = extending_cfg();
         let frames = (0..1200).map(|i| {
             let mut o = obs(i, i < 600);
             if i >= 600 {
