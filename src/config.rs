@@ -27,6 +27,26 @@ use toml::{Table, Value};
 /// The embedded, commented defaults.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
+/// The longest timeout, drain or scan wait a key may name, in seconds.
+const HOUR: f64 = 3600.0;
+/// The longest probe wait, in seconds.
+const DAY: f64 = 86_400.0;
+/// The longest wait of a retry schedule: 30 days.
+pub const MAX_RETRY_WAIT_S: f64 = 30.0 * DAY;
+/// The longest `max_age_s`: 10 years.
+const MAX_AGE_S: f64 = 3650.0 * DAY;
+/// The highest resampling rate: a 240 fps camera.
+const MAX_RESAMPLE_HZ: f64 = 240.0;
+
+/// A number as people write it: 1e20, not twenty-one digits.
+fn show(v: f64) -> String {
+    if v != 0.0 && !(1e-4..1e9).contains(&v.abs()) {
+        format!("{v:e}")
+    } else {
+        v.to_string()
+    }
+}
+
 /// Environment variables that are not config keys.
 const NON_KEY_ENV: [&str; 2] = ["RPPG_CONFIG", "RPPG_LOG"];
 
@@ -97,6 +117,8 @@ pub struct ApiSection {
     pub listen: String,
     /// Environment variable holding a bearer token (required off loopback).
     pub token_env: String,
+    /// Browser origins allowed besides this machine's own pages.
+    pub allowed_origins: Vec<String>,
 }
 
 impl ApiSection {
@@ -559,20 +581,24 @@ fn check_common(
             ),
         }
     }
-    if schedule_s.is_empty() || schedule_s.iter().any(|v| !v.is_finite() || *v < 0.0) {
+    if schedule_s.is_empty()
+        || schedule_s
+            .iter()
+            .any(|v| !(0.0..=MAX_RETRY_WAIT_S).contains(v))
+    {
         problem(
             "retry_schedule_s",
-            "must be a non-empty list of waits >= 0".into(),
+            format!("must be a non-empty list of waits within 0..{MAX_RETRY_WAIT_S} s (30 days)"),
             "e.g. [0, 5, 30, 300, 1800, 7200]",
         );
     }
     if !(0.0..=0.5).contains(&jitter) {
         problem("jitter", format!("{jitter} is outside 0..0.5"), "use 0.2");
     }
-    if !(max_age_s.is_finite() && max_age_s >= 0.0) {
+    if !(0.0..=MAX_AGE_S).contains(&max_age_s) {
         problem(
             "max_age_s",
-            "must be >= 0 (0 = no limit)".into(),
+            format!("must be within 0..{MAX_AGE_S} s (0 = no limit; at most 10 years)"),
             "use 0 or a number of seconds",
         );
     }
@@ -722,11 +748,11 @@ fn webhook_destinations(
             }
             signing.push((*scheme, keys));
         }
-        let positive = |v: f64| v.is_finite() && v > 0.0;
-        if !positive(entry.timeout_s) || !positive(entry.connect_timeout_s) {
+        let within = |v: f64| v > 0.0 && v <= HOUR;
+        if !within(entry.timeout_s) || !within(entry.connect_timeout_s) {
             problem(
                 "timeout_s",
-                "timeouts must be greater than 0".into(),
+                format!("timeouts must be greater than 0 and at most {HOUR} s"),
                 "use timeout_s = 5, connect_timeout_s = 3",
             );
         }
@@ -941,11 +967,13 @@ fn mqtt_destinations(
                 "keep {event} in the topic, e.g. rppg/{deviceId}/events/{event}",
             );
         }
-        let positive = |v: f64| v.is_finite() && v > 0.0;
-        if !positive(entry.keep_alive_s) || !positive(entry.ack_timeout_s) {
+        // MQTT carries keep-alive as 16-bit seconds.
+        let keep_alive_ok = (1.0..=65535.0).contains(&entry.keep_alive_s);
+        let ack_ok = entry.ack_timeout_s > 0.0 && entry.ack_timeout_s <= HOUR;
+        if !(keep_alive_ok && ack_ok) {
             problem(
                 "ack_timeout_s",
-                "keep_alive_s and ack_timeout_s must be greater than 0".into(),
+                format!("keep_alive_s must be within 1..65535 and ack_timeout_s within 0..{HOUR} (above 0)"),
                 "use 30 and 10",
             );
         }
@@ -1138,37 +1166,89 @@ impl Config {
             check(false, key, problem, fix);
         }
         let s = &self.scan;
-        let positive = |v: f64| v.is_finite() && v > 0.0;
-        for (key, v) in [
-            ("scan.duration_s", s.duration_s),
-            ("scan.face_init_timeout_s", s.face_init_timeout_s),
-            ("scan.face_lost_timeout_s", s.face_lost_timeout_s),
-            ("scan.dark_timeout_s", s.dark_timeout_s),
+        // Every number of seconds (and rate) has a finite range: beyond it
+        // a duration overflows, or a buffer sized from it cannot be held.
+        for (key, v, hi, fix) in [
+            (
+                "scan.duration_s",
+                s.duration_s,
+                HOUR,
+                "use 10-120 s; 30 s is typical",
+            ),
+            (
+                "scan.face_init_timeout_s",
+                s.face_init_timeout_s,
+                HOUR,
+                "use 10",
+            ),
+            (
+                "scan.face_lost_timeout_s",
+                s.face_lost_timeout_s,
+                HOUR,
+                "use 3",
+            ),
+            ("scan.dark_timeout_s", s.dark_timeout_s, HOUR, "use 5"),
             (
                 "scan.max_motion_face_widths_per_s",
                 s.max_motion_face_widths_per_s,
+                100.0,
+                "use about 1",
             ),
-            ("scan.motion_timeout_s", s.motion_timeout_s),
-            ("scan.low_snr_timeout_s", s.low_snr_timeout_s),
-            ("scan.intermediate_interval_s", s.intermediate_interval_s),
-            ("vision.detect_interval_s", self.vision.detect_interval_s),
-            ("signal.resample_hz", self.signal.resample_hz),
+            ("scan.motion_timeout_s", s.motion_timeout_s, HOUR, "use 5"),
+            (
+                "scan.low_snr_timeout_s",
+                s.low_snr_timeout_s,
+                HOUR,
+                "use 10",
+            ),
+            (
+                "scan.intermediate_interval_s",
+                s.intermediate_interval_s,
+                HOUR,
+                "use 1",
+            ),
+            (
+                "vision.detect_interval_s",
+                self.vision.detect_interval_s,
+                60.0,
+                "use 1",
+            ),
+            (
+                "signal.resample_hz",
+                self.signal.resample_hz,
+                MAX_RESAMPLE_HZ,
+                "use 30 (a camera's frame rate)",
+            ),
             (
                 "signal.projection_window_s",
                 self.signal.projection_window_s,
+                60.0,
+                "use 1.6",
             ),
-            ("signal.hr_window_s", self.signal.hr_window_s),
-            ("signal.rr_min_window_s", self.signal.rr_min_window_s),
+            (
+                "signal.hr_window_s",
+                self.signal.hr_window_s,
+                HOUR,
+                "use 10",
+            ),
+            (
+                "signal.rr_min_window_s",
+                self.signal.rr_min_window_s,
+                HOUR,
+                "use 20",
+            ),
             (
                 "signal.confidence_slope_db",
                 self.signal.confidence_slope_db,
+                60.0,
+                "use 2",
             ),
         ] {
             check(
-                positive(v),
+                v.is_finite() && v > 0.0 && v <= hi,
                 key,
-                format!("must be greater than 0, found {v}"),
-                "use a positive number",
+                format!("must be greater than 0 and at most {hi}, found {}", show(v)),
+                fix,
             );
         }
         check(
@@ -1239,21 +1319,29 @@ impl Config {
         );
         let d = &self.delivery;
         check(
-            d.drain_timeout_s.is_finite() && d.drain_timeout_s >= 0.0,
+            (0.0..=HOUR).contains(&d.drain_timeout_s),
             "delivery.drain_timeout_s",
-            format!("must be >= 0, found {}", d.drain_timeout_s),
+            format!(
+                "must be within 0..{HOUR}, found {}",
+                show(d.drain_timeout_s)
+            ),
             "use 5",
         );
         check(
-            positive(d.probe_initial_s)
-                && positive(d.probe_max_s)
-                && d.probe_initial_s <= d.probe_max_s,
+            d.probe_initial_s > 0.0 && d.probe_initial_s <= d.probe_max_s,
             "delivery.probe_initial_s",
             format!(
                 "probe waits {}..{} s must be positive and ordered",
-                d.probe_initial_s, d.probe_max_s
+                show(d.probe_initial_s),
+                show(d.probe_max_s)
             ),
             "use probe_initial_s = 1, probe_max_s = 300",
+        );
+        check(
+            d.probe_max_s <= DAY,
+            "delivery.probe_max_s",
+            format!("must be at most {DAY} s, found {}", show(d.probe_max_s)),
+            "use 300",
         );
         let v = &self.vision;
         check(
@@ -1288,9 +1376,9 @@ impl Config {
             "use 64",
         );
         check(
-            v.correction_time_s >= 0.0,
+            (0.0..=60.0).contains(&v.correction_time_s),
             "vision.correction_time_s",
-            format!("must not be negative, found {}", v.correction_time_s),
+            format!("must be within 0..60, found {}", v.correction_time_s),
             "use 1.0, or 0 to apply corrections at once",
         );
         check(

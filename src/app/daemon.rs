@@ -28,7 +28,7 @@
 //! the outbox before it is shown on `/v1/events`; secrets and tokens never
 //! reach a log line or a response.
 
-use super::scan::{run_scan, ScanOptions};
+use super::scan::{run_scan, CancelRequest, ScanOptions};
 use super::sinks::OutboxSink;
 use super::{deliver, device_id, unix_ms, AppError};
 use crate::capture::{Frame, SourceSpec};
@@ -37,6 +37,7 @@ use crate::delivery::signing::ct_eq;
 use crate::delivery::webhook::LATENCY_BUCKETS_S;
 use crate::delivery::Lane;
 use crate::events::{ulid, EventKind, EventSink, SinkError, StampedEvent};
+use crate::measurement::CancelReason;
 use crate::outbox::Outbox;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -89,7 +90,7 @@ struct ScanRecord {
 
 struct Running {
     id: String,
-    cancel: Arc<AtomicBool>,
+    cancel: Arc<CancelRequest>,
     thread: std::thread::JoinHandle<()>,
 }
 
@@ -181,7 +182,7 @@ impl Shared {
             return Err(StartError::OutboxFull);
         }
         let id = format!("scn_{}", ulid(unix_ms(), super::random_u128()));
-        let cancel = Arc::new(AtomicBool::new(false));
+        let cancel = Arc::new(CancelRequest::default());
         let mut config = self.config.clone();
         let mut source: SourceSpec = config
             .run
@@ -285,11 +286,11 @@ impl Shared {
         }
     }
 
-    /// Asks the running scan to stop; returns its id.
-    fn cancel_current(&self) -> Option<String> {
+    /// Asks the running scan to stop for `reason`; returns its id.
+    fn cancel_current(&self, reason: CancelReason) -> Option<String> {
         let st = self.state.lock().expect("state lock");
         st.current.as_ref().map(|r| {
-            r.cancel.store(true, Ordering::Relaxed);
+            r.cancel.request(reason);
             r.id.clone()
         })
     }
@@ -501,6 +502,13 @@ fn error(status: StatusCode, message: &str) -> Response<Body> {
     json_response(status, json!({"error": message}))
 }
 
+fn too_large() -> Response<Body> {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!("the body is larger than {MAX_BODY_BYTES} bytes"),
+    )
+}
+
 /// One SSE message for an event.
 fn sse_message(e: &StampedEvent) -> Bytes {
     let mut m = format!("event: {}\nid: {}\ndata: ", e.kind.name(), e.id).into_bytes();
@@ -544,6 +552,64 @@ fn sse(shared: &Arc<Shared>, stop: watch::Receiver<bool>) -> Response<Body> {
     r
 }
 
+/// Largest request body accepted (a POST's JSON is a few dozen bytes).
+const MAX_BODY_BYTES: usize = 64 * 1024;
+/// A client must send its request headers within this time.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 128;
+
+/// Whether the request comes from this machine's clients rather than from a
+/// web page: without a token, `Host` must name loopback (`localhost`, a
+/// loopback address) so a DNS-rebinding page whose name resolves to
+/// 127.0.0.1 is refused; with a token any `Host` is fine (the page cannot
+/// know the token). An `Origin` header (a browser's) must be a page of this
+/// machine or one of `allowed`. Pure, so the rule is tested directly.
+fn same_site(
+    token_configured: bool,
+    host: Option<&str>,
+    origin: Option<&str>,
+    allowed: &[String],
+) -> Result<(), String> {
+    if !token_configured {
+        let host = host.unwrap_or("");
+        if !is_loopback_authority(host) {
+            return Err(format!(
+                "Host {host:?} is not this machine: the API answers requests for localhost only \
+                 (a web page reaching it through another name is refused)"
+            ));
+        }
+    }
+    if let Some(origin) = origin {
+        let own = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"))
+            .is_some_and(is_loopback_authority);
+        if !own && !allowed.iter().any(|a| a == origin) {
+            return Err(format!(
+                "requests from the web page {origin:?} are refused; list it in api.allowed_origins"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `localhost`, `127.x.y.z` or `[::1]`, with an optional port.
+fn is_loopback_authority(authority: &str) -> bool {
+    let host = if let Some(rest) = authority.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((h, port)) if port.is_empty() || port.starts_with(':') => h,
+            _ => return false,
+        }
+    } else {
+        authority.split(':').next().unwrap_or("")
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Why a request is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Refusal {
@@ -563,9 +629,11 @@ fn admit(
 ) -> Result<(), Refusal> {
     match token {
         Some(token) => {
+            // The scheme is case-insensitive (RFC 9110, 11.1).
             let given = authorization
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .unwrap_or("");
+                .and_then(|v| v.trim().split_once(' '))
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map_or("", |(_, t)| t.trim());
             if ct_eq(given.as_bytes(), token.as_bytes()) {
                 Ok(())
             } else {
@@ -612,6 +680,15 @@ async fn handle(
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    if let Err(why) = same_site(
+        shared.token.is_some(),
+        header("host"),
+        header("origin"),
+        &shared.config.api.allowed_origins,
+    ) {
+        return Ok(error(StatusCode::FORBIDDEN, &why));
+    }
     if let Err(r) = authorised(&shared, peer, &req) {
         return Ok(*r);
     }
@@ -619,11 +696,42 @@ async fn handle(
     let method = req.method().clone();
     let response = match (method, path.as_str()) {
         (Method::POST, "/v1/scans") => {
-            let body = match req.into_body().collect().await {
+            let json_type = req
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .map(|v| {
+                    v.split(';')
+                        .next()
+                        .unwrap_or("")
+                        .trim()
+                        .eq_ignore_ascii_case("application/json")
+                });
+            let declared = req
+                .headers()
+                .get("content-length")
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+                return Ok(too_large());
+            }
+            let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY_BYTES)
+                .collect()
+                .await
+            {
                 Ok(b) => b.to_bytes(),
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => return Ok(too_large()),
                 Err(_) => Bytes::new(),
             };
-            let params: Value = if body.iter().all(u8::is_ascii_whitespace) {
+            let empty = body.iter().all(u8::is_ascii_whitespace);
+            // A browser sends text/plain without asking first (no CORS
+            // preflight); JSON must say it is JSON.
+            if json_type == Some(false) || (!empty && json_type.is_none()) {
+                return Ok(error(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "send the body as Content-Type: application/json",
+                ));
+            }
+            let params: Value = if empty {
                 json!({})
             } else {
                 match serde_json::from_slice(&body) {
@@ -668,13 +776,15 @@ async fn handle(
                 ),
             }
         }
-        (Method::DELETE, "/v1/scans/current") => match shared.cancel_current() {
-            Some(id) => json_response(
-                StatusCode::ACCEPTED,
-                json!({"id": id, "state": "cancelling"}),
-            ),
-            None => error(StatusCode::NOT_FOUND, "no scan is running"),
-        },
+        (Method::DELETE, "/v1/scans/current") => {
+            match shared.cancel_current(CancelReason::Requested) {
+                Some(id) => json_response(
+                    StatusCode::ACCEPTED,
+                    json!({"id": id, "state": "cancelling"}),
+                ),
+                None => error(StatusCode::NOT_FOUND, "no scan is running"),
+            }
+        }
         (Method::GET, p) if p.starts_with("/v1/scans/") => {
             let id = &p["/v1/scans/".len()..];
             let id = if id == "current" {
@@ -873,28 +983,54 @@ pub async fn serve(
         std::thread::spawn(move || auto_start_loop(sh, st))
     });
     tokio::pin!(shutdown);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut accept_failures = 0u32;
     loop {
-        tokio::select! {
+        // At most MAX_CONNECTIONS are served at once; the rest wait in the
+        // backlog. Headers must arrive within HEADER_READ_TIMEOUT, so
+        // half-open connections are shed and cannot hold the slots.
+        let slot = tokio::select! {
             _ = &mut shutdown => break,
-            accepted = listener.accept() => {
-                let Ok((stream, peer)) = accepted else { continue };
-                let (sh, stop) = (shared.clone(), stop_rx.clone());
-                tokio::spawn(async move {
-                    let io = hyper_util::rt::TokioIo::new(stream);
-                    let service = hyper::service::service_fn(move |req| {
-                        handle(sh.clone(), stop.clone(), peer, req)
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(io, service)
-                        .await;
-                });
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+        };
+        let accepted = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => {
+                accept_failures = 0;
+                a
             }
-        }
+            Err(e) => {
+                // Out of file descriptors (EMFILE) or similar: back off
+                // instead of spinning; connections finishing free some.
+                accept_failures = accept_failures.saturating_add(1);
+                let wait = Duration::from_millis(10u64 << accept_failures.min(7));
+                if accept_failures == 1 {
+                    tracing::warn!(error = %e, "accepting a connection failed; backing off");
+                }
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+        };
+        let (sh, stop) = (shared.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let service =
+                hyper::service::service_fn(move |req| handle(sh.clone(), stop.clone(), peer, req));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(io, service)
+                .await;
+        });
     }
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     auto_stop.store(true, Ordering::Relaxed);
-    if let Some(id) = shared.cancel_current() {
+    if let Some(id) = shared.cancel_current(CancelReason::Shutdown) {
         tracing::info!(scan = %id, "cancelling the running scan");
     }
     let sh = shared.clone();
@@ -927,19 +1063,24 @@ pub async fn serve(
     Ok(Summary { scans, pending })
 }
 
-/// Resolves on SIGTERM or SIGINT.
+/// Resolves on SIGTERM, SIGINT or SIGHUP (a closed terminal or session:
+/// the daemon stops as cleanly as on SIGTERM).
 pub async fn termination() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) {
+            (Ok(mut term), Ok(mut hup)) => {
                 tokio::select! {
                     _ = term.recv() => {}
+                    _ = hup.recv() => {}
                     _ = tokio::signal::ctrl_c() => {}
                 }
             }
-            Err(_) => {
+            _ => {
                 let _ = tokio::signal::ctrl_c().await;
             }
         }

@@ -177,9 +177,10 @@ pub fn run(cli: Cli) -> Result<i32, AppError> {
                 config.signal.method = m;
             }
             if let Some(f) = a.fps {
-                if !(f.is_finite() && f > 0.0 && f <= 1000.0) {
+                use crate::capture::y4m::{MAX_FPS, MIN_FPS};
+                if !(MIN_FPS..=MAX_FPS).contains(&f) {
                     return Err(AppError::Usage(format!(
-                        "--fps {f} must be a frame rate in 0..1000"
+                        "--fps {f} must be a frame rate within {MIN_FPS}..{MAX_FPS}"
                     )));
                 }
             }
@@ -206,13 +207,9 @@ pub fn run(cli: Cli) -> Result<i32, AppError> {
         },
         Command::Verify(a) => verify(a),
         Command::Sync { timeout_s, config } => {
-            if !(timeout_s.is_finite() && timeout_s >= 0.0) {
-                return Err(AppError::Usage(format!(
-                    "--timeout {timeout_s} must be a number of seconds >= 0"
-                )));
-            }
+            let timeout = check_timeout(timeout_s)?;
             let config = load_config(config.as_deref())?;
-            deliver::sync(&config, std::time::Duration::from_secs_f64(timeout_s))
+            deliver::sync(&config, timeout)
         }
         Command::SendTest {
             count,
@@ -223,23 +220,15 @@ pub fn run(cli: Cli) -> Result<i32, AppError> {
             if count == 0 {
                 return Err(AppError::Usage("--count must be at least 1".into()));
             }
-            if !(rate.is_finite() && rate >= 0.0) {
+            if !(rate == 0.0 || (MIN_RATE..=MAX_RATE).contains(&rate)) {
                 return Err(AppError::Usage(format!(
-                    "--rate {rate} must be events per second >= 0 (0: as fast as possible)"
+                    "--rate {rate:e} must be 0 (as fast as possible) or events per second \
+                     within {MIN_RATE}..{MAX_RATE}"
                 )));
             }
-            if !(timeout_s.is_finite() && timeout_s >= 0.0) {
-                return Err(AppError::Usage(format!(
-                    "--timeout {timeout_s} must be a number of seconds >= 0"
-                )));
-            }
+            let timeout = check_timeout(timeout_s)?;
             let config = load_config(config.as_deref())?;
-            deliver::send_test(
-                &config,
-                count,
-                rate,
-                std::time::Duration::from_secs_f64(timeout_s),
-            )
+            deliver::send_test(&config, count, rate, timeout)
         }
         Command::Outbox { action, config } => {
             let config = load_config(config.as_deref())?;
@@ -477,6 +466,34 @@ fn verify(a: cli::VerifyArgs) -> Result<i32, AppError> {
     }
 }
 
+/// A cancel request that SIGTERM, SIGINT and SIGHUP set (reason SHUTDOWN),
+/// so that a stopped scan still stores its terminal event.
+fn termination_cancels() -> Result<std::sync::Arc<scan::CancelRequest>, AppError> {
+    let cancel = std::sync::Arc::new(scan::CancelRequest::default());
+    #[cfg(unix)]
+    cancel
+        .on_termination_signals()
+        .map_err(|e| AppError::Usage(format!("cannot handle termination signals: {e}")))?;
+    Ok(cancel)
+}
+
+/// `send-test --rate` bounds: one event in 1000 s up to 100,000 per second.
+const MIN_RATE: f64 = 0.001;
+const MAX_RATE: f64 = 100_000.0;
+/// The longest `--timeout`: a day.
+const MAX_TIMEOUT_S: f64 = 86_400.0;
+
+/// `--timeout` as a duration: 0..=a day.
+fn check_timeout(timeout_s: f64) -> Result<std::time::Duration, AppError> {
+    if (0.0..=MAX_TIMEOUT_S).contains(&timeout_s) {
+        Ok(std::time::Duration::from_secs_f64(timeout_s))
+    } else {
+        Err(AppError::Usage(format!(
+            "--timeout {timeout_s:e} must be a number of seconds within 0..{MAX_TIMEOUT_S}"
+        )))
+    }
+}
+
 fn check_seconds(seconds: f64) -> Result<(), AppError> {
     if seconds.is_finite() && (5.0..=3600.0).contains(&seconds) {
         Ok(())
@@ -657,7 +674,7 @@ fn scan_command(a: cli::ScanArgs) -> Result<i32, AppError> {
         config,
         realtime: false,
         subject: a.subject.clone(),
-        cancel: None,
+        cancel: Some(termination_cancels()?),
     };
     let report = scan::run_scan(opts, &mut sinks, &mut |p, e| {
         if e.is_some() {
@@ -831,7 +848,7 @@ fn demo(a: cli::DemoArgs) -> Result<i32, AppError> {
         config,
         realtime: !a.fast,
         subject: None,
-        cancel: None,
+        cancel: Some(termination_cancels()?),
     };
     let mut print_error = None;
     let report = scan::run_scan(

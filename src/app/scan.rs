@@ -30,8 +30,66 @@ pub struct ScanOptions {
     pub realtime: bool,
     /// Who is measured (`Patient/<id>`), carried in SCAN_COMPLETED for FHIR.
     pub subject: Option<String>,
-    /// Set from outside (API, shutdown) to cancel the scan with reason REQUESTED.
-    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Set from outside (API, signals, shutdown) to cancel the scan.
+    pub cancel: Option<std::sync::Arc<CancelRequest>>,
+}
+
+/// A request from outside to end a running scan, with its reason: the API's
+/// `DELETE` (REQUESTED), a signal or the daemon's shutdown (SHUTDOWN). The
+/// scan loop reads it between frames; a source never blocks longer than its
+/// stall timeout, so a request is honoured within a few seconds at worst.
+/// Signal handlers may set it (it is one atomic word).
+#[derive(Debug, Default)]
+pub struct CancelRequest(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl CancelRequest {
+    /// The reasons a request can carry, by their stored value (0 = none).
+    const REASONS: [CancelReason; 2] = [CancelReason::Requested, CancelReason::Shutdown];
+
+    /// Asks the scan to end for `reason` (the first request wins).
+    pub fn request(&self, reason: CancelReason) {
+        let value = Self::value_of(reason);
+        let _ = self.0.compare_exchange(
+            0,
+            value,
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+        );
+    }
+
+    /// The reason asked for, if any.
+    pub fn requested(&self) -> Option<CancelReason> {
+        match self.0.load(std::sync::atomic::Ordering::SeqCst) {
+            0 => None,
+            v => Self::REASONS.get(v - 1).copied(),
+        }
+    }
+
+    fn value_of(reason: CancelReason) -> usize {
+        Self::REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .map_or(1, |i| i + 1)
+    }
+
+    /// Ends the scan with SHUTDOWN on SIGTERM, SIGINT or SIGHUP, so that a
+    /// stopped `scan` still stores its MEASUREMENT_CANCELED. A second
+    /// signal of the same kind ends the process at once (exit 130).
+    #[cfg(unix)]
+    pub fn on_termination_signals(&self) -> std::io::Result<()> {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let once = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        for sig in [SIGTERM, SIGINT, SIGHUP] {
+            signal_hook::flag::register_conditional_shutdown(sig, 130, once.clone())?;
+            signal_hook::flag::register(sig, once.clone())?;
+            signal_hook::flag::register_usize(
+                sig,
+                self.0.clone(),
+                Self::value_of(CancelReason::Shutdown),
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// Live state, reported after every frame.
@@ -96,20 +154,35 @@ impl ScanReport {
 }
 
 /// Stamps and fans events out to the sinks.
+///
+/// A sink that fails (standard output closed by `| head`, a full disk under
+/// the events file or the outbox) is set aside and remembered: the scan
+/// then ends with OUTPUT_ERROR, and that terminal event still reaches every
+/// other sink (the outbox keeps MEASUREMENT_CANCELED when stdout broke).
+/// The first failure is returned when the scan has ended.
 struct Emitter<'a, 'b> {
     stamper: Stamper,
     sinks: &'a mut [&'b mut dyn EventSink],
+    /// Per sink: whether it has failed (and is no longer written).
+    failed: Vec<bool>,
+    broken: Option<crate::events::SinkError>,
     count: u64,
 }
 
 impl Emitter<'_, '_> {
-    fn emit(&mut self, event: &Event) -> Result<StampedEvent, AppError> {
+    fn emit(&mut self, event: &Event) -> StampedEvent {
         let stamped = self.stamper.stamp(event, unix_ms(), random_u128());
-        for sink in self.sinks.iter_mut() {
-            sink.accept(&stamped)?;
+        for (sink, failed) in self.sinks.iter_mut().zip(self.failed.iter_mut()) {
+            if *failed {
+                continue;
+            }
+            if let Err(e) = sink.accept(&stamped) {
+                *failed = true;
+                self.broken.get_or_insert(e);
+            }
         }
         self.count += 1;
-        Ok(stamped)
+        stamped
     }
 }
 
@@ -134,9 +207,12 @@ pub fn run_scan(
 ) -> Result<ScanReport, AppError> {
     let session_id = format!("ses_{}", ulid(unix_ms(), random_u128()));
     let measurement_id = format!("msr_{}", ulid(unix_ms(), random_u128()));
+    let failed = vec![false; sinks.len()];
     let mut emitter = Emitter {
         stamper: Stamper::new(opts.device_id.clone(), session_id.clone()),
         sinks,
+        failed,
+        broken: None,
         count: 0,
     };
     let detector = load_detector(&opts.config)?;
@@ -147,12 +223,12 @@ pub fn run_scan(
                 (SourceSpec::Camera(_), "INPUT_ERROR") => "CAMERA_START_ERROR",
                 (_, d) => d,
             };
-            emitter.emit(&Event::input_failed(details, &e.to_string()))?;
+            emitter.emit(&Event::input_failed(details, &e.to_string()));
             return Err(e.into());
         }
     };
     let info = source.info().clone();
-    let e = emitter.emit(&Event::camera_started(&info))?;
+    let e = emitter.emit(&Event::camera_started(&info));
     progress(&idle(), Some(&e));
 
     let mut vision = FaceRoiExtractor::new(detector, opts.config.vision());
@@ -190,18 +266,18 @@ pub fn run_scan(
             if let (EventKind::ScanCompleted, Some(s)) = (event.kind, &opts.subject) {
                 event.payload["subject"] = serde_json::Value::String(s.clone());
             }
-            let stamped = emitter.emit(&event)?;
+            let stamped = emitter.emit(&event);
             progress(&live, Some(&stamped));
         }
         if ended.is_some() || failure.is_some() {
             break;
         }
-        if opts
-            .cancel
-            .as_ref()
-            .is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed))
-        {
-            measurement.cancel(CancelReason::Requested, &mut updates);
+        if let Some(reason) = opts.cancel.as_ref().and_then(|c| c.requested()) {
+            measurement.cancel(reason, &mut updates);
+            continue;
+        }
+        if emitter.broken.is_some() {
+            measurement.cancel(CancelReason::OutputError, &mut updates);
             continue;
         }
         match source.next_frame(&mut frame) {
@@ -211,7 +287,7 @@ pub fn run_scan(
                 continue;
             }
             Err(e) => {
-                emitter.emit(&Event::input_failed(e.details(), &e.to_string()))?;
+                emitter.emit(&Event::input_failed(e.details(), &e.to_string()));
                 measurement.cancel(CancelReason::InputError, &mut updates);
                 failure = Some(e);
                 continue;
@@ -234,6 +310,9 @@ pub fn run_scan(
         progress(&live, None);
     }
     if let Some(e) = failure {
+        return Err(e.into());
+    }
+    if let Some(e) = emitter.broken {
         return Err(e.into());
     }
     let (cancelled, constraint, result) = ended.expect("the loop ends only with a terminal update");

@@ -25,12 +25,11 @@ fn is_frame(path: &Path) -> bool {
 }
 
 fn decode(path: &Path, index: u64) -> Result<image::RgbImage, CaptureError> {
-    let img = image::open(path).map_err(|e| CaptureError::BadFrame {
+    super::decode_still(path, super::y4m::MAX_PIXELS).map_err(|problem| CaptureError::BadFrame {
         input: path.display().to_string(),
         index,
-        problem: format!("cannot decode: {e}"),
-    })?;
-    Ok(img.to_rgb8())
+        problem,
+    })
 }
 
 impl FramesDirSource {

@@ -20,6 +20,7 @@ pub mod camera;
 pub mod frames_dir;
 pub mod rgb_csv;
 pub mod scene;
+pub mod stall;
 pub mod synthetic;
 pub mod y4m;
 
@@ -137,19 +138,83 @@ pub enum CaptureError {
     CameraUnavailable(String),
     #[error("camera: {0}")]
     Camera(camera::CameraFailure),
+    #[error("{input}: no data for {after_s:.1} s: the input stalled (is the program writing it still running?)")]
+    Stalled { input: String, after_s: f64 },
 }
 
 impl CaptureError {
     /// The `details` code of the event that reports this error
-    /// (`CAMERA_PERMISSION_DENIED`, `CAMERA_START_ERROR`, `CAMERA_STALLED`, `INPUT_ERROR`).
+    /// (`CAMERA_PERMISSION_DENIED`, `CAMERA_START_ERROR`, `CAMERA_STALLED`,
+    /// `INPUT_STALLED`, `INPUT_ERROR`).
     pub fn details(&self) -> &'static str {
         match self {
             CaptureError::Camera(f) => f.details(),
             CaptureError::CameraUnavailable(_) => "CAMERA_START_ERROR",
+            CaptureError::Stalled { .. } => "INPUT_STALLED",
             _ => "INPUT_ERROR",
         }
     }
+
+    /// A read error of `input`: a stall (see [`stall`]) or plain I/O.
+    pub fn read(input: &str, source: std::io::Error) -> CaptureError {
+        match stall::stalled_for(&source) {
+            Some(s) => CaptureError::Stalled {
+                input: input.to_string(),
+                after_s: s.after.as_secs_f64(),
+            },
+            None => CaptureError::Read {
+                input: input.to_string(),
+                source,
+            },
+        }
+    }
 }
+
+/// Decodes a still image (PNG or JPEG) from `path` into RGB8, refusing one
+/// of more than `max_pixels` before decoding it (a 420 KB PNG can declare
+/// 12000x12000 pixels) and a JPEG cut short (its decoder would fill the
+/// missing part with grey, silently). Returns the problem in words.
+pub fn decode_still(path: &std::path::Path, max_pixels: u64) -> Result<image::RgbImage, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(&bytes))
+        .with_guessed_format()
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if reader.format().is_none() {
+        // Not recognisable by content: let the extension's decoder say why.
+        if let Ok(f) = image::ImageFormat::from_path(path) {
+            reader.set_format(f);
+        }
+    }
+    let format = reader.format();
+    let (w, h) = reader
+        .into_dimensions()
+        .map_err(|e| format!("cannot decode: {e}"))?;
+    if w as u64 * h as u64 > max_pixels {
+        return Err(format!(
+            "{w}x{h} is more than the {max_pixels} pixels accepted"
+        ));
+    }
+    if format == Some(image::ImageFormat::Jpeg) && !jpeg_is_complete(&bytes) {
+        return Err("the JPEG is truncated (no end-of-image marker after its image data)".into());
+    }
+    let img = image::load_from_memory(&bytes).map_err(|e| format!("cannot decode: {e}"))?;
+    Ok(img.into_rgb8())
+}
+
+/// Whether a JPEG's last scan is followed by its end-of-image marker
+/// (`FF D9`). Inside entropy-coded data `FF` is always followed by `00` or
+/// a restart marker, so an `FF D9` after the last start-of-scan (`FF DA`)
+/// can only be the real end.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let last_scan = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
+    last_scan.is_some_and(|at| bytes[at..].windows(2).any(|w| w == [0xFF, 0xD9]))
+}
+
+/// A pipe or FIFO may take this long to deliver its first byte (a writer
+/// starting up, an encoder opening a device).
+pub const FIRST_DATA_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// After its first byte, a stream silent this long has stalled (as a camera).
+pub const STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// A parsed `--input` value.
 #[derive(Debug, Clone, PartialEq)]
@@ -257,19 +322,46 @@ impl std::str::FromStr for SourceSpec {
 pub fn open(spec: &SourceSpec) -> Result<Box<dyn FrameSource>, CaptureError> {
     match spec {
         SourceSpec::Synthetic(p) => Ok(Box::new(synthetic::SyntheticSource::new(*p.clone())?)),
-        SourceSpec::Y4m(path) if path.as_os_str() == "-" => Ok(Box::new(y4m::Y4mSource::new(
-            Box::new(std::io::BufReader::with_capacity(1 << 20, std::io::stdin())),
-            "stdin".into(),
-        )?)),
+        // Standard input, FIFOs and devices may stall: they are read by a
+        // thread, with a timeout. Regular files are read directly.
+        SourceSpec::Y4m(path) if path.as_os_str() == "-" => {
+            let guard = stall::StallGuard::spawn(
+                || Ok(std::io::stdin()),
+                FIRST_DATA_TIMEOUT,
+                STALL_TIMEOUT,
+            )
+            .map_err(|e| CaptureError::read("stdin", e))?;
+            Ok(Box::new(y4m::Y4mSource::new(
+                Box::new(std::io::BufReader::with_capacity(1 << 16, guard)),
+                "stdin".into(),
+            )?))
+        }
         SourceSpec::Y4m(path) => {
-            let file = std::fs::File::open(path).map_err(|source| CaptureError::Open {
+            let open_error = |source| CaptureError::Open {
                 path: path.clone(),
                 source,
-            })?;
-            Ok(Box::new(y4m::Y4mSource::new(
-                Box::new(std::io::BufReader::with_capacity(1 << 20, file)),
-                path.display().to_string(),
-            )?))
+            };
+            let kind = std::fs::metadata(path).map_err(open_error)?.file_type();
+            let input = path.display().to_string();
+            let reader: Box<dyn std::io::BufRead + Send> = if kind.is_file() {
+                let file = std::fs::File::open(path).map_err(open_error)?;
+                Box::new(std::io::BufReader::with_capacity(1 << 20, file))
+            } else if kind.is_dir() {
+                return Err(CaptureError::Spec {
+                    spec: input,
+                    problem: "is a directory; for a directory of images use frames:DIR".into(),
+                });
+            } else {
+                let owned = path.clone();
+                let guard = stall::StallGuard::spawn(
+                    move || std::fs::File::open(owned),
+                    FIRST_DATA_TIMEOUT,
+                    STALL_TIMEOUT,
+                )
+                .map_err(|e| CaptureError::read(&input, e))?;
+                Box::new(std::io::BufReader::with_capacity(1 << 16, guard))
+            };
+            Ok(Box::new(y4m::Y4mSource::new(reader, input)?))
         }
         SourceSpec::Frames { dir, fps } => {
             Ok(Box::new(frames_dir::FramesDirSource::new(dir, *fps)?))

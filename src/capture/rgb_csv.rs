@@ -9,11 +9,19 @@
 //! the frame rate. Values are plain decimal numbers; blank lines are skipped.
 //!
 //! Invariants: every row has every required column as a finite number; time
-//! never decreases (equal times are kept: the resampler keeps the first);
-//! errors name the line and column.
+//! never decreases (equal times are kept: the resampler keeps the first) and
+//! never jumps by more than [`MAX_GAP_S`] nor runs past [`MAX_DURATION_S`] (a longer gap is another recording
+//! or a broken clock, and would size the resampled signal); a UTF-8 byte
+//! order mark (as spreadsheet exports write) is skipped; errors name the
+//! line and column.
 
 use super::CaptureError;
 use std::io::BufRead;
+
+/// The longest time between two rows, in seconds.
+pub const MAX_GAP_S: f64 = 5.0;
+/// The longest trace, in seconds (as the longest scan).
+pub const MAX_DURATION_S: f64 = 3600.0;
 
 /// A parsed trace: timestamps in seconds from the first row, and `[R, G, B]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,6 +52,7 @@ pub fn read(reader: impl BufRead, input: &str, fps: Option<f64>) -> Result<RgbTr
                     input: input.to_string(),
                     source,
                 })?;
+                let line = line.strip_prefix('\u{feff}').unwrap_or(&line).to_string();
                 if !line.trim().is_empty() {
                     break line;
                 }
@@ -66,8 +75,16 @@ pub fn read(reader: impl BufRead, input: &str, fps: Option<f64>) -> Result<RgbTr
     let time = find(&["time", "time_ms"]);
     let step_s = match (time, fps) {
         (Some(_), _) => None,
-        (None, Some(f)) if f.is_finite() && f > 0.0 => Some(1.0 / f),
-        (None, Some(f)) => return Err(bad(format!("--fps {f} is not a positive frame rate"))),
+        (None, Some(f)) if (super::y4m::MIN_FPS..=super::y4m::MAX_FPS).contains(&f) => {
+            Some(1.0 / f)
+        }
+        (None, Some(f)) => {
+            return Err(bad(format!(
+                "--fps {f} is outside {}..{} fps",
+                super::y4m::MIN_FPS,
+                super::y4m::MAX_FPS
+            )))
+        }
         (None, None) => {
             return Err(bad(
                 "there is no time column (milliseconds); give the frame rate with --fps".into(),
@@ -130,6 +147,18 @@ pub fn read(reader: impl BufRead, input: &str, fps: Option<f64>) -> Result<RgbTr
                     prev * 1000.0
                 )));
             }
+            if t > MAX_DURATION_S {
+                return Err(bad(format!(
+                    "line {line_no}: the trace is longer than {MAX_DURATION_S} s; analyse it in parts"
+                )));
+            }
+            if t - prev > MAX_GAP_S {
+                return Err(bad(format!(
+                    "line {line_no}: time jumps by {:.0} ms; rows more than {MAX_GAP_S} s apart \
+                     are not one recording (split the file, or check the time column is in ms)",
+                    (t - prev) * 1000.0
+                )));
+            }
         }
         trace.t_s.push(t);
         trace.rgb.push(rgb);
@@ -160,6 +189,13 @@ mod tests {
     }
 
     #[test]
+    fn a_byte_order_mark_before_the_header_is_skipped() {
+        let t = parse("\u{feff}time,R,G,B\n0,1,2,3\n33,4,5,6\n", None).unwrap();
+        assert_eq!(t.rgb.len(), 2);
+        assert!(t.timed);
+    }
+
+    #[test]
     fn an_untimed_trace_uses_the_frame_rate() {
         let t = parse("R,G,B\n1,2,3\n4,5,6\n7,8,9\n", Some(20.0)).unwrap();
         assert_eq!(t.t_s, vec![0.0, 0.05, 0.1]);
@@ -172,7 +208,23 @@ mod tests {
             ("", None, "empty"),
             ("time,R,G\n0,1,2\n", None, "lacks an R, G or B"),
             ("R,G,B\n1,2,3\n", None, "--fps"),
-            ("R,G,B\n1,2,3\n1,2,3\n", Some(0.0), "not a positive"),
+            ("R,G,B\n1,2,3\n1,2,3\n", Some(0.0), "outside 1..1000 fps"),
+            ("R,G,B\n1,2,3\n1,2,3\n", Some(1e-30), "outside 1..1000 fps"),
+            (
+                "time,R,G,B\n0,1,2,3\n1e18,1,2,3\n",
+                None,
+                "line 3: the trace is longer than 3600 s",
+            ),
+            (
+                "time,R,G,B\n0,1,2,3\n33,1,2,3\n300000033,1,2,3\n",
+                None,
+                "line 4: the trace is longer",
+            ),
+            (
+                "time,R,G,B\n0,1,2,3\n33,1,2,3\n6033,1,2,3\n",
+                None,
+                "line 4: time jumps by 6000 ms",
+            ),
             (
                 "time,R,G,B\n0,1,2,3\n5,1,x,3\n",
                 None,

@@ -159,28 +159,18 @@ pub fn load(spec: &PhotoSpec) -> Result<Photo, CaptureError> {
             (img, p.face_box)
         }
         PhotoSpec::File { path, face_box } => {
-            let reader = image::ImageReader::open(path)
-                .map_err(|source| CaptureError::Open {
+            if let Err(source) = std::fs::metadata(path) {
+                return Err(CaptureError::Open {
                     path: path.clone(),
                     source,
-                })?
-                .with_guessed_format()
-                .map_err(|e| problem(format!("{}: {e}", path.display())))?;
-            let (w, h) = reader
-                .into_dimensions()
-                .map_err(|e| problem(format!("{}: not an image: {e}", path.display())))?;
-            if w as u64 * h as u64 > MAX_PHOTO_PIXELS {
-                return Err(problem(format!(
-                    "{}: {w}x{h} is more than {MAX_PHOTO_PIXELS} pixels",
-                    path.display()
-                )));
+                });
             }
-            let img = image::open(path)
-                .map_err(|e| problem(format!("{}: not an image: {e}", path.display())))?;
-            (img, *face_box)
+            let img = super::decode_still(path, MAX_PHOTO_PIXELS)
+                .map_err(|e| problem(format!("{}: {e}", path.display())))?;
+            (image::DynamicImage::ImageRgb8(img), *face_box)
         }
     };
-    let rgb = img.to_rgb8();
+    let rgb = img.into_rgb8();
     let [x, y, w, h] = face_box;
     let fits = w > 0.0
         && h > 0.0

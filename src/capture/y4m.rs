@@ -20,7 +20,12 @@ use std::io::{BufRead, Read};
 /// Longest header or frame-header line accepted.
 const MAX_LINE: usize = 4096;
 /// Largest frame accepted (pixels), so a hostile header cannot exhaust memory.
-const MAX_PIXELS: u64 = 8192 * 8192;
+pub const MAX_PIXELS: u64 = 8192 * 8192;
+/// Frame rates accepted: a frame at least every second, at most a
+/// high-speed camera's 1000 per second. Beyond them the time between two
+/// frames is not a video's (and would size the signal buffers).
+pub const MIN_FPS: f64 = 1.0;
+pub const MAX_FPS: f64 = 1000.0;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Chroma {
@@ -109,6 +114,12 @@ impl Header {
                     if n == 0 || d == 0 {
                         return Err(bad(format!("frame rate {n}:{d} is not a rate")));
                     }
+                    let rate = n as f64 / d as f64;
+                    if !(MIN_FPS..=MAX_FPS).contains(&rate) {
+                        return Err(bad(format!(
+                            "frame rate {n}:{d} ({rate:.3e} fps) is outside {MIN_FPS}..{MAX_FPS} fps"
+                        )));
+                    }
                     fps = Some((n, d));
                 }
                 "C" => {
@@ -194,10 +205,7 @@ impl Y4mSource {
     /// Reads the header from `reader`; `input` names it in messages.
     pub fn new(mut reader: Box<dyn BufRead + Send>, input: String) -> Result<Self, CaptureError> {
         let mut line = Vec::new();
-        let io = |source| CaptureError::Read {
-            input: input.clone(),
-            source,
-        };
+        let io = |source| CaptureError::read(&input, source);
         let read = read_line(&mut *reader, &mut line).map_err(io)?;
         if read == Ok(None) {
             return Err(CaptureError::BadHeader {
@@ -252,10 +260,7 @@ impl FrameSource for Y4mSource {
     fn next_frame(&mut self, frame: &mut Frame) -> Result<bool, CaptureError> {
         let input = self.input.clone();
         let index = self.index;
-        let io = |source| CaptureError::Read {
-            input: input.clone(),
-            source,
-        };
+        let io = |source| CaptureError::read(&input, source);
         let expected = self.header.frame_bytes();
         match read_line(&mut *self.reader, &mut self.line).map_err(io)? {
             Ok(None) => return Ok(false),
@@ -266,6 +271,13 @@ impl FrameSource for Y4mSource {
                     index,
                     problem: "expected a FRAME marker (is the frame size in the header right?)"
                         .into(),
+                })
+            }
+            Err(got) if got >= MAX_LINE => {
+                return Err(CaptureError::BadFrame {
+                    input,
+                    index,
+                    problem: format!("frame header line is longer than {MAX_LINE} bytes"),
                 })
             }
             Err(got) => {

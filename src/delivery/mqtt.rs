@@ -565,8 +565,9 @@ async fn connection(
         all_due = false;
         let skip: HashSet<u64> = in_flight.keys().copied().chain(acks.ids()).collect();
         let name = dest.name.clone();
+        let max_wait = dest.policy.longest_wait().as_millis() as u64;
         let due = blocking(&ctx.outbox, move |o| {
-            o.due_except(&name, horizon, free, &skip)
+            o.due_except(&name, horizon, max_wait, free, &skip)
         })
         .await?;
         exhausted = due.len() < free;

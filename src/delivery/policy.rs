@@ -89,6 +89,16 @@ impl Default for RetryPolicy {
     }
 }
 
+impl RetryPolicy {
+    /// The longest wait this policy can schedule between two attempts: the
+    /// longest step with full jitter, or a receiver's capped `Retry-After`.
+    pub fn longest_wait(&self) -> Duration {
+        let step = self.schedule.iter().max().copied().unwrap_or_default();
+        step.mul_f64(1.0 + self.jitter.max(0.0))
+            .max(self.max_retry_after)
+    }
+}
+
 /// Classifies one attempt's result. `now_unix_s` is needed for an HTTP-date `Retry-After`.
 pub fn classify(result: &AttemptResult, policy: &RetryPolicy, now_unix_s: u64) -> Outcome {
     match result {
@@ -323,6 +333,21 @@ mod tests {
                 None
             ]
         );
+    }
+
+    #[test]
+    fn the_longest_wait_covers_every_jittered_step_and_a_capped_retry_after() {
+        let p = RetryPolicy::default();
+        let longest = p.longest_wait();
+        for attempts in 0..p.schedule.len() as u32 {
+            for r in [0.0, 0.5, 1.0] {
+                let wait = next_delay(&p, attempts, Duration::ZERO, None, r).unwrap();
+                assert!(wait <= longest, "{wait:?} > {longest:?}");
+            }
+        }
+        let after = Some(p.max_retry_after);
+        assert!(next_delay(&p, 1, Duration::ZERO, after, 0.5).unwrap() <= longest);
+        assert_eq!(longest, Duration::from_secs(7200).mul_f64(1.2));
     }
 
     #[test]

@@ -385,8 +385,9 @@ pub async fn run_lane(
             let (name, free) = (dest.name.clone(), dest.max_in_flight - tasks.len());
             let skip: std::collections::HashSet<u64> =
                 in_flight.iter().copied().chain(acks.ids()).collect();
+            let max_wait = dest.policy.longest_wait().as_millis() as u64;
             let due = blocking(&ctx.outbox, move |o| {
-                o.due_except(&name, horizon, free, &skip)
+                o.due_except(&name, horizon, max_wait, free, &skip)
             })
             .await?;
             for event in due {
@@ -412,7 +413,8 @@ pub async fn run_lane(
             }
             let now = ctx.clock.now_ms();
             let name = dest.name.clone();
-            let next = blocking(&ctx.outbox, move |o| o.next_due_ms(&name)).await?;
+            let max_wait = dest.policy.longest_wait().as_millis() as u64;
+            let next = blocking(&ctx.outbox, move |o| o.next_due_ms(&name, now, max_wait)).await?;
             let wait = next.map_or(60_000, |n| n.saturating_sub(now).min(60_000));
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(wait.max(1))) => {}

@@ -197,10 +197,15 @@ pub enum CancelReason {
     TooMuchMotion,
     /// The input ended before `min_duration_s` of signal.
     InputEnded,
-    /// Stopped from outside (user, API, shutdown).
+    /// Stopped from outside by a user (API `DELETE`, the kiosk's cancel).
     Requested,
-    /// The input failed mid-scan (unreadable or malformed frame).
+    /// The agent itself was stopped (SIGTERM, SIGINT, SIGHUP, daemon shutdown).
+    Shutdown,
+    /// The input failed mid-scan (unreadable or malformed frame, or stalled).
     InputError,
+    /// An event could not be written to one of the scan's outputs (standard
+    /// output closed, events file or outbox unwritable).
+    OutputError,
 }
 
 impl CancelReason {
@@ -214,7 +219,9 @@ impl CancelReason {
             CancelReason::TooMuchMotion => "TOO_MUCH_MOTION",
             CancelReason::InputEnded => "INPUT_ENDED",
             CancelReason::Requested => "REQUESTED",
+            CancelReason::Shutdown => "SHUTDOWN",
             CancelReason::InputError => "INPUT_ERROR",
+            CancelReason::OutputError => "OUTPUT_ERROR",
         }
     }
 }

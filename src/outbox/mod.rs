@@ -160,6 +160,19 @@ pub struct EventMeta {
     pub destinations: Vec<String>,
 }
 
+/// When a pending event is due, given the time it was scheduled for and the
+/// longest wait its destination's policy can ask for: a time further ahead
+/// than `now_ms + max_wait_ms` was computed while the clock was ahead (a
+/// device that booted with a wrong date, then corrected it), and waiting for
+/// it would stall the event for as long as the clock was wrong; it is due now.
+pub fn bounded_due_ms(next_attempt_ms: u64, now_ms: u64, max_wait_ms: u64) -> u64 {
+    if next_attempt_ms > now_ms.saturating_add(max_wait_ms) {
+        now_ms
+    } else {
+        next_attempt_ms
+    }
+}
+
 /// One attempt at delivering an event to a destination.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AttemptRecord {
@@ -813,16 +826,21 @@ impl Outbox {
         now_ms: u64,
         limit: usize,
     ) -> Result<Vec<PendingEvent>, OutboxError> {
-        self.due_except(dest, now_ms, limit, &Default::default())
+        self.due_except(dest, now_ms, u64::MAX, limit, &Default::default())
     }
 
     /// As [`Outbox::due`], passing over the ids in `skip` (a lane's events in
     /// flight) without reading their event records, so refilling a window of
     /// N in-flight events costs the new ones, not all N again.
+    ///
+    /// An event scheduled more than `max_wait_ms` after `now_ms` is due now:
+    /// no schedule waits that long, so it was scheduled while the clock was
+    /// ahead (see [`bounded_due_ms`]).
     pub fn due_except(
         &self,
         dest: &str,
         now_ms: u64,
+        max_wait_ms: u64,
         limit: usize,
         skip: &HashSet<u64>,
     ) -> Result<Vec<PendingEvent>, OutboxError> {
@@ -837,7 +855,7 @@ impl Outbox {
                 continue;
             }
             let state: Attempts = decode_json(&k, &v)?;
-            if state.next_attempt_ms > now_ms {
+            if bounded_due_ms(state.next_attempt_ms, now_ms, max_wait_ms) > now_ms {
                 continue;
             }
             let (meta, bytes) = self.event(id)?;
@@ -851,13 +869,20 @@ impl Outbox {
         Ok(out)
     }
 
-    /// Earliest `next_attempt_ms` among `dest`'s pending events.
-    pub fn next_due_ms(&self, dest: &str) -> Result<Option<u64>, OutboxError> {
+    /// Earliest next attempt among `dest`'s pending events, each bounded by
+    /// `now_ms + max_wait_ms` ([`bounded_due_ms`]).
+    pub fn next_due_ms(
+        &self,
+        dest: &str,
+        now_ms: u64,
+        max_wait_ms: u64,
+    ) -> Result<Option<u64>, OutboxError> {
         let mut best = None;
         for item in self.pending.scan_prefix(lane_prefix(dest)) {
             let (k, v) = item.map_err(|e| self.storage("reading pending events", e))?;
             let state: Attempts = decode_json(&k, &v)?;
-            best = Some(best.map_or(state.next_attempt_ms, |b: u64| b.min(state.next_attempt_ms)));
+            let due = bounded_due_ms(state.next_attempt_ms, now_ms, max_wait_ms);
+            best = Some(best.map_or(due, |b: u64| b.min(due)));
         }
         Ok(best)
     }
@@ -1447,7 +1472,7 @@ mod tests {
             .collect();
         let skip: HashSet<u64> = ids[..3].iter().copied().collect();
         let due: Vec<u64> = ob
-            .due_except("a", 10, 2, &skip)
+            .due_except("a", 10, u64::MAX, 2, &skip)
             .unwrap()
             .iter()
             .map(|p| p.outbox_id)
@@ -1505,7 +1530,57 @@ mod tests {
         .unwrap();
         assert!(ob.due("a", 4999, 10).unwrap().is_empty());
         assert_eq!(ob.due("a", 5000, 10).unwrap()[0].state.attempts, 1);
-        assert_eq!(ob.next_due_ms("a").unwrap(), Some(5000));
+        assert_eq!(ob.next_due_ms("a", 10, u64::MAX).unwrap(), Some(5000));
+    }
+
+    #[test]
+    fn an_event_scheduled_while_the_clock_was_a_year_ahead_is_due_once_the_clock_is_corrected() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = open(dir.path(), 1 << 30);
+        let mut st = Stamper::new("d", "s");
+        let id = ob
+            .append(&event(&mut st, EventKind::ScanCompleted, 0), &["a"], 0)
+            .unwrap();
+        let year_ms = 365 * 86_400_000u64;
+        let now = 1_700_000_000_000u64;
+        // Failed at "now + a year", retry 30 s later by that clock.
+        ob.reschedule(
+            "a",
+            id,
+            &Attempts {
+                attempts: 1,
+                next_attempt_ms: now + year_ms + 30_000,
+                history: vec![],
+            },
+        )
+        .unwrap();
+        let two_hours = 2 * 3_600_000;
+        assert_eq!(
+            ob.due_except("a", now, two_hours, 10, &HashSet::new())
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(ob.next_due_ms("a", now, two_hours).unwrap(), Some(now));
+        // A wait within the policy's longest is honoured.
+        ob.reschedule(
+            "a",
+            id,
+            &Attempts {
+                attempts: 2,
+                next_attempt_ms: now + 60_000,
+                history: vec![],
+            },
+        )
+        .unwrap();
+        assert!(ob
+            .due_except("a", now, two_hours, 10, &HashSet::new())
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            ob.next_due_ms("a", now, two_hours).unwrap(),
+            Some(now + 60_000)
+        );
     }
 
     #[test]

@@ -25,6 +25,57 @@ struct Case {
     stderr: &'static str,
 }
 
+/// A PNG that declares `w x h` pixels in its header (the rest is a 1x1
+/// image's: a decoder that sized its buffer from the header first would
+/// allocate the whole declared frame).
+fn png_declaring(w: u32, h: u32) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    image::RgbImage::from_pixel(1, 1, image::Rgb([1, 2, 3]))
+        .write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
+        .unwrap();
+    bytes[16..20].copy_from_slice(&w.to_be_bytes());
+    bytes[20..24].copy_from_slice(&h.to_be_bytes());
+    let crc = crc32(&bytes[12..29]);
+    bytes[29..33].copy_from_slice(&crc.to_be_bytes());
+    bytes
+}
+
+/// CRC-32 (IEEE), as PNG chunks carry it.
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// A 64x48 JPEG cut inside its image data (a copy interrupted, an SD card
+/// write lost).
+fn truncated_jpeg() -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let img = image::RgbImage::from_fn(64, 48, |x, y| {
+        image::Rgb([(x * 4) as u8, (y * 5) as u8, 90])
+    });
+    img.write_to(
+        &mut std::io::Cursor::new(&mut bytes),
+        image::ImageFormat::Jpeg,
+    )
+    .unwrap();
+    let scan = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]).unwrap();
+    bytes.truncate(scan + (bytes.len() - scan) / 2);
+    bytes
+}
+
 fn hook(extra: &str) -> Vec<u8> {
     format!("[[webhook]]\nname = \"a\"\n{extra}").into_bytes()
 }
@@ -151,6 +202,70 @@ fn cases() -> Vec<Case> {
             stderr: "error: geom.y4m: frame 1: expected a FRAME marker (is the frame size in the header right?)",
         },
         Case {
+            name: "a y4m frame rate of one frame in 136 years",
+            files: vec![("slow.y4m", [b"YUV4MPEG2 W64 H48 F1:4294967295 C420jpeg\n".to_vec(), [b"FRAME\n".to_vec(), vec![0u8; 64 * 48 * 3 / 2]].concat().repeat(2)].concat())],
+            args: vec!["scan", "--input", "slow.y4m", "--json"],
+            env: vec![],
+            code: 2,
+            stderr: "error: slow.y4m: bad header: frame rate 1:4294967295 (2.328e-10 fps) is outside 1..1000 fps",
+        },
+        Case {
+            name: "a y4m frame header line without end",
+            files: vec![("long.y4m", [b"YUV4MPEG2 W64 H48 F30:1 C420jpeg\nFRAME ".to_vec(), vec![b'x'; 10_000]].concat())],
+            args: vec!["scan", "--input", "long.y4m", "--json"],
+            env: vec![],
+            code: 2,
+            stderr: "error: long.y4m: frame 0: frame header line is longer than 4096 bytes",
+        },
+        Case {
+            name: "a frame that declares 12000x12000 pixels",
+            files: vec![("big/0001.png", png_declaring(12_000, 12_000))],
+            args: vec!["scan", "--input", "frames:big", "--json"],
+            env: vec![],
+            code: 2,
+            stderr: "error: big/0001.png: frame 0: 12000x12000 is more than the 67108864 pixels accepted",
+        },
+        Case {
+            name: "a truncated JPEG frame",
+            files: vec![("cut/0001.jpg", truncated_jpeg())],
+            args: vec!["scan", "--input", "frames:cut", "--json"],
+            env: vec![],
+            code: 2,
+            stderr: "error: cut/0001.jpg: frame 0: the JPEG is truncated (no end-of-image marker after its image data)",
+        },
+        Case {
+            name: "waits and rates too large to be durations",
+            files: vec![("c.toml", [b"[signal]\nresample_hz = 1e7\n[delivery]\nprobe_max_s = 1e20\n".to_vec(), hook(&format!("url = \"https://example.com/h\"\nsecrets = [\"{GOOD_SECRET}\"]\nretry_schedule_s = [0, 1e20]\ntimeout_s = 1e20\n"))].concat())],
+            args: vec!["config", "check", "c.toml"],
+            env: vec![],
+            code: 2,
+            stderr: "error: invalid configuration (4 problems):\n  webhook[0].retry_schedule_s (configuration): must be a non-empty list of waits within 0..2592000 s (30 days)\n    fix: e.g. [0, 5, 30, 300, 1800, 7200]\n  webhook[0].timeout_s (configuration): timeouts must be greater than 0 and at most 3600 s\n    fix: use timeout_s = 5, connect_timeout_s = 3\n  signal.resample_hz (configuration): must be greater than 0 and at most 240, found 10000000\n    fix: use 30 (a camera's frame rate)\n  delivery.probe_max_s (configuration): must be at most 86400 s, found 1e20\n    fix: use 300",
+        },
+        Case {
+            name: "a sync timeout too large to be a duration",
+            files: vec![],
+            args: vec!["sync", "--timeout", "1e20"],
+            env: vec![],
+            code: 2,
+            stderr: "error: --timeout 1e20 must be a number of seconds within 0..86400",
+        },
+        Case {
+            name: "a send-test rate of one event in 1e30 s",
+            files: vec![],
+            args: vec!["send-test", "--rate", "1e-30"],
+            env: vec![],
+            code: 2,
+            stderr: "error: --rate 1e-30 must be 0 (as fast as possible) or events per second within 0.001..100000",
+        },
+        Case {
+            name: "an RGB trace whose time jumps by 1e18 ms",
+            files: vec![("t.csv", b"time,R,G,B\n0,1,2,3\n1e18,1,2,3\n".to_vec())],
+            args: vec!["analyze", "--rgb-csv", "t.csv"],
+            env: vec![],
+            code: 2,
+            stderr: "error: t.csv: line 3: the trace is longer than 3600 s; analyse it in parts",
+        },
+        Case {
             name: "frames of a different size mid-stream",
             files: vec![],
             args: vec!["scan", "--input", "frames:mixed", "--json"],
@@ -188,7 +303,7 @@ fn cases() -> Vec<Case> {
             args: vec!["scan", "--input", "synthetic:photo=face.jpg,box=1:1:40:40", "--json"],
             env: vec![],
             code: 2,
-            stderr: "error: invalid --input \"synthetic:photo=face.jpg,box=1:1:40:40\": face.jpg: not an image: Format error decoding Jpeg: Error parsing image. Illegal start bytes:6E6F",
+            stderr: "error: invalid --input \"synthetic:photo=face.jpg,box=1:1:40:40\": face.jpg: cannot decode: Format error decoding Jpeg: Error parsing image. Illegal start bytes:6E6F",
         },
         Case {
             name: "a portrait without its face box",

@@ -468,7 +468,13 @@ pub(crate) fn spawn_run(
 }
 
 #[test]
-fn sigterm_cancels_the_running_scan_stores_its_cancellation_and_exits_0() {
+fn sigterm_or_sighup_cancels_the_running_scan_for_shutdown_stores_it_and_exits_0() {
+    for signal in [libc::SIGTERM, libc::SIGHUP] {
+        stop_the_daemon_with(signal);
+    }
+}
+
+fn stop_the_daemon_with(signal: libc::c_int) {
     let dir = tempfile::tempdir().unwrap();
     // An unreachable destination: events stay pending in the outbox, where we can read them.
     let dead_port = crate::util::free_addr();
@@ -517,7 +523,7 @@ fn sigterm_cancels_the_running_scan_stores_its_cancellation_and_exits_0() {
     });
     let pid = libc::pid_t::try_from(child.id()).unwrap();
     // SAFETY: kill(2) on our own child's pid; no memory is shared.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
     let start = Instant::now();
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
@@ -525,13 +531,14 @@ fn sigterm_cancels_the_running_scan_stores_its_cancellation_and_exits_0() {
         }
         assert!(
             start.elapsed() < Duration::from_secs(20),
-            "did not stop within 20 s of SIGTERM"
+            "did not stop within 20 s of signal {signal}"
         );
         std::thread::sleep(Duration::from_millis(50));
     };
     let log = log.join().unwrap();
     assert_eq!(status.code(), Some(0), "{log}");
-    assert!(log.contains("reason=\"REQUESTED\""), "{log}");
+    // A shutdown is not a user's cancel.
+    assert!(log.contains("reason=\"SHUTDOWN\""), "{log}");
     assert!(!log.contains(SECRET), "secrets never reach the log");
     // The cancellation is durable and waits for the destination.
     let list = crate::util::run_bin(&["outbox", "list", "--json", "--config", cfg], None, MINUTE);
@@ -540,6 +547,12 @@ fn sigterm_cancels_the_running_scan_stores_its_cancellation_and_exits_0() {
         list.stdout.contains("MEASUREMENT_CANCELED"),
         "{}",
         list.stdout
+    );
+    let stored = crate::util::stored_events(&dir.path().join("outbox"), "later");
+    let ends = crate::util::kinds_and_reasons(&stored);
+    assert!(
+        ends.contains(&("MEASUREMENT_CANCELED".into(), "SHUTDOWN".into())),
+        "{ends:?}"
     );
 }
 

@@ -5,6 +5,7 @@ mod badinput;
 mod cli;
 mod daemon;
 mod delivery;
+mod endings;
 mod faults;
 mod framing;
 mod fuzz;

@@ -142,3 +142,34 @@ pub fn open_outbox(dir: &std::path::Path) -> std::sync::Arc<rppg_agent::outbox::
         .unwrap(),
     )
 }
+
+/// The events pending for `lane` in the outbox at `path` (opened after the
+/// process that wrote it has exited), as JSON envelopes in emission order.
+pub fn stored_events(path: &std::path::Path, lane: &str) -> Vec<serde_json::Value> {
+    let outbox = rppg_agent::outbox::Outbox::open(rppg_agent::outbox::OutboxConfig {
+        path: path.to_path_buf(),
+        max_bytes: 1 << 30,
+        cache_capacity_bytes: 1 << 20,
+        retention_ms: 3_600_000,
+    })
+    .unwrap();
+    outbox
+        .due(lane, u64::MAX, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|p| serde_json::from_slice(&p.bytes).unwrap())
+        .collect()
+}
+
+/// The `(event, payload.reason)` of each stored event.
+pub fn kinds_and_reasons(events: &[serde_json::Value]) -> Vec<(String, String)> {
+    events
+        .iter()
+        .map(|e| {
+            (
+                e["event"].as_str().unwrap_or("").to_string(),
+                e["payload"]["reason"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
