@@ -38,6 +38,15 @@ const MAX_AGE_S: f64 = 3650.0 * DAY;
 /// The highest resampling rate: a 240 fps camera.
 const MAX_RESAMPLE_HZ: f64 = 240.0;
 
+/// Whether a configured device id is safe inside MQTT topic levels and
+/// client ids: no wildcard (`#`, `+`), no level separator, no spaces.
+fn is_device_id(id: &str) -> bool {
+    id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+}
+
 /// A number as people write it: 1e20, not twenty-one digits.
 fn show(v: f64) -> String {
     if v != 0.0 && !(1e-4..1e9).contains(&v.abs()) {
@@ -60,8 +69,10 @@ fn secret_variables(merged: &Table) -> Vec<String> {
             if let Some(list) = entry.get("secret_env").and_then(Value::as_array) {
                 out.extend(list.iter().filter_map(Value::as_str).map(str::to_string));
             }
-            if let Some(v) = entry.get("password_env").and_then(Value::as_str) {
-                out.push(v.to_string());
+            for key in ["password_env", "api_key_env"] {
+                if let Some(v) = entry.get(key).and_then(Value::as_str) {
+                    out.push(v.to_string());
+                }
             }
         }
     }
@@ -203,6 +214,12 @@ struct WebhookEntry {
     secrets: Vec<String>,
     #[serde(default)]
     secret_env: Vec<String>,
+    /// The `api-key` scheme's key, sent in clear (`x-api-key`): its own
+    /// secret, never one of the signing secrets.
+    #[serde(default)]
+    api_key: String,
+    #[serde(default)]
+    api_key_env: String,
     /// Parsed by hand so an unknown scheme is one problem among others.
     #[serde(default = "default_schemes")]
     schemes: Vec<String>,
@@ -629,6 +646,28 @@ fn entry_error(path: String, message: String) -> (String, String) {
         return (field.to_string(), "is required but missing".into());
     }
     let key = if path == "." { "(table)".into() } else { path };
+    // serde quotes the value it could not use; for these keys that value
+    // may be a secret (pasted where a list or a name belongs).
+    const SECRET_KEYS: [&str; 5] = [
+        "secrets",
+        "secret_env",
+        "password_env",
+        "api_key",
+        "api_key_env",
+    ];
+    let last = key.split('.').next_back().unwrap_or("");
+    let last = last.split('[').next().unwrap_or("");
+    if SECRET_KEYS.contains(&last) {
+        let want = if last.ends_with('s') || last == "secret_env" {
+            "a list of strings"
+        } else {
+            "a string"
+        };
+        return (
+            key,
+            format!("must be {want} (the value given is not shown: it may be a secret)"),
+        );
+    }
     (key, message)
 }
 
@@ -636,6 +675,7 @@ fn entry_error(path: String, message: String) -> (String, String) {
 fn webhook_destinations(
     entries: Vec<Value>,
     env: &[(String, String)],
+    secrets: Secrets,
     problems: &mut Vec<Problem>,
 ) -> Vec<WebhookDestination> {
     let mut out: Vec<WebhookDestination> = Vec::new();
@@ -678,48 +718,63 @@ fn webhook_destinations(
             (&entry.retry_schedule_s, entry.jitter, entry.max_age_s),
             &mut problem,
         );
-        let url =
-            match reqwest::Url::parse(&entry.url) {
-                Ok(u) if u.scheme() == "https" => Some(u),
-                Ok(u) if u.scheme() == "http" && entry.allow_insecure => Some(u),
-                Ok(u) if u.scheme() == "http" => {
-                    problem(
+        let url = match reqwest::Url::parse(&entry.url) {
+            Ok(u) if u.scheme() == "https" => Some(u),
+            Ok(u) if u.scheme() == "http" && entry.allow_insecure => Some(u),
+            Ok(u) if u.scheme() == "http" => {
+                problem(
                     "url",
-                    format!("{} is plain http; events would travel unencrypted", entry.url),
+                    format!(
+                        "{} is plain http; events would travel unencrypted",
+                        crate::delivery::redact_url(&entry.url)
+                    ),
                     "use https, or set allow_insecure = true for a clinic LAN or loopback receiver",
                 );
-                    Some(u)
-                }
-                Ok(u) => {
-                    problem(
-                        "url",
-                        format!("scheme {:?} is not http(s)", u.scheme()),
-                        "use an https:// URL",
-                    );
-                    None
-                }
-                Err(e) => {
-                    problem(
-                        "url",
-                        format!("{:?} is not a URL: {e}", entry.url),
-                        "use e.g. https://example.org/hooks",
-                    );
-                    None
-                }
-            };
-        let texts = resolve_secrets(&entry.secrets, &entry.secret_env, env, &mut problem);
+                Some(u)
+            }
+            Ok(u) => {
+                problem(
+                    "url",
+                    format!("scheme {:?} is not http(s)", u.scheme()),
+                    "use an https:// URL",
+                );
+                None
+            }
+            Err(e) => {
+                problem(
+                    "url",
+                    format!(
+                        "{:?} is not a URL: {e}",
+                        crate::delivery::redact_url(&entry.url)
+                    ),
+                    "use e.g. https://example.org/hooks",
+                );
+                None
+            }
+        };
+        let texts = resolve_secrets(
+            &entry.secrets,
+            &entry.secret_env,
+            env,
+            secrets,
+            &mut problem,
+        );
+        let api_key = match (entry.api_key.is_empty(), entry.api_key_env.is_empty()) {
+            (false, _) => Some(entry.api_key.clone()),
+            (true, false) => secret_from_env(
+                "api_key_env",
+                &entry.api_key_env,
+                env,
+                secrets,
+                &mut problem,
+            ),
+            (true, true) => None,
+        };
         if entry.schemes.is_empty() {
             problem(
                 "schemes",
                 "no signature scheme".into(),
                 "use [\"standard\"] (or wms, rppg, api-key)",
-            );
-        }
-        if texts.is_empty() && entry.secret_env.is_empty() {
-            problem(
-                "secrets",
-                "no secret".into(),
-                "set secret_env = [\"VAR\"] (preferred) or secrets = [\"...\"]",
             );
         }
         let mut schemes = Vec::new();
@@ -733,9 +788,62 @@ fn webhook_destinations(
                 ),
             }
         }
+        let hmac = schemes.iter().any(|s| *s != Scheme::ApiKey);
+        let keyed = schemes.contains(&Scheme::ApiKey);
+        let named = !entry.secret_env.is_empty() || !entry.secrets.is_empty();
+        if hmac && !named {
+            problem(
+                "secrets",
+                "no signing secret".into(),
+                "set secret_env = [\"VAR\"] (preferred) or secrets = [\"...\"]",
+            );
+        }
+        if !hmac && named && !schemes.is_empty() {
+            problem(
+                "secrets",
+                "signing secrets are for standard, wms and rppg; this destination uses only \
+                 api-key"
+                    .into(),
+                "give the API key as api_key_env = \"VAR\" (or api_key) and remove secrets/secret_env",
+            );
+        }
+        if keyed && entry.api_key.is_empty() && entry.api_key_env.is_empty() {
+            problem(
+                "api_key_env",
+                "the api-key scheme sends its key in clear (x-api-key), so it needs its own"
+                    .into(),
+                "set api_key_env = \"VAR\" (preferred) or api_key = \"...\"; never a signing secret",
+            );
+        }
+        if !keyed && (!entry.api_key.is_empty() || !entry.api_key_env.is_empty()) {
+            problem(
+                "api_key_env",
+                "an API key is set but schemes does not list api-key".into(),
+                "add \"api-key\" to schemes, or remove api_key/api_key_env",
+            );
+        }
+        if let Some(k) = &api_key {
+            if texts.iter().any(|t| t == k) {
+                problem(
+                    "api_key_env",
+                    "the API key is one of the signing secrets: it would be sent in clear".into(),
+                    "use a different key for api-key than for the signing schemes",
+                );
+            }
+        }
         let mut signing: Vec<(Scheme, Vec<Secret>)> = Vec::new();
         for scheme in &schemes {
             let mut keys = Vec::new();
+            if *scheme == Scheme::ApiKey {
+                if let Some(k) = &api_key {
+                    match parse_secret(*scheme, k) {
+                        Ok(k) => keys.push(k),
+                        Err(e) => problem("api_key_env", format!("the API key: {e}"), "check it"),
+                    }
+                }
+                signing.push((*scheme, keys));
+                continue;
+            }
             for (n, t) in texts.iter().enumerate() {
                 match parse_secret(*scheme, t) {
                     Ok(k) => keys.push(k),
@@ -812,25 +920,73 @@ fn webhook_destinations(
     out
 }
 
+/// Whether `name` can be an environment variable's name (letters, digits
+/// and `_`, not starting with a digit). A secret pasted where a name
+/// belongs is not one (`whsec_...` has `+`, `/` or `=`, or is long), and
+/// must not be echoed back in a message.
+fn is_variable_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// The value of the environment variable named by `key`, or a problem that
+/// names the variable (or, when it is no variable name, says so without
+/// repeating it). `None` for an unset variable when secrets are optional.
+fn secret_from_env(
+    key: &str,
+    var: &str,
+    env: &[(String, String)],
+    secrets: Secrets,
+    problem: &mut impl FnMut(&str, String, &str),
+) -> Option<String> {
+    if !is_variable_name(var) {
+        problem(
+            key,
+            "is not the name of an environment variable (it is not shown: it may be a secret \
+             itself)"
+                .into(),
+            "put the secret in an environment variable and its name here, e.g. RPPG_HOOK_SECRET",
+        );
+        return None;
+    }
+    match env.iter().find(|(k, _)| k == var) {
+        Some((_, v)) if !v.is_empty() => Some(v.clone()),
+        _ if secrets == Secrets::Optional => None,
+        _ => {
+            problem(
+                key,
+                format!("environment variable {var} is not set or empty"),
+                "export it before starting the agent (e.g. in the systemd unit's EnvironmentFile)",
+            );
+            None
+        }
+    }
+}
+
 /// Secrets named inline and through environment variables.
 fn resolve_secrets(
     inline: &[String],
     vars: &[String],
     env: &[(String, String)],
+    secrets: Secrets,
     problem: &mut impl FnMut(&str, String, &str),
 ) -> Vec<String> {
     let mut texts: Vec<String> = inline.to_vec();
     for var in vars {
-        match env.iter().find(|(k, _)| k == var) {
-            Some((_, v)) if !v.is_empty() => texts.push(v.clone()),
-            _ => problem(
-                "secret_env",
-                format!("environment variable {var} is not set or empty"),
-                "export it before starting the agent (e.g. in the systemd unit's EnvironmentFile)",
-            ),
-        }
+        texts.extend(secret_from_env("secret_env", var, env, secrets, problem));
     }
     texts
+}
+
+/// Whether loading needs the secrets the configuration names: a process
+/// that delivers does; inspecting the outbox (`outbox stats`, `list`,
+/// `show`, `replay`, `purge`) signs nothing and does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Secrets {
+    Required,
+    Optional,
 }
 
 /// Parses and validates each `[[mqtt]]` entry, collecting every problem.
@@ -838,6 +994,7 @@ fn mqtt_destinations(
     entries: Vec<Value>,
     env: &[(String, String)],
     webhooks: &[WebhookDestination],
+    secrets: Secrets,
     problems: &mut Vec<Problem>,
 ) -> Vec<MqttDestination> {
     let mut out: Vec<MqttDestination> = Vec::new();
@@ -929,19 +1086,22 @@ fn mqtt_destinations(
         let password = if entry.password_env.is_empty() {
             None
         } else {
-            match env.iter().find(|(k, _)| *k == entry.password_env) {
-                Some((_, v)) => Some(Secret::new(v.as_bytes().to_vec())),
-                None => {
-                    problem(
-                        "password_env",
-                        format!("environment variable {} is not set", entry.password_env),
-                        "export it before starting the agent",
-                    );
-                    None
-                }
-            }
+            secret_from_env(
+                "password_env",
+                &entry.password_env,
+                env,
+                secrets,
+                &mut problem,
+            )
+            .map(|v| Secret::new(v.into_bytes()))
         };
-        let texts = resolve_secrets(&entry.secrets, &entry.secret_env, env, &mut problem);
+        let texts = resolve_secrets(
+            &entry.secrets,
+            &entry.secret_env,
+            env,
+            secrets,
+            &mut problem,
+        );
         if texts.is_empty() && entry.secret_env.is_empty() {
             problem(
                 "secrets",
@@ -1023,6 +1183,16 @@ impl Config {
         file: Option<(&str, &str)>,
         env: impl Iterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
+        Config::load_with(file, env, Secrets::Required)
+    }
+
+    /// As [`Config::load`]; with [`Secrets::Optional`], variables that hold
+    /// secrets may be unset (their destinations then cannot sign).
+    pub fn load_with(
+        file: Option<(&str, &str)>,
+        env: impl Iterator<Item = (String, String)>,
+        secrets: Secrets,
+    ) -> Result<Config, ConfigError> {
         let defaults = defaults();
         let mut merged = defaults.clone();
         let mut problems = Vec::new();
@@ -1093,12 +1263,12 @@ impl Config {
             Some(Value::Array(entries)) => entries,
             _ => Vec::new(),
         };
-        let webhooks = webhook_destinations(webhook_entries, &env, &mut problems);
+        let webhooks = webhook_destinations(webhook_entries, &env, secrets, &mut problems);
         let mqtt_entries = match merged.remove("mqtt") {
             Some(Value::Array(entries)) => entries,
             _ => Vec::new(),
         };
-        let mqtt = mqtt_destinations(mqtt_entries, &env, &webhooks, &mut problems);
+        let mqtt = mqtt_destinations(mqtt_entries, &env, &webhooks, secrets, &mut problems);
         let config: Config = match serde_path_to_error::deserialize(Value::Table(merged)) {
             Ok(c) => c,
             Err(e) => {
@@ -1140,6 +1310,36 @@ impl Config {
                 });
             }
         };
+        let id = &self.device.id;
+        check(
+            id.is_empty() || is_device_id(id),
+            "device.id",
+            format!("{id:?} cannot name a device in MQTT topics and client ids"),
+            "use letters, digits, '-', '_', '.' and ':' (at most 64); no '/', '#', '+' or spaces",
+        );
+        // Two lanes on one broker with one client id take each other's
+        // session in turn, forever. The `{deviceId}` part is the same for
+        // every lane, so comparing the templates is enough.
+        for (i, m) in self.mqtt.iter().enumerate() {
+            let template = m.client_id("{deviceId}");
+            let twin = self.mqtt[..i].iter().find(|o| {
+                o.host.eq_ignore_ascii_case(&m.host)
+                    && o.port == m.port
+                    && o.client_id("{deviceId}") == template
+            });
+            if let Some(o) = twin {
+                check(
+                    false,
+                    &format!("mqtt[{i}].client_id"),
+                    format!(
+                        "{template:?} is also the client id of {:?} on the same broker: the two \
+                         lanes would keep disconnecting each other",
+                        o.name
+                    ),
+                    "give each [[mqtt]] on one broker its own client_id (or leave both empty)",
+                );
+            }
+        }
         let run = &self.run;
         let non_negative = |v: f64| v.is_finite() && v >= 0.0;
         for (key, v) in [

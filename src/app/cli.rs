@@ -134,7 +134,8 @@ pub enum Command {
     /// Every pending event is tried at once (ignoring its backoff), then the
     /// normal retry schedule applies until --timeout. Prints one line per
     /// destination. Exit codes: 0 every lane is empty, 3 events are still
-    /// pending, 2 configuration problems, 1 storage errors.
+    /// pending, 4 events were dead-lettered in this run (rejected or out of
+    /// retries), 2 configuration problems, 1 storage errors.
     Sync {
         /// Give up after this many seconds.
         #[arg(long = "timeout", default_value_t = 60.0, value_name = "SECONDS")]
@@ -152,6 +153,7 @@ pub enum Command {
     /// one line per destination on stderr. Events not delivered within
     /// --timeout stay in the outbox for `sync` or a running agent.
     /// Exit codes: 0 every lane is empty, 3 events are still pending,
+    /// 4 events were dead-lettered (rejected or out of retries),
     /// 2 configuration problems, 1 storage errors (e.g. the outbox is full).
     ///
     /// Examples:

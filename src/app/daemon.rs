@@ -950,7 +950,7 @@ pub async fn serve(
         })?),
     };
     for w in config.webhook.iter().filter(|w| w.url.scheme() == "http") {
-        tracing::warn!(destination = %w.name, url = %w.url, "events go unencrypted (allow_insecure = true)");
+        tracing::warn!(destination = %w.name, url = %w.display_url(), "events go unencrypted (allow_insecure = true)");
     }
     for m in config.mqtt.iter().filter(|m| m.tls.is_none()) {
         tracing::warn!(destination = %m.name, host = %m.host, port = m.port, "events go unencrypted (allow_insecure = true)");

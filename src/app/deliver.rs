@@ -260,7 +260,8 @@ pub fn warn_insecure(config: &Config) {
     for w in config.webhook.iter().filter(|w| w.url.scheme() == "http") {
         eprintln!(
             "warning: destination {} sends events unencrypted to {} (allow_insecure = true)",
-            w.name, w.url
+            w.name,
+            w.display_url()
         );
     }
     for m in config.mqtt.iter().filter(|m| m.tls.is_none()) {
@@ -384,11 +385,28 @@ pub fn sync(config: &Config, timeout: Duration) -> Result<i32, AppError> {
         println!("{line}");
     }
     outbox.flush()?;
-    Ok(if stats.iter().all(|(_, s)| s.pending == 0) {
-        0
-    } else {
+    Ok(outcome_code(&stats, &lanes))
+}
+
+/// The exit code after delivering: 4 when any event was dead-lettered in
+/// this run (rejected or out of retries: not delivered, kept in the
+/// dead-letter store), else 3 when events are still pending, else 0.
+fn outcome_code(stats: &[(String, DestinationStats)], lanes: &[Lane]) -> i32 {
+    let dead: u64 = lanes
+        .iter()
+        .map(|l| l.stats.dead_lettered.load(Ordering::Relaxed))
+        .sum();
+    if dead > 0 {
+        eprintln!(
+            "{dead} event(s) were dead-lettered: see `rppg-agent outbox list --dead`, \
+             then `rppg-agent outbox replay` once the receiver accepts them"
+        );
+        4
+    } else if stats.iter().any(|(_, s)| s.pending > 0) {
         3
-    })
+    } else {
+        0
+    }
 }
 
 /// `send-test`: stores `count` TEST_EVENTs at `rate` per second (0: no
@@ -471,11 +489,7 @@ pub fn send_test(
     for line in summary(&stats, &lanes) {
         eprintln!("{line}");
     }
-    Ok(if stats.iter().all(|(_, s)| s.pending == 0) {
-        0
-    } else {
-        3
-    })
+    Ok(outcome_code(&stats, &lanes))
 }
 
 /// A small multi-threaded runtime for the delivery lanes.

@@ -137,6 +137,16 @@ pub fn random_u128() -> u128 {
 
 /// Loads the configuration: defaults, then `path` (if any), then `RPPG_*` variables.
 pub fn load_config(path: Option<&Path>) -> Result<Config, AppError> {
+    load_config_with(path, crate::config::Secrets::Required)
+}
+
+/// As [`load_config`]; inspection (the `outbox` commands) passes
+/// [`crate::config::Secrets::Optional`]: it signs nothing, so it works
+/// without the delivery secrets in its environment.
+pub fn load_config_with(
+    path: Option<&Path>,
+    secrets: crate::config::Secrets,
+) -> Result<Config, AppError> {
     let text = match path {
         Some(p) => Some(
             std::fs::read_to_string(p).map_err(|source| AppError::ConfigFile {
@@ -147,9 +157,10 @@ pub fn load_config(path: Option<&Path>) -> Result<Config, AppError> {
         None => None,
     };
     let name = path.map(|p| p.display().to_string()).unwrap_or_default();
-    Ok(Config::load(
+    Ok(Config::load_with(
         text.as_deref().map(|t| (name.as_str(), t)),
         std::env::vars(),
+        secrets,
     )?)
 }
 
@@ -158,11 +169,26 @@ pub fn device_id(config: &Config) -> String {
     if !config.device.id.is_empty() {
         return config.device.id.clone();
     }
+    // A host name may hold what a topic level cannot: such characters
+    // become '-' (a configured id is validated instead).
     std::fs::read_to_string("/etc/hostname")
         .ok()
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| {
+            h.chars()
+                .take(64)
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':') {
+                        c
+                    } else {
+                        '-'
+                    }
+                })
+                .collect::<String>()
+        })
+        .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "rppg-device".to_string())
 }
 
@@ -231,7 +257,7 @@ pub fn run(cli: Cli) -> Result<i32, AppError> {
             deliver::send_test(&config, count, rate, timeout)
         }
         Command::Outbox { action, config } => {
-            let config = load_config(config.as_deref())?;
+            let config = load_config_with(config.as_deref(), crate::config::Secrets::Optional)?;
             deliver::outbox_command(&config, action)
         }
         Command::Bench(a) => {

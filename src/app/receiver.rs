@@ -30,6 +30,8 @@ pub struct Received {
     pub latency_ms: i64,
     /// The status the receiver answered with.
     pub status: u16,
+    /// Every request header, as received.
+    pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
 
@@ -162,6 +164,7 @@ async fn handle(
             verified,
             latency_ms: now - sent_ms,
             status,
+            headers,
             body,
         });
     let mut resp = Response::builder().status(status);

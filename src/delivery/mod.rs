@@ -234,3 +234,66 @@ impl Delivery {
         failures
     }
 }
+
+/// A URL as it may be shown (logs, warnings, errors, dead-letter reasons):
+/// credentials in the user-info part and the values of query parameters
+/// (`?token=...`) become `***`, the fragment is dropped. Text that does not
+/// parse as a URL is redacted the same way by position. Pure.
+pub fn redact_url(text: &str) -> String {
+    const HIDDEN: &str = "***";
+    if let Ok(mut url) = reqwest::Url::parse(text) {
+        if !url.username().is_empty() {
+            let _ = url.set_username(HIDDEN);
+        }
+        if url.password().is_some() {
+            let _ = url.set_password(Some(HIDDEN));
+        }
+        if url.query().is_some() {
+            let keys: Vec<String> = url.query_pairs().map(|(k, _)| k.into_owned()).collect();
+            url.query_pairs_mut()
+                .clear()
+                .extend_pairs(keys.iter().map(|k| (k.as_str(), HIDDEN)));
+        }
+        url.set_fragment(None);
+        return url.to_string();
+    }
+    let mut out = text.to_string();
+    if let Some(q) = out.find(['?', '#']) {
+        out.truncate(q);
+        out.push('?');
+        out.push_str(HIDDEN);
+    }
+    let authority_start = out.find("://").map_or(0, |i| i + 3);
+    let authority_end = out[authority_start..]
+        .find('/')
+        .map_or(out.len(), |i| authority_start + i);
+    if let Some(at) = out[authority_start..authority_end].rfind('@') {
+        out.replace_range(authority_start..authority_start + at, HIDDEN);
+    }
+    out
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::redact_url;
+
+    #[test]
+    fn credentials_and_query_values_never_survive_redaction() {
+        for (given, shown) in [
+            (
+                "https://user:PASS@host.example/h?token=TOK&x=1#frag",
+                "https://***:***@host.example/h?token=***&x=***",
+            ),
+            ("https://host.example/hooks", "https://host.example/hooks"),
+            (
+                "http://PASSONLY@10.0.0.2:8080/h",
+                "http://***@10.0.0.2:8080/h",
+            ),
+            ("not a url://user:PASS@x/y?k=TOK", "not a url://***@x/y?***"),
+        ] {
+            let r = redact_url(given);
+            assert_eq!(r, shown);
+            assert!(!r.contains("PASS") && !r.contains("TOK"), "{r}");
+        }
+    }
+}

@@ -102,9 +102,11 @@ impl MqttDestination {
         format!("rppg/{device_id}/status")
     }
 
-    fn client_id(&self, device_id: &str) -> String {
+    /// The MQTT client id: `rppg-{deviceId}-{name}` by default, so that
+    /// two lanes on one broker do not take each other's session.
+    pub fn client_id(&self, device_id: &str) -> String {
         if self.client_id.is_empty() {
-            format!("rppg-{device_id}")
+            format!("rppg-{device_id}-{}", self.name)
         } else {
             self.client_id.replace("{deviceId}", device_id)
         }
@@ -606,6 +608,31 @@ async fn connection(
     let now = ctx.clock.now_ms();
     let written = acks.finish(&ctx.outbox, &dest.name, now).await?;
     ctx.stats.record_delivered(&written, now);
+    if matches!(ended, Ended::Stop) && connected {
+        // A clean exit says so: the retained presence becomes `offline`
+        // (the last will covers only a lost connection), acknowledged
+        // before the DISCONNECT (bounded: the broker may be gone).
+        let topic = MqttDestination::status_topic(&ctx.device_id);
+        if publisher
+            .try_publish(topic, true, b"offline".to_vec(), None)
+            .is_ok()
+        {
+            let mut ahead = requested.len();
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                let mut mine = None;
+                loop {
+                    match pump.next().await {
+                        Ok(Polled::Sent(pkid)) if ahead == 0 => mine = Some(pkid),
+                        Ok(Polled::Sent(_)) => ahead -= 1,
+                        Ok(Polled::Acked { pkid, .. }) if Some(pkid) == mine => break,
+                        Ok(_) => {}
+                        Err(_) => break,
+                    }
+                }
+            })
+            .await;
+        }
+    }
     if matches!(ended, Ended::Stop | Ended::AckTimeout) {
         // Let the event loop send the DISCONNECT (bounded: the broker may be gone).
         publisher.disconnect().await;

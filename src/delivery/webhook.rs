@@ -37,8 +37,9 @@ pub enum BodyFormat {
     Fhir { subject: String },
 }
 
-/// A validated webhook destination.
-#[derive(Debug, Clone, PartialEq)]
+/// A validated webhook destination. Its `Debug` shows the URL redacted
+/// ([`super::redact_url`]) and the keys redacted ([`Secret`]).
+#[derive(Clone, PartialEq)]
 pub struct WebhookDestination {
     pub name: String,
     pub url: reqwest::Url,
@@ -54,7 +55,29 @@ pub struct WebhookDestination {
     pub format: BodyFormat,
 }
 
+impl std::fmt::Debug for WebhookDestination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookDestination")
+            .field("name", &self.name)
+            .field("url", &self.display_url())
+            .field("signing", &self.signing)
+            .field("events", &self.events)
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("policy", &self.policy)
+            .field("allow_insecure", &self.allow_insecure)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("format", &self.format)
+            .finish()
+    }
+}
+
 impl WebhookDestination {
+    /// The URL as it may be shown: credentials and query values hidden.
+    pub fn display_url(&self) -> String {
+        super::redact_url(self.url.as_str())
+    }
+
     pub fn wants(&self, kind: EventKind) -> bool {
         self.events.is_empty() || self.events.contains(&kind)
     }
@@ -246,7 +269,8 @@ pub async fn attempt(
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string),
         },
-        Err(e) => classify_error(&e),
+        // The URL may carry credentials: no error text repeats it.
+        Err(e) => classify_error(&e.without_url()),
     }
 }
 

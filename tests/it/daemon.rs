@@ -155,6 +155,7 @@ async fn the_api_starts_a_scan_streams_its_events_refuses_a_second_and_cancels_o
     // Start; a second start while it runs is refused with the running id.
     let started = http
         .post(format!("{base}/v1/scans"))
+        .header("content-type", "application/json")
         .body(r#"{"subject":"Patient/7"}"#)
         .send()
         .await
@@ -255,6 +256,7 @@ async fn the_api_starts_a_scan_streams_its_events_refuses_a_second_and_cancels_o
     // A second scan, cancelled from the kiosk.
     let second = http
         .post(format!("{base}/v1/scans"))
+        .header("content-type", "application/json")
         .body(r#"{"seconds": 60}"#)
         .send()
         .await
@@ -301,6 +303,7 @@ async fn the_api_starts_a_scan_streams_its_events_refuses_a_second_and_cancels_o
     // Bad requests are explained.
     let bad = http
         .post(format!("{base}/v1/scans"))
+        .header("content-type", "application/json")
         .body("{nope")
         .send()
         .await
@@ -308,6 +311,7 @@ async fn the_api_starts_a_scan_streams_its_events_refuses_a_second_and_cancels_o
     assert_eq!(bad.status(), 400);
     let bad = http
         .post(format!("{base}/v1/scans"))
+        .header("content-type", "application/json")
         .body(r#"{"seconds":1}"#)
         .send()
         .await
@@ -324,6 +328,264 @@ async fn the_api_starts_a_scan_streams_its_events_refuses_a_second_and_cancels_o
 
     let summary = daemon.stop().await;
     assert_eq!((summary.scans, summary.pending), (2, 0));
+}
+
+/// One raw HTTP/1.1 exchange (exact headers, no client rewriting them):
+/// the status and the body.
+fn raw(addr: &str, request: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_web_page_cannot_drive_the_api_and_untyped_or_oversized_bodies_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), false);
+    cfg.api.allowed_origins = vec!["https://kiosk-ui.example.org".into()];
+    let daemon = Daemon::start(cfg).await;
+    let addr = daemon.base.trim_start_matches("http://").to_string();
+    let req = |method: &str, headers: &str, body: &str| {
+        format!(
+            "{method} /v1/scans HTTP/1.1\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let rq = addr.clone();
+    let ask = move |text: String| {
+        let a = rq.clone();
+        async move {
+            tokio::task::spawn_blocking(move || raw(&a, &text))
+                .await
+                .unwrap()
+        }
+    };
+    let host = format!("Host: {addr}\r\n");
+    for (what, request, want, says) in [
+        (
+            "a page on another site, as a simple (unpreflighted) request",
+            req("POST", &format!("{host}Origin: https://evil.example\r\nContent-Type: text/plain\r\n"), "{}"),
+            403,
+            "web page",
+        ),
+        (
+            "DNS rebinding: a foreign name for 127.0.0.1",
+            "GET /healthz HTTP/1.1\r\nHost: rebind.evil.example:8686\r\nConnection: close\r\n\r\n".to_string(),
+            403,
+            "not this machine",
+        ),
+        (
+            "DNS rebinding on a write",
+            req("POST", "Host: rebind.evil.example\r\nContent-Type: application/json\r\n", "{}"),
+            403,
+            "not this machine",
+        ),
+        (
+            "a sandboxed page (Origin: null)",
+            format!("GET /v1/scans/current HTTP/1.1\r\n{host}Origin: null\r\nConnection: close\r\n\r\n"),
+            403,
+            "web page",
+        ),
+        (
+            "a body that does not say it is JSON",
+            req("POST", &format!("{host}Content-Type: text/plain\r\n"), "{\"seconds\":30}"),
+            415,
+            "application/json",
+        ),
+        (
+            "a form post (curl -d without a type)",
+            req("POST", &format!("{host}Content-Type: application/x-www-form-urlencoded\r\n"), "{}"),
+            415,
+            "application/json",
+        ),
+        (
+            "a 200 KB body",
+            req("POST", &format!("{host}Content-Type: application/json\r\n"), &format!("{{\"subject\":\"{}\"}}", "x".repeat(200_000))),
+            413,
+            "larger than 65536",
+        ),
+        (
+            "this machine's own page",
+            format!("GET /healthz HTTP/1.1\r\n{host}Origin: http://localhost:3000\r\nConnection: close\r\n\r\n"),
+            200,
+            "\"ok\"",
+        ),
+        (
+            "an allowed origin",
+            format!("GET /healthz HTTP/1.1\r\nHost: localhost\r\nOrigin: https://kiosk-ui.example.org\r\nConnection: close\r\n\r\n"),
+            200,
+            "\"ok\"",
+        ),
+    ] {
+        let (status, body) = ask(request).await;
+        assert_eq!(status, want, "{what}: {body}");
+        assert!(body.contains(says), "{what}: {body}");
+    }
+    // Nothing above started a scan.
+    let health: Value = get_json(&http_client(), format!("{}/healthz", daemon.base)).await;
+    assert_eq!(health["scan_running"], false);
+    let summary = daemon.stop().await;
+    assert_eq!(summary.scans, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_open_requests_are_shed_after_the_header_timeout_while_health_still_answers() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(config(dir.path(), false)).await;
+    let addr = daemon.base.trim_start_matches("http://").to_string();
+    let a = addr.clone();
+    let held = tokio::task::spawn_blocking(move || {
+        (0..100)
+            .map(|_| {
+                let mut s = std::net::TcpStream::connect(&a).unwrap();
+                s.write_all(b"GET /healthz HTTP/1.1\r\nHost: loc").unwrap();
+                s
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    let (status, _) = tokio::task::spawn_blocking(move || {
+        raw(
+            &addr,
+            "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "health answers beside 100 half-open requests");
+    // Each half-open request is closed by the server (EOF or a 408) within
+    // the header timeout plus a margin.
+    let closed = tokio::task::spawn_blocking(move || {
+        let start = Instant::now();
+        held.into_iter()
+            .filter(|mut s| {
+                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                let mut buf = Vec::new();
+                let ended = s.read_to_end(&mut buf).is_ok();
+                ended && start.elapsed() < Duration::from_secs(20)
+            })
+            .count()
+    })
+    .await
+    .unwrap();
+    assert_eq!(closed, 100);
+    daemon.stop().await;
+}
+
+/// CPU time (user + system) of a process so far, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')').unwrap().1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn out_of_file_descriptors_the_daemon_backs_off_instead_of_spinning_and_recovers() {
+    use std::io::Write;
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[run]\ninput = \"synthetic:width=160,height=120\"\n[api]\nlisten = \"127.0.0.1:0\"\n[outbox]\npath = {:?}\n",
+            dir.path().join("outbox").display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rppg-agent"));
+    cmd.args(["run", "--config", cfg.to_str().unwrap()])
+        .env_remove("RPPG_CONFIG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: setrlimit(2) between fork and exec touches no shared state.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 256,
+                rlim_max: 256,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("the daemon logs its address").unwrap();
+        if let Some(a) = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="))
+        {
+            break a.to_string();
+        }
+    };
+    let log = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+    // 300 half-open requests: more than the process may hold open.
+    let held: Vec<std::net::TcpStream> = (0..300)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(&addr).unwrap();
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: loc").unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let before = cpu_ticks(child.id());
+    std::thread::sleep(Duration::from_secs(2));
+    let spent = cpu_ticks(child.id()) - before;
+    // 100 ticks per second: spinning would be about 200 in 2 s.
+    assert!(
+        spent < 60,
+        "{spent} ticks of CPU in 2 s with 300 half-open sockets"
+    );
+    // Health answers within the header timeout and a margin.
+    let start = Instant::now();
+    let (status, _) = raw(
+        &addr,
+        "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200);
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
+    drop(held);
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = log.join().unwrap();
+    assert_eq!(status.code(), Some(0), "{log:?}");
+    let warnings = log.iter().filter(|l| l.contains("backing off")).count();
+    assert!(warnings <= 20, "{warnings} back-off warnings: {log:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -348,6 +610,24 @@ async fn with_a_token_every_request_needs_it_and_a_wrong_one_is_refused() {
         .await
         .unwrap();
     assert_eq!(wrong.status(), 401);
+    // The scheme is case-insensitive.
+    let lower = http
+        .get(format!("{base}/healthz"))
+        .header(
+            "authorization",
+            "bearer a-long-random-test-token-0123456789",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lower.status(), 200);
+    // With a token, any Host is fine (the token is the proof).
+    let addr = base.trim_start_matches("http://");
+    let (status, _) = raw(
+        addr,
+        "GET /healthz HTTP/1.1\r\nHost: kiosk-7.clinic.lan:8686\r\nAuthorization: Bearer a-long-random-test-token-0123456789\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200);
     let right = http
         .get(format!("{base}/healthz"))
         .bearer_auth("a-long-random-test-token-0123456789")

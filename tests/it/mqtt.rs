@@ -218,7 +218,14 @@ pub(crate) type Inbox = Arc<Mutex<Vec<(String, Vec<u8>, Vec<(String, String)>)>>
 
 pub(crate) async fn subscribe(addr: SocketAddr, filter: &str) -> Inbox {
     let inbox: Inbox = Arc::default();
-    let mut opts = MqttOptions::new("test-subscriber", addr.ip().to_string(), addr.port());
+    // Each subscriber its own id: two with one id would take turns.
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut opts = MqttOptions::new(
+        format!("test-subscriber-{n}"),
+        addr.ip().to_string(),
+        addr.port(),
+    );
     opts.set_keep_alive(Duration::from_secs(5));
     let (client, mut eventloop) = AsyncClient::new(opts, 100);
     client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
@@ -361,6 +368,65 @@ async fn events_reach_an_mqtt5_broker_signed_and_leave_the_lane_only_on_puback()
         .any(|(t, p, _)| t == "rppg/kiosk-1/status" && p == b"online");
     assert!(online, "presence is published (retained) on connect");
     assert_eq!(outbox.stats("broker", u64::MAX).unwrap().delivered, 30);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_lanes_with_default_client_ids_share_a_broker_and_a_clean_stop_leaves_presence_offline()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = open_outbox(dir.path());
+    let addr = free_addr();
+    start_broker(addr, Listener::V5);
+    wait_for_port(addr).await;
+    // Default client ids (empty): one per lane, so neither takes the
+    // other's session.
+    let dests: Vec<MqttDestination> = ["first", "second"]
+        .iter()
+        .map(|n| MqttDestination {
+            client_id: String::new(),
+            ..destination(n, addr, MqttProtocol::V5)
+        })
+        .collect();
+    assert_ne!(dests[0].client_id("kiosk-1"), dests[1].client_id("kiosk-1"));
+    append(&outbox, &["first", "second"], 40);
+    let delivery = start_delivery(&outbox, &dests);
+    wait_delivered(&outbox, "first", 40, Duration::from_secs(20)).await;
+    wait_delivered(&outbox, "second", 40, Duration::from_secs(20)).await;
+    let presence = subscribe(addr, "rppg/kiosk-1/status").await;
+    let start = Instant::now();
+    while !presence
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(_, p, _)| p == b"online")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "online is retained"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    delivery.stop().await;
+    // A subscriber arriving after the clean exit reads the retained state.
+    let later = subscribe(addr, "rppg/kiosk-1/status").await;
+    let start = Instant::now();
+    loop {
+        let got: Vec<Vec<u8>> = later
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, p, _)| p.clone())
+            .collect();
+        if !got.is_empty() {
+            assert_eq!(got.last().unwrap(), b"offline", "{got:?}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no retained presence"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Messages an MQTT 3.1.1 subscriber received: (topic, payload).

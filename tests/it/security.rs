@@ -18,13 +18,15 @@ const API_KEY: &str = "apikey-LEAKCANARY-5f2a9";
 const MQTT_PASSWORD: &str = "mqttpw-LEAKCANARY-77";
 const API_TOKEN: &str = "apitoken-LEAKCANARY-0123456789";
 
-/// What must never be seen: each secret as written, and the signing key's bytes.
-const CANARIES: [&str; 5] = [
+/// What must never be seen: each secret as written, the signing key's
+/// bytes, and the credentials a destination URL carries.
+const CANARIES: [&str; 6] = [
     "TEVBS0NBTkFSWWhvb2tzZWNyZXQwMQ",
     "LEAKCANARYhooksecret01",
     "apikey-LEAKCANARY",
     "mqttpw-LEAKCANARY",
     "apitoken-LEAKCANARY",
+    "URLCANARY",
 ];
 
 fn assert_clean(what: &str, text: &[u8]) {
@@ -41,12 +43,14 @@ fn set_secret_env() {
 }
 
 fn config_text(dir: &Path, hook_url: &str, broker_port: u16) -> String {
+    let dead = free_addr();
     format!(
         "[run]\ninput = \"synthetic:width=160,height=120,face_width=0.45\"\nrealtime = false\nshutdown_drain_s = 0.2\n\
          [api]\nlisten = \"127.0.0.1:0\"\ntoken_env = \"TEST_SEC_API_TOKEN\"\n\
          [outbox]\npath = {:?}\n[delivery]\ndrain_timeout_s = 0.5\nprobe_initial_s = 0.05\nprobe_max_s = 0.2\n\
          [[webhook]]\nname = \"signed\"\nurl = {hook_url:?}\nsecret_env = [\"TEST_SEC_HOOK\"]\nallow_insecure = true\nretry_schedule_s = [0, 0.05]\n\
-         [[webhook]]\nname = \"keyed\"\nurl = {hook_url:?}\nschemes = [\"api-key\"]\nsecrets = [{API_KEY:?}]\nallow_insecure = true\nretry_schedule_s = [0, 0.05]\n\
+         [[webhook]]\nname = \"keyed\"\nurl = {hook_url:?}\nschemes = [\"standard\", \"api-key\"]\nsecret_env = [\"TEST_SEC_HOOK\"]\napi_key = {API_KEY:?}\nallow_insecure = true\nretry_schedule_s = [0, 0.05]\n\
+         [[webhook]]\nname = \"creds\"\nurl = \"http://kiosk:URLCANARY-pass@{dead}/h?token=URLCANARY-tok\"\nsecret_env = [\"TEST_SEC_HOOK\"]\nallow_insecure = true\nretry_schedule_s = [0, 0.05]\n\
          [[mqtt]]\nname = \"broker\"\nhost = \"127.0.0.1\"\nport = {broker_port}\nallow_insecure = true\nusername = \"kiosk\"\npassword_env = \"TEST_SEC_MQTT_PW\"\nsecret_env = [\"TEST_SEC_HOOK\"]\n",
         dir.join("outbox").display().to_string()
     )
@@ -141,6 +145,19 @@ async fn secrets_never_appear_in_output_logs_errors_debug_or_the_outbox() {
     )
     .unwrap();
     bin(&mut runs, &["config", "check", bad.to_str().unwrap()]);
+    // A secret pasted where a variable name belongs, or as a string where
+    // a list belongs, or as the MQTT password's variable.
+    for (name, text) in [
+        ("pasted.toml", "[[webhook]]\nname = \"x\"\nurl = \"https://example.com/h\"\nsecret_env = [\"whsec_TEVBS0NBTkFSWWhvb2tzZWNyZXQwMQ==\"]\n"),
+        ("string.toml", "[[webhook]]\nname = \"x\"\nurl = \"https://example.com/h\"\nsecret_env = \"whsec_TEVBS0NBTkFSWWhvb2tzZWNyZXQwMQ==\"\n"),
+        ("inline.toml", "[[webhook]]\nname = \"x\"\nurl = \"https://example.com/h\"\nsecrets = \"whsec_TEVBS0NBTkFSWWhvb2tzZWNyZXQwMQ==\"\n"),
+        ("mqttpw.toml", "[[mqtt]]\nname = \"x\"\nhost = \"h\"\nallow_insecure = true\npassword_env = \"mqttpw-LEAKCANARY-77\"\nsecrets = [\"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\"]\n"),
+        ("creds.toml", "[[webhook]]\nname = \"x\"\nurl = \"http://u:URLCANARY@example.com/h?k=URLCANARY\"\nsecrets = [\"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\"]\n"),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        bin(&mut runs, &["config", "check", path.to_str().unwrap()]);
+    }
     for (args, r) in &runs {
         assert_clean(&format!("`{args}` stdout"), r.stdout.as_bytes());
         assert_clean(&format!("`{args}` stderr"), r.stderr.as_bytes());
@@ -148,9 +165,61 @@ async fn secrets_never_appear_in_output_logs_errors_debug_or_the_outbox() {
     // The runs did what they should (so the search above saw real output).
     let code = |part: &str| runs.iter().find(|(a, _)| a.contains(part)).unwrap().1.code;
     assert_eq!(code("agent.toml"), 0, "config check");
-    assert_eq!(code("sync"), 3, "the destinations keep failing");
+    // Refused twice, send-test's events are dead-lettered: not a success.
+    assert_eq!(code("send-test"), 4, "refused events are not a success");
+    assert_eq!(
+        code("sync"),
+        3,
+        "the credentialed destination stays offline"
+    );
     assert_eq!(code("outbox show"), 0);
-    assert_eq!(code("bad.toml"), 2);
+    for bad in [
+        "bad.toml",
+        "pasted.toml",
+        "string.toml",
+        "inline.toml",
+        "mqttpw.toml",
+        "creds.toml",
+    ] {
+        assert_eq!(code(bad), 2, "{bad}");
+    }
+
+    // Inspection needs none of the secrets.
+    for args in [["outbox", "stats"], ["outbox", "list"]] {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rppg-agent"));
+        cmd.args(args)
+            .args(["--config", &cfg])
+            .env_remove("RPPG_CONFIG")
+            .env_remove("TEST_SEC_HOOK")
+            .env_remove("TEST_SEC_MQTT_PW")
+            .env_remove("TEST_SEC_API_TOKEN");
+        let r = tokio::task::block_in_place(|| crate::util::run_command(cmd, None, MINUTE));
+        assert_eq!(r.code, 0, "{args:?} without secrets: {}", r.stderr);
+        assert!(r.stdout.contains("creds"), "{args:?}: {}", r.stdout);
+    }
+
+    // The keyed destination's x-api-key is its own key, never the signing
+    // secret; the signed one sends no x-api-key at all.
+    let received = rx.received();
+    assert!(!received.is_empty());
+    for r in &received {
+        let api_key = r
+            .headers
+            .iter()
+            .find(|(k, _)| k == "x-api-key")
+            .map(|(_, v)| v.as_str());
+        assert!(api_key.is_none_or(|k| k == API_KEY), "{api_key:?}");
+        let all: String = r
+            .headers
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}\n"))
+            .collect();
+        assert!(!all.contains("TEVBS0NBTkFSWWhvb2tzZWNyZXQwMQ"), "{all}");
+    }
+    assert!(received.iter().any(|r| r
+        .headers
+        .iter()
+        .any(|(k, v)| k == "x-api-key" && v == API_KEY)));
 
     // The daemon: its log, and its answers.
     let (mut child, addr, mut log, lines) = crate::daemon::spawn_run(&cfg);
