@@ -425,7 +425,7 @@ async fn a_web_page_cannot_drive_the_api_and_untyped_or_oversized_bodies_are_ref
         ),
         (
             "an allowed origin",
-            format!("GET /healthz HTTP/1.1\r\nHost: localhost\r\nOrigin: https://kiosk-ui.example.org\r\nConnection: close\r\n\r\n"),
+            "GET /healthz HTTP/1.1\r\nHost: localhost\r\nOrigin: https://kiosk-ui.example.org\r\nConnection: close\r\n\r\n".to_string(),
             200,
             "\"ok\"",
         ),
