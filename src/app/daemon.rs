@@ -129,8 +129,12 @@ struct Shared {
 /// Why a scan could not start.
 #[derive(Debug, PartialEq, Eq)]
 pub enum StartError {
-    Busy { id: String },
+    Busy {
+        id: String,
+    },
     OutboxFull,
+    /// The outbox cannot store events (a storage error that has not healed).
+    Storage(String),
 }
 
 /// Fans events out to the SSE clients (after the outbox sink made them durable).
@@ -167,6 +171,10 @@ impl Shared {
         let mut st = self.state.lock().expect("state lock");
         if let Some(r) = &st.current {
             return Err(StartError::Busy { id: r.id.clone() });
+        }
+        if let Err(why) = self.outbox.health() {
+            tracing::warn!(error = %why, "scan refused: the outbox cannot store events");
+            return Err(StartError::Storage(why));
         }
         if !self.outbox.has_room_for(super::SCAN_LIFECYCLE_BYTES) {
             let full = crate::outbox::OutboxError::Full {
@@ -774,6 +782,10 @@ async fn handle(
                     StatusCode::INSUFFICIENT_STORAGE,
                     "the outbox is full: let pending events drain or raise outbox.max_bytes",
                 ),
+                Err(StartError::Storage(why)) => error(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    &format!("the outbox cannot store events ({why}); free disk space, it recovers by itself"),
+                ),
             }
         }
         (Method::DELETE, "/v1/scans/current") => {
@@ -809,19 +821,33 @@ async fn handle(
             }
         }
         (Method::GET, "/v1/events") => sse(&shared, stop),
-        (Method::GET, "/healthz") => json_response(
-            StatusCode::OK,
-            json!({
-                "status": "ok",
-                "version": env!("CARGO_PKG_VERSION"),
-                "uptime_s": (unix_ms() - shared.started_unix_ms) / 1000,
-                "scan_running": shared.is_running(),
-                "destinations": shared.lanes.iter().map(|l| json!({
-                    "name": l.name,
-                    "offline": l.stats.offline.load(Ordering::Relaxed),
-                })).collect::<Vec<_>>(),
-            }),
-        ),
+        (Method::GET, "/healthz") => {
+            let sh = shared.clone();
+            let storage = tokio::task::spawn_blocking(move || sh.outbox.health())
+                .await
+                .unwrap_or_else(|_| Err("the health check failed".into()));
+            let (status, word) = match &storage {
+                Ok(()) => (StatusCode::OK, "ok"),
+                Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "degraded"),
+            };
+            json_response(
+                status,
+                json!({
+                    "status": word,
+                    "outbox": match &storage {
+                        Ok(()) => json!({"ok": true}),
+                        Err(why) => json!({"ok": false, "error": why}),
+                    },
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "uptime_s": (unix_ms() - shared.started_unix_ms) / 1000,
+                    "scan_running": shared.is_running(),
+                    "destinations": shared.lanes.iter().map(|l| json!({
+                        "name": l.name,
+                        "offline": l.stats.offline.load(Ordering::Relaxed),
+                    })).collect::<Vec<_>>(),
+                }),
+            )
+        }
         (Method::GET, "/metrics") => {
             let sh = shared.clone();
             let text = tokio::task::spawn_blocking(move || metrics_text(&sh))

@@ -147,6 +147,50 @@ impl Lane {
     }
 }
 
+/// Runs a lane until told to stop. A storage error ends a lane's run (it
+/// cannot record what it does); the lane then waits, with a back-off of 1 s
+/// doubling to 30 s, for the outbox to heal (see `Outbox::heal`: a disk
+/// that was full has room again), and runs again. Only the stop ends it.
+async fn supervise<F, Fut>(
+    name: String,
+    outbox: Arc<Outbox>,
+    stats: Arc<LaneStats>,
+    mut stop: watch::Receiver<bool>,
+    mut run: F,
+) -> (String, Result<(), OutboxError>)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), OutboxError>>,
+{
+    let mut wait = Duration::from_secs(1);
+    loop {
+        let error = match run().await {
+            Ok(()) => return (name, Ok(())),
+            Err(e) => e,
+        };
+        if *stop.borrow() {
+            return (name, Err(error));
+        }
+        stats.note_error(format!("outbox: {error}"));
+        tracing::error!(destination = %name, error = %error, retry_in_s = wait.as_secs(), "delivery paused by a storage error");
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => return (name, Err(error)),
+            }
+            wait = (wait * 2).min(Duration::from_secs(30));
+            let ob = outbox.clone();
+            let healed = tokio::task::spawn_blocking(move || ob.heal())
+                .await
+                .unwrap_or(false);
+            if healed {
+                break;
+            }
+        }
+        wait = Duration::from_secs(1);
+    }
+}
+
 /// The delivery workers: one lane per destination.
 pub struct Delivery {
     lanes: Vec<Lane>,
@@ -188,7 +232,11 @@ impl Delivery {
             };
             let dest = Arc::new(dest.clone());
             let name = dest.name.clone();
-            tasks.spawn(async move { (name, webhook::run_lane(dest, client, ctx).await) });
+            let (ob, stats, stop_rx) = (outbox.clone(), lane.stats.clone(), stop_rx.clone());
+            tasks.spawn(supervise(name, ob, stats, stop_rx, move || {
+                let (dest, client, ctx) = (dest.clone(), client.clone(), ctx.clone());
+                async move { webhook::run_lane(dest, client, ctx).await }
+            }));
             lanes.push(lane);
         }
         for dest in setup.mqtt {
@@ -205,7 +253,11 @@ impl Delivery {
             };
             let dest = Arc::new(dest.clone());
             let name = dest.name.clone();
-            tasks.spawn(async move { (name, mqtt::run_lane(dest, ctx).await) });
+            let (ob, stats, stop_rx) = (outbox.clone(), lane.stats.clone(), stop_rx.clone());
+            tasks.spawn(supervise(name, ob, stats, stop_rx, move || {
+                let (dest, ctx) = (dest.clone(), ctx.clone());
+                async move { mqtt::run_lane(dest, ctx).await }
+            }));
             lanes.push(lane);
         }
         Ok(Delivery { lanes, stop, tasks })

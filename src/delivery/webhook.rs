@@ -157,7 +157,7 @@ impl LaneStats {
         }
     }
 
-    fn note_error(&self, e: String) {
+    pub(crate) fn note_error(&self, e: String) {
         *self.last_error.lock().expect("stats lock") = Some(e);
     }
 }

@@ -104,6 +104,8 @@ pub enum OutboxError {
     },
     #[error("the outbox at {path} is damaged: {detail}; `scan`, `run` and `sync` move it aside (kept, never deleted) and start a new one")]
     Damaged { path: PathBuf, detail: String },
+    #[error("the outbox at {path} is unavailable after a storage error ({why}); it is reopened as soon as the cause (e.g. a full disk) is gone")]
+    Unavailable { path: PathBuf, why: String },
     #[error("outbox storage error ({context}): {source}; if the disk is full, free space; if the database is damaged, stop the agent and move {path} aside")]
     Storage {
         context: &'static str,
@@ -363,15 +365,53 @@ struct CommitState {
     flushing: bool,
 }
 
-/// The outbox.
-pub struct Outbox {
-    path: PathBuf,
+/// The open database: sled and its trees, and the high-water file. Held
+/// behind a lock so that a database sled has given up on (its first I/O
+/// error, e.g. a full disk, poisons it for good) can be replaced by a fresh
+/// open once the cause is gone ([`Outbox::heal`]).
+struct Store {
     db: sled::Db,
     events: sled::Tree,
     pending: sled::Tree,
     dead: sled::Tree,
     delivered: sled::Tree,
     meta: sled::Tree,
+    /// The high-water mark file (see "Damage").
+    high_water: Mutex<std::fs::File>,
+}
+
+/// A storage failure that has not healed yet.
+#[derive(Debug, Clone)]
+struct Failure {
+    /// What failed first.
+    cause: String,
+    /// Why the last reopen failed, if one was tried.
+    reopen: Option<String>,
+    /// When a reopen was last tried (monotonic).
+    tried: std::time::Instant,
+}
+
+impl Failure {
+    /// For health reports and errors.
+    fn message(&self) -> String {
+        match &self.reopen {
+            None => self.cause.clone(),
+            Some(r) => format!("{}; reopening failed: {r}", self.cause),
+        }
+    }
+}
+
+/// How often a failed store is reopened, at most.
+const HEAL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The outbox.
+pub struct Outbox {
+    path: PathBuf,
+    store: std::sync::RwLock<Option<std::sync::Arc<Store>>>,
+    failure: Mutex<Option<Failure>>,
+    /// What was lost when the outbox was found damaged at open (see
+    /// [`Outbox::note_loss`]); commands report it and fail.
+    loss: Mutex<Option<String>>,
     commit: GroupCommit,
     stored_bytes: AtomicU64,
     /// Bytes of stored INTERMEDIATE_RESULTS: room the cap can make by shedding.
@@ -380,8 +420,6 @@ pub struct Outbox {
     /// Group commit of appends.
     appends: Mutex<AppendQueue>,
     appended: Condvar,
-    /// The high-water mark file (see "Damage").
-    high_water: Mutex<std::fs::File>,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -427,6 +465,37 @@ impl Outbox {
     /// Opens the database; with `check`, compares it with the high-water mark.
     fn open_inner(cfg: OutboxConfig, check: bool) -> Result<Self, OutboxError> {
         let path = cfg.path.clone();
+        let store = Self::open_store(&cfg, check)?;
+        let outbox = Outbox {
+            store: std::sync::RwLock::new(Some(std::sync::Arc::new(store))),
+            failure: Mutex::new(None),
+            loss: Mutex::new(None),
+            path,
+            commit: GroupCommit::default(),
+            stored_bytes: AtomicU64::new(0),
+            sheddable_bytes: AtomicU64::new(0),
+            appends: Mutex::new(AppendQueue::default()),
+            appended: Condvar::new(),
+            cfg,
+        };
+        outbox.count_stored()?;
+        Ok(outbox)
+    }
+
+    /// Counts the stored bytes (at open, and after a reopen).
+    fn count_stored(&self) -> Result<(), OutboxError> {
+        self.stored_bytes.store(0, Ordering::Relaxed);
+        self.sheddable_bytes.store(0, Ordering::Relaxed);
+        for item in self.s()?.events.iter() {
+            let (_, v) = item.map_err(|e| self.storage("reading events", e))?;
+            self.count_bytes(is_sheddable(&v), v.len() as u64, true);
+        }
+        Ok(())
+    }
+
+    /// Opens sled and the trees at `cfg.path`.
+    fn open_store(cfg: &OutboxConfig, check: bool) -> Result<Store, OutboxError> {
+        let path = cfg.path.clone();
         let db = sled::Config::new()
             .path(&path)
             .cache_capacity(cfg.cache_capacity_bytes)
@@ -445,7 +514,7 @@ impl Outbox {
         let events = tree("events")?;
         let meta = tree("meta")?;
         let high_water = Self::check_high_water(&path, &events, &meta, check)?;
-        let outbox = Outbox {
+        Ok(Store {
             events,
             pending: tree("pending")?,
             dead: tree("dead")?,
@@ -453,19 +522,89 @@ impl Outbox {
             meta,
             db,
             high_water: Mutex::new(high_water),
-            path,
-            commit: GroupCommit::default(),
-            stored_bytes: AtomicU64::new(0),
-            sheddable_bytes: AtomicU64::new(0),
-            appends: Mutex::new(AppendQueue::default()),
-            appended: Condvar::new(),
-            cfg,
-        };
-        for item in outbox.events.iter() {
-            let (_, v) = item.map_err(|e| outbox.storage("reading events", e))?;
-            outbox.count_bytes(is_sheddable(&v), v.len() as u64, true);
+        })
+    }
+
+    /// The open database, or the storage error that closed it (until
+    /// [`Outbox::heal`] reopens it).
+    fn s(&self) -> Result<std::sync::Arc<Store>, OutboxError> {
+        if let Some(store) = &*self.store.read().expect("store lock") {
+            return Ok(store.clone());
         }
-        Ok(outbox)
+        let why = self
+            .failure
+            .lock()
+            .expect("failure lock")
+            .as_ref()
+            .map_or_else(|| "closed".to_string(), Failure::message);
+        Err(OutboxError::Unavailable {
+            path: self.path.clone(),
+            why,
+        })
+    }
+
+    /// Whether storage works: `Err` with what failed while a storage error
+    /// has not healed. Tries to heal first (see [`Outbox::heal`]).
+    pub fn health(&self) -> Result<(), String> {
+        self.heal();
+        match &*self.failure.lock().expect("failure lock") {
+            None => Ok(()),
+            Some(f) => Err(f.message()),
+        }
+    }
+
+    /// After an I/O error sled refuses every later operation, even once the
+    /// cause (a full disk) is gone. So, at most every [`HEAL_INTERVAL`],
+    /// the database is closed and opened again; what it had made durable
+    /// is there, and only unacknowledged work is redone (at-least-once).
+    /// Cheap when nothing failed. Returns whether storage works now.
+    pub fn heal(&self) -> bool {
+        {
+            let mut failure = self.failure.lock().expect("failure lock");
+            match failure.as_mut() {
+                None => return true,
+                Some(f) if f.tried.elapsed() < HEAL_INTERVAL => return false,
+                Some(f) => f.tried = std::time::Instant::now(),
+            }
+        }
+        let mut guard = self.store.write().expect("store lock");
+        if let Some(old) = guard.take() {
+            // sled holds a lock on its files until the last handle is gone:
+            // wait (bounded) for operations still holding the old one.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while std::sync::Arc::strong_count(&old) > 1 && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            drop(old);
+        }
+        let reopened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Self::open_store(&self.cfg, true)
+        }))
+        .unwrap_or_else(|_| {
+            Err(OutboxError::Unavailable {
+                path: self.path.clone(),
+                why: "the storage engine failed reopening it".into(),
+            })
+        });
+        match reopened {
+            Ok(store) => {
+                *guard = Some(std::sync::Arc::new(store));
+                drop(guard);
+                if self.count_stored().is_ok() {
+                    *self.failure.lock().expect("failure lock") = None;
+                    tracing::info!(path = %self.path.display(), "the outbox works again");
+                    return true;
+                }
+                false
+            }
+            Err(e) => {
+                drop(guard);
+                if let Some(f) = self.failure.lock().expect("failure lock").as_mut() {
+                    f.reopen = Some(e.to_string());
+                }
+                false
+            }
+        }
     }
 
     /// Compares the database with the high-water mark file and returns the
@@ -536,7 +675,8 @@ impl Outbox {
     /// next open is weaker for these batches, but nothing else is affected.
     fn record_high_water(&self, id: u64) {
         use std::io::{Seek, Write};
-        let mut file = self.high_water.lock().expect("high-water lock");
+        let Ok(store) = self.s() else { return };
+        let mut file = store.high_water.lock().expect("high-water lock");
         let _ = file
             .seek(std::io::SeekFrom::Start(0))
             .and_then(|_| file.write_all(&encode_high_water(id)));
@@ -546,7 +686,20 @@ impl Outbox {
         &self.path
     }
 
+    /// A storage error. An I/O error also marks the store as failed: sled
+    /// will refuse everything from now on, so [`Outbox::heal`] reopens it.
     fn storage(&self, context: &'static str, source: sled::Error) -> OutboxError {
+        if matches!(source, sled::Error::Io(_)) {
+            let mut failure = self.failure.lock().expect("failure lock");
+            if failure.is_none() {
+                tracing::error!(path = %self.path.display(), error = %source, context, "outbox storage failed");
+                *failure = Some(Failure {
+                    cause: format!("{context}: {source}"),
+                    reopen: None,
+                    tried: std::time::Instant::now(),
+                });
+            }
+        }
         OutboxError::Storage {
             context,
             path: self.path.clone(),
@@ -577,7 +730,7 @@ impl Outbox {
                 st.flushing = true;
                 let target = st.written;
                 drop(st);
-                let result = self.db.flush();
+                let result = self.s()?.db.flush();
                 st = self.commit.state.lock().expect("commit lock");
                 st.flushing = false;
                 if result.is_ok() {
@@ -603,6 +756,8 @@ impl Outbox {
         destinations: &[&str],
         now_ms: u64,
     ) -> Result<u64, OutboxError> {
+        // After a storage error, every new event tries the store again.
+        self.heal();
         let meta = EventMeta {
             event_id: event.id.clone(),
             session_id: event.session_id.clone(),
@@ -644,11 +799,25 @@ impl Outbox {
 
     /// Writes a batch of appends in one transaction and one flush.
     fn write_batch(&self, batch: Vec<AppendRequest>) -> Vec<(u64, Result<u64, OutboxError>)> {
+        let store = match self.s() {
+            Ok(store) => store,
+            Err(OutboxError::Unavailable { path, why }) => {
+                return batch
+                    .into_iter()
+                    .map(|r| {
+                        let (path, why) = (path.clone(), why.clone());
+                        (r.ticket, Err(OutboxError::Unavailable { path, why }))
+                    })
+                    .collect()
+            }
+            Err(e) => unreachable!("the store is either open or unavailable: {e}"),
+        };
         let mut results = Vec::with_capacity(batch.len());
         let mut accepted: Vec<(AppendRequest, u64)> = Vec::with_capacity(batch.len());
         for req in batch {
             let id = self.make_room(req.size, req.kind).and_then(|()| {
-                self.db
+                store
+                    .db
                     .generate_id()
                     .map_err(|e| self.storage("allocating an id", e))
             });
@@ -665,7 +834,7 @@ impl Outbox {
         }
         let pending_value = encode_json(&Attempts::default());
         let highest = accepted.iter().map(|(_, id)| *id).max().unwrap_or(0);
-        let written = (&self.events, &self.pending, &self.meta)
+        let written = (&store.events, &store.pending, &store.meta)
             .transaction(|(events, pending, meta)| {
                 for (req, id) in &accepted {
                     events.insert(&id.to_be_bytes(), req.value.as_slice())?;
@@ -678,7 +847,8 @@ impl Outbox {
             })
             .map_err(|e| self.tx_error("appending events", e).to_string())
             .and_then(|()| {
-                self.db
+                store
+                    .db
                     .flush()
                     .map(|_| ())
                     .map_err(|e| self.storage("flushing to disk", e).to_string())
@@ -710,7 +880,7 @@ impl Outbox {
             return Ok(());
         }
         let mut shed = 0u64;
-        for item in self.events.iter() {
+        for item in self.s()?.events.iter() {
             if self.stored_bytes.load(Ordering::SeqCst) + extra <= max {
                 break;
             }
@@ -723,7 +893,8 @@ impl Outbox {
                 continue;
             }
             self.remove_everywhere(id, &meta)?;
-            self.events
+            self.s()?
+                .events
                 .remove(&k)
                 .map_err(|e| self.storage("shedding", e))?;
             self.count_bytes(true, v.len() as u64, false);
@@ -747,7 +918,7 @@ impl Outbox {
     fn remove_everywhere(&self, id: u64, meta: &EventMeta) -> Result<(), OutboxError> {
         for dest in &meta.destinations {
             let key = lane_key(dest, id);
-            for tree in [&self.pending, &self.dead] {
+            for tree in [&self.s()?.pending, &self.s()?.dead] {
                 tree.remove(&key)
                     .map_err(|e| self.storage("removing lane entries", e))?;
             }
@@ -758,6 +929,7 @@ impl Outbox {
     /// Intermediate results shed to respect the size cap, ever.
     pub fn shed_count(&self) -> Result<u64, OutboxError> {
         Ok(self
+            .s()?
             .meta
             .get("shed")
             .map_err(|e| self.storage("reading counters", e))?
@@ -804,7 +976,8 @@ impl Outbox {
 
     fn add_shed(&self, n: u64) -> Result<(), OutboxError> {
         let before = self.shed_count()?;
-        self.meta
+        self.s()?
+            .meta
             .insert("shed", &(before + n).to_be_bytes())
             .map_err(|e| self.storage("counting shed events", e))?;
         Ok(())
@@ -812,6 +985,7 @@ impl Outbox {
 
     fn event(&self, id: u64) -> Result<(EventMeta, Vec<u8>), OutboxError> {
         let v = self
+            .s()?
             .events
             .get(id.to_be_bytes())
             .map_err(|e| self.storage("reading an event", e))?
@@ -845,7 +1019,7 @@ impl Outbox {
         skip: &HashSet<u64>,
     ) -> Result<Vec<PendingEvent>, OutboxError> {
         let mut out = Vec::new();
-        for item in self.pending.scan_prefix(lane_prefix(dest)) {
+        for item in self.s()?.pending.scan_prefix(lane_prefix(dest)) {
             if out.len() >= limit {
                 break;
             }
@@ -878,7 +1052,7 @@ impl Outbox {
         max_wait_ms: u64,
     ) -> Result<Option<u64>, OutboxError> {
         let mut best = None;
-        for item in self.pending.scan_prefix(lane_prefix(dest)) {
+        for item in self.s()?.pending.scan_prefix(lane_prefix(dest)) {
             let (k, v) = item.map_err(|e| self.storage("reading pending events", e))?;
             let state: Attempts = decode_json(&k, &v)?;
             let due = bounded_due_ms(state.next_attempt_ms, now_ms, max_wait_ms);
@@ -889,7 +1063,8 @@ impl Outbox {
 
     /// Records a failed attempt and when to try next.
     pub fn reschedule(&self, dest: &str, id: u64, state: &Attempts) -> Result<(), OutboxError> {
-        self.pending
+        self.s()?
+            .pending
             .insert(lane_key(dest, id), encode_json(state))
             .map_err(|e| self.storage("rescheduling", e))?;
         Ok(())
@@ -898,6 +1073,7 @@ impl Outbox {
     /// Deletes the event record once no lane holds it.
     fn drop_event_if_done(&self, id: u64) -> Result<(), OutboxError> {
         let Some(value) = self
+            .s()?
             .events
             .get(id.to_be_bytes())
             .map_err(|e| self.storage("reading an event", e))?
@@ -918,7 +1094,7 @@ impl Outbox {
     ) -> Result<(), OutboxError> {
         for dest in &meta.destinations {
             let key = lane_key(dest, id);
-            for tree in [&self.pending, &self.dead] {
+            for tree in [&self.s()?.pending, &self.s()?.dead] {
                 if tree
                     .contains_key(&key)
                     .map_err(|e| self.storage("checking lanes", e))?
@@ -928,6 +1104,7 @@ impl Outbox {
             }
         }
         if self
+            .s()?
             .events
             .remove(id.to_be_bytes())
             .map_err(|e| self.storage("removing an event", e))?
@@ -968,6 +1145,7 @@ impl Outbox {
         let mut done = Vec::with_capacity(acks.len());
         for a in acks {
             let Some(value) = self
+                .s()?
                 .events
                 .get(a.id.to_be_bytes())
                 .map_err(|e| self.storage("reading an event", e))?
@@ -984,7 +1162,7 @@ impl Outbox {
             writes.push((lane_key(dest, a.id), record));
             done.push((a.id, meta, value.len() as u64));
         }
-        (&self.pending, &self.delivered)
+        (&self.s()?.pending, &self.s()?.delivered)
             .transaction(|(pending, delivered)| {
                 for (key, record) in &writes {
                     if pending.remove(key.as_slice())?.is_some() {
@@ -1015,7 +1193,7 @@ impl Outbox {
             dead_at_ms: now_ms,
             history: state.history.clone(),
         });
-        (&self.pending, &self.dead)
+        (&self.s()?.pending, &self.s()?.dead)
             .transaction(|(pending, dead)| {
                 pending.remove(key.as_slice())?;
                 dead.insert(key.as_slice(), record.as_slice())?;
@@ -1035,7 +1213,7 @@ impl Outbox {
     ) -> Result<u64, OutboxError> {
         let prefix = dest.map(lane_prefix).unwrap_or_default();
         let mut moved = 0;
-        for item in self.dead.scan_prefix(prefix) {
+        for item in self.s()?.dead.scan_prefix(prefix) {
             let (k, _) = item.map_err(|e| self.storage("reading dead letters", e))?;
             let id = id_of_lane_key(&k).unwrap_or_default();
             let (meta, _) = self.event(id)?;
@@ -1045,7 +1223,7 @@ impl Outbox {
                 continue;
             }
             let fresh = encode_json(&Attempts::default());
-            (&self.dead, &self.pending)
+            (&self.s()?.dead, &self.s()?.pending)
                 .transaction(|(dead, pending)| {
                     dead.remove(&k)?;
                     pending.insert(&k, fresh.as_slice())?;
@@ -1065,7 +1243,7 @@ impl Outbox {
     ) -> Result<Vec<(String, u64, EventMeta, DeadLetter)>, OutboxError> {
         let prefix = dest.map(lane_prefix).unwrap_or_default();
         let mut out = Vec::new();
-        for item in self.dead.scan_prefix(prefix) {
+        for item in self.s()?.dead.scan_prefix(prefix) {
             let (k, v) = item.map_err(|e| self.storage("reading dead letters", e))?;
             let id = id_of_lane_key(&k).unwrap_or_default();
             let name = String::from_utf8_lossy(&k[..k.len().saturating_sub(9)]).into_owned();
@@ -1078,11 +1256,12 @@ impl Outbox {
     pub fn purge_delivered(&self, now_ms: u64) -> Result<u64, OutboxError> {
         let cutoff = now_ms.saturating_sub(self.cfg.retention_ms);
         let mut purged = 0;
-        for item in self.delivered.iter() {
+        for item in self.s()?.delivered.iter() {
             let (k, v) = item.map_err(|e| self.storage("reading the audit trail", e))?;
             let rec: Delivered = decode_json(&k, &v)?;
             if rec.delivered_at_ms < cutoff {
-                self.delivered
+                self.s()?
+                    .delivered
                     .remove(&k)
                     .map_err(|e| self.storage("purging", e))?;
                 purged += 1;
@@ -1095,22 +1274,27 @@ impl Outbox {
     /// Pending events of `dest` (keys only, but every one of them: with a
     /// large backlog, poll [`Outbox::has_pending`] instead).
     pub fn pending_count(&self, dest: &str) -> u64 {
-        self.pending.scan_prefix(lane_prefix(dest)).keys().count() as u64
+        self.s().map_or(0, |st| {
+            st.pending.scan_prefix(lane_prefix(dest)).keys().count() as u64
+        })
     }
 
-    /// Whether `dest` has any pending event (one key read).
+    /// Whether `dest` has any pending event (one key read). While storage
+    /// is unavailable the answer is yes: pending work cannot be ruled out.
     pub fn has_pending(&self, dest: &str) -> bool {
-        self.pending
-            .scan_prefix(lane_prefix(dest))
-            .keys()
-            .next()
-            .is_some()
+        self.s().map_or(true, |st| {
+            st.pending
+                .scan_prefix(lane_prefix(dest))
+                .keys()
+                .next()
+                .is_some()
+        })
     }
 
     /// Counts for `dest` at `now_ms`.
     pub fn stats(&self, dest: &str, now_ms: u64) -> Result<DestinationStats, OutboxError> {
         let mut s = DestinationStats::default();
-        for item in self.pending.scan_prefix(lane_prefix(dest)) {
+        for item in self.s()?.pending.scan_prefix(lane_prefix(dest)) {
             let (k, v) = item.map_err(|e| self.storage("counting", e))?;
             let state: Attempts = decode_json(&k, &v)?;
             s.pending += 1;
@@ -1118,15 +1302,15 @@ impl Outbox {
                 s.due_now += 1;
             }
         }
-        s.dead = self.dead.scan_prefix(lane_prefix(dest)).count() as u64;
-        s.delivered = self.delivered.scan_prefix(lane_prefix(dest)).count() as u64;
+        s.dead = self.s()?.dead.scan_prefix(lane_prefix(dest)).count() as u64;
+        s.delivered = self.s()?.delivered.scan_prefix(lane_prefix(dest)).count() as u64;
         Ok(s)
     }
 
     /// Stored events in order: `(outbox id, meta)`.
     pub fn events(&self) -> Result<Vec<(u64, EventMeta)>, OutboxError> {
         let mut out = Vec::new();
-        for item in self.events.iter() {
+        for item in self.s()?.events.iter() {
             let (k, v) = item.map_err(|e| self.storage("listing events", e))?;
             let id = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
             out.push((id, decode_meta(id, &v)?.0));
@@ -1137,7 +1321,7 @@ impl Outbox {
     /// Destination names that have pending or dead events.
     pub fn lane_names(&self) -> Result<Vec<String>, OutboxError> {
         let mut names: Vec<String> = Vec::new();
-        for tree in [&self.pending, &self.dead] {
+        for tree in [&self.s()?.pending, &self.s()?.dead] {
             for k in tree.iter().keys() {
                 let k = k.map_err(|e| self.storage("listing lanes", e))?;
                 let name = String::from_utf8_lossy(&k[..k.len().saturating_sub(9)]).into_owned();
@@ -1175,19 +1359,19 @@ impl Outbox {
             tree.get(&key)
                 .map_err(|e| self.storage("reading lane state", e))
         };
-        if let Some(v) = get(&self.pending)? {
+        if let Some(v) = get(&self.s()?.pending)? {
             let a: Attempts = decode_json(&key, &v)?;
             return Ok(Some(
                 serde_json::json!({"status": "pending", "attempts": a}),
             ));
         }
-        if let Some(v) = get(&self.dead)? {
+        if let Some(v) = get(&self.s()?.dead)? {
             let d: DeadLetter = decode_json(&key, &v)?;
             return Ok(Some(
                 serde_json::json!({"status": "dead", "dead_letter": d}),
             ));
         }
-        if let Some(v) = get(&self.delivered)? {
+        if let Some(v) = get(&self.s()?.delivered)? {
             let d: Delivered = decode_json(&key, &v)?;
             return Ok(Some(
                 serde_json::json!({"status": "delivered", "delivered": d}),
@@ -1200,13 +1384,15 @@ impl Outbox {
     pub fn purge_dead(&self, dest: Option<&str>) -> Result<u64, OutboxError> {
         let prefix = dest.map(lane_prefix).unwrap_or_default();
         let keys: Vec<sled::IVec> = self
+            .s()?
             .dead
             .scan_prefix(prefix)
             .keys()
             .filter_map(Result::ok)
             .collect();
         for k in &keys {
-            self.dead
+            self.s()?
+                .dead
                 .remove(k)
                 .map_err(|e| self.storage("purging dead letters", e))?;
             if let Some(id) = id_of_lane_key(k) {
@@ -1219,7 +1405,19 @@ impl Outbox {
 
     /// Flushes everything (on shutdown).
     pub fn flush(&self) -> Result<(), OutboxError> {
+        self.heal();
         self.commit()
+    }
+
+    /// Records what was lost when this outbox replaced a damaged one (see
+    /// "Damage"): the commands report it and do not claim success.
+    pub fn note_loss(&self, what: String) {
+        *self.loss.lock().expect("loss lock") = Some(what);
+    }
+
+    /// What was lost, if anything, when this outbox was opened.
+    pub fn loss(&self) -> Option<String> {
+        self.loss.lock().expect("loss lock").clone()
     }
 
     /// Copies into this outbox every event of the damaged database at
@@ -1252,7 +1450,16 @@ impl Outbox {
         };
         let mut report = Salvaged::default();
         let mut batch: Vec<SalvagedEvent> = Vec::new();
-        let mut iter = source.events.iter();
+        let source_store = match source.s() {
+            Ok(store) => store,
+            Err(e) => {
+                return Ok(Salvaged {
+                    unopenable: Some(e.to_string()),
+                    ..Salvaged::default()
+                })
+            }
+        };
+        let mut iter = source_store.events.iter();
         loop {
             // A damaged page can panic inside sled as well as return an error.
             let next = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -1263,8 +1470,8 @@ impl Outbox {
                     let mut lanes = Vec::new();
                     for dest in &meta.destinations {
                         let key = lane_key(dest, id);
-                        let p = source.pending.get(&key).map_err(|e| e.to_string())?;
-                        let d = source.dead.get(&key).map_err(|e| e.to_string())?;
+                        let p = source_store.pending.get(&key).map_err(|e| e.to_string())?;
+                        let d = source_store.dead.get(&key).map_err(|e| e.to_string())?;
                         lanes.push((dest.clone(), p.map(|v| v.to_vec()), d.map(|v| v.to_vec())));
                     }
                     Ok(SalvagedEvent {
@@ -1303,13 +1510,19 @@ impl Outbox {
         let mut ids = Vec::with_capacity(batch.len());
         for _ in &batch {
             ids.push(
-                self.db
+                self.s()?
+                    .db
                     .generate_id()
                     .map_err(|e| self.storage("allocating an id", e))?,
             );
         }
         let highest = ids.iter().copied().max().unwrap_or(0);
-        (&self.events, &self.pending, &self.dead, &self.meta)
+        (
+            &self.s()?.events,
+            &self.s()?.pending,
+            &self.s()?.dead,
+            &self.s()?.meta,
+        )
             .transaction(|(events, pending, dead, meta)| {
                 for (event, id) in batch.iter().zip(&ids) {
                     events.insert(&id.to_be_bytes(), event.value.as_slice())?;

@@ -588,6 +588,162 @@ fn out_of_file_descriptors_the_daemon_backs_off_instead_of_spinning_and_recovers
     assert!(warnings <= 20, "{warnings} back-off warnings: {log:?}");
 }
 
+/// Sets the file-size limit of process `pid` (RLIMIT_FSIZE, soft limit):
+/// past it, writes that grow a file fail (EFBIG) as on a full disk.
+fn limit_file_size(pid: u32, bytes: u64) {
+    let lim = libc::rlimit {
+        rlim_cur: bytes,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: prlimit(2) on our own child with a valid struct.
+    let rc = unsafe {
+        libc::prlimit(
+            libc::pid_t::try_from(pid).unwrap(),
+            libc::RLIMIT_FSIZE,
+            &lim,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn a_disk_that_fills_then_frees_heals_without_a_restart_and_health_says_so_meanwhile() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let dead = crate::util::free_addr();
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[run]\ninput = \"synthetic:width=160,height=120,face_width=0.45\"\nshutdown_drain_s = 0.2\n\
+             [api]\nlisten = \"127.0.0.1:0\"\n[outbox]\npath = {:?}\n[scan]\nduration_s = 10.0\nmin_duration_s = 5.0\n\
+             [[webhook]]\nname = \"later\"\nurl = \"http://{dead}/h\"\nsecrets = [\"{SECRET}\"]\nallow_insecure = true\n",
+            dir.path().join("outbox").display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rppg-agent"));
+    cmd.args(["run", "--config", cfg.to_str().unwrap()])
+        .env_remove("RPPG_CONFIG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: signal(2) between fork and exec: a write past the file-size
+    // limit then fails with EFBIG instead of killing the process.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let pid = child.id();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("the daemon logs its address").unwrap();
+        if let Some(a) = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="))
+        {
+            break a.to_string();
+        }
+    };
+    let log = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+    let get = |path: &str| {
+        raw(
+            &addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"),
+        )
+    };
+    let post = || {
+        raw(
+            &addr,
+            "POST /v1/scans HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+    };
+    let wait_until = |what: &str, done: &dyn Fn() -> bool| {
+        let start = Instant::now();
+        while !done() {
+            assert!(start.elapsed() < Duration::from_secs(60), "{what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let scan_ends = |id: &str| -> String {
+        let mut state = String::new();
+        wait_until("the scan ends", &|| {
+            let (_, body) = get(&format!("/v1/scans/{id}"));
+            let v: Value = serde_json::from_str(&body).unwrap_or_default();
+            v["state"] != "running"
+        });
+        let (_, body) = get(&format!("/v1/scans/{id}"));
+        let v: Value = serde_json::from_str(&body).unwrap();
+        state.push_str(v["state"].as_str().unwrap());
+        state
+    };
+    let id_of = |body: &str| -> String {
+        let v: Value = serde_json::from_str(body).unwrap();
+        v["id"].as_str().unwrap().to_string()
+    };
+    // A scan on a healthy disk.
+    let (status, body) = post();
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(scan_ends(&id_of(&body)), "completed");
+    // The disk "fills": no file may grow any more.
+    limit_file_size(pid, 0);
+    let (status, body) = post();
+    if status == 201 {
+        assert_eq!(scan_ends(&id_of(&body)), "failed");
+    } else {
+        assert_eq!(status, 507, "{body}");
+    }
+    let (status, body) = get("/healthz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("\"degraded\""), "{body}");
+    let (status, body) = post();
+    assert_eq!(
+        status, 507,
+        "a scan whose events cannot be stored is refused: {body}"
+    );
+    // Space again: health recovers and scans complete, without a restart.
+    limit_file_size(pid, libc::RLIM_INFINITY);
+    wait_until("health recovers", &|| get("/healthz").0 == 200);
+    let (status, body) = post();
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(scan_ends(&id_of(&body)), "completed");
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(
+        unsafe { libc::kill(libc::pid_t::try_from(pid).unwrap(), libc::SIGTERM) },
+        0
+    );
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = log.join().unwrap();
+    assert_eq!(status.code(), Some(0), "{log:#?}");
+    assert!(
+        log.iter().any(|l| l.contains("the outbox works again")),
+        "{log:#?}"
+    );
+    // The two completed scans are stored and wait for the destination.
+    let stored = crate::util::stored_events(&dir.path().join("outbox"), "later");
+    let completed = stored
+        .iter()
+        .filter(|e| e["event"] == "SCAN_COMPLETED")
+        .count();
+    assert_eq!(
+        completed,
+        2,
+        "{:?}",
+        crate::util::kinds_and_reasons(&stored)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_token_every_request_needs_it_and_a_wrong_one_is_refused() {
     let dir = tempfile::tempdir().unwrap();
