@@ -1837,7 +1837,7 @@ mod tests {
             env(&[
                 ("RPPG_SCAN_DURATION_S", "20"),
                 ("RPPG_SIGNAL_HR_BAND_HZ", "[0.75, 3.5]"),
-                ("RPPG_DEVICE_ID", "kiosk 7"),
+                ("RPPG_DEVICE_ID", "kiosk-7.lobby"),
                 ("RPPG_CONFIG", "ignored.toml"),
                 ("HOME", "/root"),
             ]),
@@ -1845,7 +1845,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.scan.duration_s, 20.0);
         assert_eq!(c.signal.hr_band_hz, [0.75, 3.5]);
-        assert_eq!(c.device.id, "kiosk 7");
+        assert_eq!(c.device.id, "kiosk-7.lobby");
     }
 
     #[test]
@@ -1866,6 +1866,28 @@ mod tests {
         }
         // The unknown method is a deserialisation error found after the key checks.
         assert!(err.problems.len() >= 5, "{msg}");
+    }
+
+    #[test]
+    fn device_ids_that_break_topics_and_twin_mqtt_client_ids_are_refused() {
+        let secret = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+        let broker = |name: &str, client_id: &str| {
+            format!("[[mqtt]]\nname = \"{name}\"\nhost = \"b\"\nallow_insecure = true\nclient_id = \"{client_id}\"\nsecrets = [\"{secret}\"]\n")
+        };
+        for id in ["kiosk/#", "a+b", "two words", ""] {
+            let text = format!("[device]\nid = {id:?}\n");
+            let loaded = Config::load(Some(("d.toml", &text)), env(&[]));
+            assert_eq!(loaded.is_err(), !id.is_empty(), "{id:?}");
+        }
+        let twins = format!("{}{}", broker("one", "kiosk"), broker("two", "kiosk"));
+        let msg = Config::load(Some(("t.toml", &twins)), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("mqtt[1].client_id"), "{msg}");
+        // Left empty, each lane's id has its name in it.
+        let defaults = format!("{}{}", broker("one", ""), broker("two", ""));
+        let c = Config::load(Some(("t.toml", &defaults)), env(&[])).unwrap();
+        assert_ne!(c.mqtt[0].client_id("k"), c.mqtt[1].client_id("k"));
     }
 
     #[test]

@@ -96,17 +96,33 @@ pub fn open_outbox(config: &Config) -> Result<Arc<Outbox>, AppError> {
     let recovered = match &salvaged.unopenable {
         Some(why) => format!("nothing could be salvaged from it ({why})"),
         None => format!(
-            "{} readable events were salvaged into the new outbox ({} pending and {} dead-letter entries kept as they were){}",
+            "{} readable events were salvaged into the new outbox ({} pending and {} dead-letter entries kept as they were){}{}{}",
             salvaged.events,
             salvaged.pending,
             salvaged.dead,
+            if salvaged.without_snapshot {
+                "; its snapshot was damaged, so they were read from its log"
+            } else {
+                ""
+            },
             if salvaged.unreadable > 0 {
                 format!("; {} records could not be read", salvaged.unreadable)
             } else {
                 String::new()
+            },
+            if salvaged.missing {
+                "; events it had stored are missing from it"
+            } else {
+                ""
             }
         ),
     };
+    if !salvaged.complete() {
+        outbox.note_loss(format!(
+            "the damaged outbox moved aside to {} held events that could not be recovered",
+            aside.display()
+        ));
+    }
     eprintln!(
         "warning: the outbox at {} is damaged ({detail}). It was moved aside to {}{} and kept as \
          evidence (nothing was deleted); a new outbox starts now, and {recovered}.",
@@ -156,6 +172,9 @@ fn remove_stale_scratch(path: &std::path::Path) {
 }
 
 /// Copies the outbox directory to `to` if it exists and is small enough.
+/// Best effort: on a full or read-only disk the copy fails, its remains are
+/// removed, and the outbox is opened without it (delivering is what frees
+/// space; a damaged outbox is then kept as sled's recovery left it).
 fn snapshot_before_open(
     path: &std::path::Path,
     to: &std::path::Path,
@@ -163,11 +182,18 @@ fn snapshot_before_open(
     if !path.is_dir() || dir_size(path) > EVIDENCE_COPY_MAX_BYTES {
         return Ok(None);
     }
-    copy_dir(path, to).map_err(|source| AppError::OutboxDir {
-        path: format!("{} (copying the outbox before opening it)", to.display()),
-        source,
-    })?;
-    Ok(Some(to.to_path_buf()))
+    match copy_dir(path, to) {
+        Ok(()) => Ok(Some(to.to_path_buf())),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(to);
+            tracing::warn!(
+                error = %e,
+                "could not copy the outbox before opening it (full or read-only disk?); \
+                 opening it without the copy"
+            );
+            Ok(None)
+        }
+    }
 }
 
 fn dir_size(path: &std::path::Path) -> u64 {
@@ -175,6 +201,7 @@ fn dir_size(path: &std::path::Path) -> u64 {
         .into_iter()
         .flatten()
         .filter_map(Result::ok)
+        .filter(|e| e.file_name() != crate::outbox::RESERVE_FILE)
         .map(|e| match e.file_type() {
             Ok(t) if t.is_dir() => dir_size(&e.path()),
             _ => e.metadata().map_or(0, |m| m.len()),
@@ -184,9 +211,12 @@ fn dir_size(path: &std::path::Path) -> u64 {
 
 /// Copies a directory tree of plain files (an outbox database).
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
+    crate::outbox::private_dir(to)?;
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;
+        if entry.file_name() == crate::outbox::RESERVE_FILE {
+            continue; // zeros kept for room, not evidence
+        }
         let target = to.join(entry.file_name());
         if entry.file_type()?.is_dir() {
             copy_dir(&entry.path(), &target)?;
@@ -385,6 +415,10 @@ pub fn sync(config: &Config, timeout: Duration) -> Result<i32, AppError> {
         println!("{line}");
     }
     outbox.flush()?;
+    if let Some(loss) = outbox.loss() {
+        eprintln!("error: {loss}; what could be read was delivered or is pending");
+        return Ok(1);
+    }
     Ok(outcome_code(&stats, &lanes))
 }
 
@@ -496,9 +530,17 @@ pub fn send_test(
 pub fn runtime() -> Result<tokio::runtime::Runtime, AppError> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        // Outbox reads and writes run on blocking threads. tokio's default
+        // (up to 512) let thousands of lanes start hundreds of threads, each
+        // with its own allocator arena: 3,000 destinations took ~1 GB. Disk
+        // work does not go faster with more threads than this.
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
         .enable_all()
         .build()?)
 }
+
+/// Threads for outbox work (see [`runtime`]).
+const MAX_BLOCKING_THREADS: usize = 8;
 
 /// Lane names known to the config or present in the outbox.
 fn lane_names(config: &Config, outbox: &Outbox) -> Result<Vec<String>, AppError> {

@@ -492,6 +492,16 @@ fn verify(a: cli::VerifyArgs) -> Result<i32, AppError> {
     }
 }
 
+/// Removes a directory when dropped (the demo's temporary outbox, on every
+/// path out of the demo, errors included).
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A cancel request that SIGTERM, SIGINT and SIGHUP set (reason SHUTDOWN),
 /// so that a stopped scan still stores its terminal event.
 fn termination_cancels() -> Result<std::sync::Arc<scan::CancelRequest>, AppError> {
@@ -839,6 +849,8 @@ fn demo(a: cli::DemoArgs) -> Result<i32, AppError> {
         std::process::id(),
         unix_ms()
     ));
+    // Removed however the demo ends (declared before the outbox: dropped after it).
+    let _cleanup = RemoveOnDrop(outbox_dir.clone());
     config.outbox.path = outbox_dir.display().to_string();
     config.webhook = vec![crate::delivery::webhook::WebhookDestination {
         name: "demo-receiver".into(),
@@ -897,7 +909,6 @@ fn demo(a: cli::DemoArgs) -> Result<i32, AppError> {
         stats
     })?;
     drop(outbox);
-    let _ = std::fs::remove_dir_all(&outbox_dir);
     if let Some(err) = print_error {
         return Err(err.into());
     }

@@ -215,11 +215,22 @@ impl Delivery {
             stats: Arc::new(LaneStats::default()),
             events: events.to_vec(),
         };
+        let mut clients = std::collections::HashMap::new();
         for dest in setup.webhooks {
-            let client = webhook::client_for(dest).map_err(|e| DeliveryError::Client {
-                name: dest.name.clone(),
-                reason: e.to_string(),
-            })?;
+            let client = match clients.entry(webhook::client_key(dest)) {
+                std::collections::hash_map::Entry::Occupied(c) => {
+                    let c: &reqwest::Client = c.into_mut();
+                    c.clone()
+                }
+                std::collections::hash_map::Entry::Vacant(v) => v
+                    .insert(
+                        webhook::client_for(dest).map_err(|e| DeliveryError::Client {
+                            name: dest.name.clone(),
+                            reason: e.to_string(),
+                        })?,
+                    )
+                    .clone(),
+            };
             let lane = new_lane(&dest.name, &dest.events);
             let ctx = LaneContext {
                 outbox: outbox.clone(),

@@ -233,15 +233,23 @@ fn classify_error(e: &reqwest::Error) -> AttemptResult {
     AttemptResult::Failed(text)
 }
 
-/// Builds the HTTP client for one destination.
+/// Builds an HTTP client for destinations like `dest`. One client (its
+/// TLS roots, its connection pool) serves every destination with the same
+/// [`client_key`]: a client per destination made 3,000 destinations cost
+/// over 1 GB. The per-attempt timeout is set on each request.
 pub fn client_for(dest: &WebhookDestination) -> Result<reqwest::Client, reqwest::Error> {
     super::install_crypto_provider();
     reqwest::Client::builder()
         .connect_timeout(dest.connect_timeout)
-        .timeout(dest.timeout)
         .https_only(!dest.allow_insecure)
         .redirect(reqwest::redirect::Policy::none())
         .build()
+}
+
+/// The client settings a destination needs: destinations with the same key
+/// share one client.
+pub fn client_key(dest: &WebhookDestination) -> (Duration, bool) {
+    (dest.connect_timeout, dest.allow_insecure)
 }
 
 /// One delivery attempt of `event`, signed at `now_s`.
@@ -256,7 +264,10 @@ pub async fn attempt(
         Err(e) => return AttemptResult::Unsendable(e.to_string()),
     };
     let headers = dest.headers(&event.meta.event_id, now_s, &body);
-    let mut req = client.post(dest.url.clone()).body(body);
+    let mut req = client
+        .post(dest.url.clone())
+        .timeout(dest.timeout)
+        .body(body);
     for (k, v) in headers {
         req = req.header(k, v);
     }

@@ -129,6 +129,29 @@ pub enum OutboxError {
     Write { message: String },
 }
 
+impl OutboxError {
+    /// Whether this is the disk (or a file-size limit) refusing to grow a file.
+    pub fn is_disk_full(&self) -> bool {
+        let io = match self {
+            OutboxError::Open {
+                source: sled::Error::Io(e),
+                ..
+            }
+            | OutboxError::Storage {
+                source: sled::Error::Io(e),
+                ..
+            } => e,
+            _ => return false,
+        };
+        // ENOSPC, or EFBIG (a file-size limit); sled may wrap the OS error.
+        io.kind() == std::io::ErrorKind::StorageFull
+            || io.kind() == std::io::ErrorKind::FileTooLarge
+            || matches!(io.raw_os_error(), Some(28 | 27))
+            || io.to_string().contains("os error 28")
+            || io.to_string().contains("os error 27")
+    }
+}
+
 /// One queued append (group commit).
 #[derive(Debug)]
 struct AppendRequest {
@@ -223,6 +246,7 @@ pub struct Ack {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PendingEvent {
     pub outbox_id: u64,
+    /// Without `destinations` (empty): a lane reads only its own entry.
     pub meta: EventMeta,
     pub bytes: Vec<u8>,
     pub state: Attempts,
@@ -291,8 +315,47 @@ fn decode_event(id: u64, value: &[u8]) -> Result<(EventMeta, Vec<u8>), OutboxErr
     Ok((meta, value[body_at..].to_vec()))
 }
 
+/// [`EventMeta`] without its destinations (see [`Outbox::due_except`]).
+#[derive(Deserialize)]
+struct LaneMeta {
+    event_id: String,
+    session_id: String,
+    sequence: u64,
+    kind: String,
+    created_ms: u64,
+}
+
 /// The metadata of a stored event, and where its bytes start (no copy).
 fn decode_meta(id: u64, value: &[u8]) -> Result<(EventMeta, usize), OutboxError> {
+    let (bytes, at) = meta_bytes(id, value)?;
+    let meta = serde_json::from_slice(bytes).map_err(|e| OutboxError::Corrupt {
+        key: format!("event {id}"),
+        problem: e.to_string(),
+    })?;
+    Ok((meta, at))
+}
+
+/// As [`decode_event`], with `destinations` left empty (not even parsed
+/// into strings).
+fn decode_event_for_lane(id: u64, value: &[u8]) -> Result<(EventMeta, Vec<u8>), OutboxError> {
+    let (bytes, at) = meta_bytes(id, value)?;
+    let m: LaneMeta = serde_json::from_slice(bytes).map_err(|e| OutboxError::Corrupt {
+        key: format!("event {id}"),
+        problem: e.to_string(),
+    })?;
+    let meta = EventMeta {
+        event_id: m.event_id,
+        session_id: m.session_id,
+        sequence: m.sequence,
+        kind: m.kind,
+        created_ms: m.created_ms,
+        destinations: Vec::new(),
+    };
+    Ok((meta, value[at..].to_vec()))
+}
+
+/// The metadata JSON of a stored event, and where its bytes start.
+fn meta_bytes(id: u64, value: &[u8]) -> Result<(&[u8], usize), OutboxError> {
     let corrupt = |problem: &str| OutboxError::Corrupt {
         key: format!("event {id}"),
         problem: problem.to_string(),
@@ -312,8 +375,7 @@ fn decode_meta(id: u64, value: &[u8]) -> Result<(EventMeta, usize), OutboxError>
     let meta_bytes = rest
         .get(4..4 + len)
         .ok_or_else(|| corrupt("short metadata"))?;
-    let meta = serde_json::from_slice(meta_bytes).map_err(|e| corrupt(&e.to_string()))?;
-    Ok((meta, 1 + 4 + len))
+    Ok((meta_bytes, 1 + 4 + len))
 }
 
 const HIGH_WATER_LEN: usize = 24;
@@ -438,10 +500,28 @@ impl Outbox {
             path: path.clone(),
             detail,
         };
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Self::open_inner(cfg, true)))
-        {
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Self::open_inner(cfg.clone(), true)
+        }));
+        let opened = match opened {
+            // sled needs a little room to open (it completes its last log
+            // segment): on a full disk, give up the reserve and try again.
+            Ok(Err(e)) if e.is_disk_full() && release_reserve(&path) => {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    Self::open_inner(cfg, true)
+                }))
+            }
+            Ok(Ok(outbox)) => {
+                keep_reserve(&path);
+                Ok(Ok(outbox))
+            }
+            other => other,
+        };
+        match opened {
+            // An unreadable `conf` file reads as "unsupported" (an old sled
+            // version): this outbox was made by this one, so it is damage.
             Ok(Err(OutboxError::Open {
-                source: e @ sled::Error::Corruption { .. },
+                source: e @ (sled::Error::Corruption { .. } | sled::Error::Unsupported(_)),
                 ..
             }))
             | Ok(Err(OutboxError::Storage {
@@ -496,6 +576,11 @@ impl Outbox {
     /// Opens sled and the trees at `cfg.path`.
     fn open_store(cfg: &OutboxConfig, check: bool) -> Result<Store, OutboxError> {
         let path = cfg.path.clone();
+        // Health data: the directory is the owner's alone, whatever the umask.
+        private_dir(&path).map_err(|e| OutboxError::Open {
+            path: path.clone(),
+            source: sled::Error::Io(e),
+        })?;
         let db = sled::Config::new()
             .path(&path)
             .cache_capacity(cfg.cache_capacity_bytes)
@@ -577,15 +662,21 @@ impl Outbox {
             }
             drop(old);
         }
-        let reopened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            Self::open_store(&self.cfg, true)
-        }))
-        .unwrap_or_else(|_| {
-            Err(OutboxError::Unavailable {
-                path: self.path.clone(),
-                why: "the storage engine failed reopening it".into(),
+        let reopen = || {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                Self::open_store(&self.cfg, true)
+            }))
+            .unwrap_or_else(|_| {
+                Err(OutboxError::Unavailable {
+                    path: self.path.clone(),
+                    why: "the storage engine failed reopening it".into(),
+                })
             })
-        });
+        };
+        let reopened = match reopen() {
+            Err(e) if e.is_disk_full() && release_reserve(&self.path) => reopen(),
+            other => other,
+        };
         match reopened {
             Ok(store) => {
                 *guard = Some(std::sync::Arc::new(store));
@@ -983,6 +1074,16 @@ impl Outbox {
         Ok(())
     }
 
+    fn event_for_lane(&self, id: u64) -> Result<(EventMeta, Vec<u8>), OutboxError> {
+        let v = self
+            .s()?
+            .events
+            .get(id.to_be_bytes())
+            .map_err(|e| self.storage("reading an event", e))?
+            .ok_or_else(|| OutboxError::NotFound(id.to_string()))?;
+        decode_event_for_lane(id, &v)
+    }
+
     fn event(&self, id: u64) -> Result<(EventMeta, Vec<u8>), OutboxError> {
         let v = self
             .s()?
@@ -1032,7 +1133,10 @@ impl Outbox {
             if bounded_due_ms(state.next_attempt_ms, now_ms, max_wait_ms) > now_ms {
                 continue;
             }
-            let (meta, bytes) = self.event(id)?;
+            // A lane needs neither the other lanes' names nor their cost: an
+            // event for 3,000 destinations carries 3,000 names, and every
+            // lane reading all of them was quadratic in memory and time.
+            let (meta, bytes) = self.event_for_lane(id)?;
             out.push(PendingEvent {
                 outbox_id: id,
                 meta,
@@ -1068,20 +1172,6 @@ impl Outbox {
             .insert(lane_key(dest, id), encode_json(state))
             .map_err(|e| self.storage("rescheduling", e))?;
         Ok(())
-    }
-
-    /// Deletes the event record once no lane holds it.
-    fn drop_event_if_done(&self, id: u64) -> Result<(), OutboxError> {
-        let Some(value) = self
-            .s()?
-            .events
-            .get(id.to_be_bytes())
-            .map_err(|e| self.storage("reading an event", e))?
-        else {
-            return Ok(());
-        };
-        let (meta, _) = decode_meta(id, &value)?;
-        self.drop_if_no_lane_holds(id, &meta, value.len() as u64)
     }
 
     /// Deletes event `id` (stored as `stored_len` bytes) if none of its lanes
@@ -1162,18 +1252,27 @@ impl Outbox {
             writes.push((lane_key(dest, a.id), record));
             done.push((a.id, meta, value.len() as u64));
         }
-        (&self.s()?.pending, &self.s()?.delivered)
-            .transaction(|(pending, delivered)| {
-                for (key, record) in &writes {
+        // One transaction moves each entry and, when no lane holds the
+        // event any more, deletes it: a crash cannot leave an event that no
+        // lane holds (it would count against the cap for ever).
+        let st = self.s()?;
+        let dropped = (&st.pending, &st.delivered, &st.dead, &st.events)
+            .transaction(|(pending, delivered, dead, events)| {
+                let mut dropped = Vec::new();
+                for ((key, record), (id, meta, len)) in writes.iter().zip(&done) {
                     if pending.remove(key.as_slice())?.is_some() {
                         delivered.insert(key.as_slice(), record.as_slice())?;
                     }
+                    if !held_by_a_lane(pending, dead, *id, meta)? {
+                        events.remove(&id.to_be_bytes())?;
+                        dropped.push((kind_is_sheddable(&meta.kind), *len));
+                    }
                 }
-                Ok::<(), ConflictableTransactionError<()>>(())
+                Ok::<_, ConflictableTransactionError<()>>(dropped)
             })
             .map_err(|e| self.tx_error("recording a delivery", e))?;
-        for (id, meta, len) in &done {
-            self.drop_if_no_lane_holds(*id, meta, *len)?;
+        for (sheddable, len) in dropped {
+            self.count_bytes(sheddable, len, false);
         }
         Ok(())
     }
@@ -1383,24 +1482,64 @@ impl Outbox {
     /// Deletes the dead letters of `dest` (or all); returns how many.
     pub fn purge_dead(&self, dest: Option<&str>) -> Result<u64, OutboxError> {
         let prefix = dest.map(lane_prefix).unwrap_or_default();
-        let keys: Vec<sled::IVec> = self
-            .s()?
+        let st = self.s()?;
+        let keys: Vec<sled::IVec> = st
             .dead
             .scan_prefix(prefix)
             .keys()
             .filter_map(Result::ok)
             .collect();
         for k in &keys {
-            self.s()?
-                .dead
-                .remove(k)
-                .map_err(|e| self.storage("purging dead letters", e))?;
-            if let Some(id) = id_of_lane_key(k) {
-                self.drop_event_if_done(id)?;
+            let id = id_of_lane_key(k).unwrap_or_default();
+            let event = st
+                .events
+                .get(id.to_be_bytes())
+                .map_err(|e| self.storage("reading an event", e))?;
+            let meta = match &event {
+                Some(v) => Some((decode_meta(id, v)?.0, v.len() as u64)),
+                None => None,
+            };
+            // The dead letter and, if it was the last lane's, the event go
+            // together (see `ack_many`).
+            let dropped = (&st.pending, &st.dead, &st.events)
+                .transaction(|(pending, dead, events)| {
+                    dead.remove(k)?;
+                    if let Some((meta, len)) = &meta {
+                        if !held_by_a_lane(pending, dead, id, meta)? {
+                            events.remove(&id.to_be_bytes())?;
+                            return Ok(Some((kind_is_sheddable(&meta.kind), *len)));
+                        }
+                    }
+                    Ok::<_, ConflictableTransactionError<()>>(None)
+                })
+                .map_err(|e| self.tx_error("purging dead letters", e))?;
+            if let Some((sheddable, len)) = dropped {
+                self.count_bytes(sheddable, len, false);
             }
         }
+        // Events an older version or an interrupted run left behind.
+        self.sweep_orphans()?;
         self.commit()?;
         Ok(keys.len() as u64)
+    }
+
+    /// Deletes events that no lane holds pending or dead (left by a crash
+    /// in an older version between settling a lane and deleting the
+    /// event). Reads every event: for maintenance commands, not hot paths.
+    pub fn sweep_orphans(&self) -> Result<u64, OutboxError> {
+        let st = self.s()?;
+        let mut swept = 0;
+        for item in st.events.iter() {
+            let (k, v) = item.map_err(|e| self.storage("reading events", e))?;
+            let id = u64::from_be_bytes(k.as_ref().try_into().unwrap_or_default());
+            let (meta, _) = decode_meta(id, &v)?;
+            let before = self.stored_bytes();
+            self.drop_if_no_lane_holds(id, &meta, v.len() as u64)?;
+            if self.stored_bytes() < before {
+                swept += 1;
+            }
+        }
+        Ok(swept)
     }
 
     /// Flushes everything (on shutdown).
@@ -1431,24 +1570,39 @@ impl Outbox {
             path: damaged.to_path_buf(),
             ..self.cfg.clone()
         };
-        let source = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            Self::open_inner(cfg, false)
+        // Read before opening: opening rewrites it.
+        let mark = std::fs::read(damaged.join(HIGH_WATER_FILE)).ok();
+        let open = || match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Self::open_inner(cfg.clone(), false)
         })) {
-            Ok(Ok(source)) => source,
-            Ok(Err(e)) => {
-                return Ok(Salvaged {
-                    unopenable: Some(e.to_string()),
-                    ..Salvaged::default()
-                })
-            }
-            Err(_) => {
-                return Ok(Salvaged {
-                    unopenable: Some("the storage engine failed reading it".into()),
-                    ..Salvaged::default()
-                })
+            Ok(Ok(source)) => Ok(source),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("the storage engine failed reading it".to_string()),
+        };
+        // A snapshot (`snap.*`) only spares sled replaying its log; one
+        // damaged byte in it makes the whole database unopenable although
+        // the log is intact. Without it, sled rebuilds from the log.
+        let (source, without_snapshot) = match open() {
+            Ok(source) => (source, false),
+            Err(first) => {
+                let removed = remove_snapshots(damaged);
+                match open() {
+                    Ok(source) if removed > 0 => (source, true),
+                    Ok(_) | Err(_) => {
+                        return Ok(Salvaged {
+                            unopenable: Some(first),
+                            ..Salvaged::default()
+                        })
+                    }
+                }
             }
         };
-        let mut report = Salvaged::default();
+        let missing = missing_records(mark.as_deref(), &source);
+        let mut report = Salvaged {
+            without_snapshot,
+            missing,
+            ..Salvaged::default()
+        };
         let mut batch: Vec<SalvagedEvent> = Vec::new();
         let source_store = match source.s() {
             Ok(store) => store,
@@ -1574,6 +1728,121 @@ pub struct Salvaged {
     pub stopped_early: bool,
     /// The damaged database could not be opened at all (why).
     pub unopenable: Option<String>,
+    /// Its snapshot was damaged: the events were read from its log alone.
+    pub without_snapshot: bool,
+    /// Its high-water mark names more events than it holds: sled dropped
+    /// records it had made durable before they could be salvaged.
+    pub missing: bool,
+}
+
+impl Salvaged {
+    /// Whether every event the damaged outbox held was recovered.
+    pub fn complete(&self) -> bool {
+        self.unopenable.is_none() && self.unreadable == 0 && !self.stopped_early && !self.missing
+    }
+}
+
+/// A file of zeros kept in the outbox directory while the disk has room
+/// ([`RESERVE_BYTES`]): sled cannot even open a database on a disk with no
+/// free byte, and opening is what lets the agent deliver, which is what
+/// frees space. It is given up when an open fails for lack of space, and
+/// made again at the next open that finds room.
+pub const RESERVE_FILE: &str = "rppg-reserve";
+pub const RESERVE_BYTES: u64 = 1 << 20;
+
+/// Makes sure the reserve exists (best effort: no room, no reserve).
+fn keep_reserve(dir: &Path) {
+    let path = dir.join(RESERVE_FILE);
+    if std::fs::metadata(&path).is_ok_and(|m| m.len() == RESERVE_BYTES) {
+        return;
+    }
+    let written = std::fs::File::create(&path).and_then(|mut f| {
+        use std::io::Write;
+        let zeros = vec![0u8; 64 * 1024];
+        for _ in 0..RESERVE_BYTES / zeros.len() as u64 {
+            f.write_all(&zeros)?;
+        }
+        f.sync_all()
+    });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&path);
+    }
+}
+
+/// Creates `dir` (and its parents) if missing and makes it private to its
+/// owner (mode 0700): an outbox holds health data. An existing directory
+/// that cannot be changed (not ours, a read-only disk) is left as it is.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        if !dir.is_dir() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+        }
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        Ok(())
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(dir)
+}
+
+/// Gives up the reserve; returns whether there was one to give up.
+fn release_reserve(dir: &Path) -> bool {
+    let released = std::fs::remove_file(dir.join(RESERVE_FILE)).is_ok();
+    if released {
+        tracing::warn!(path = %dir.display(), "the disk is full: released the outbox's reserved space to open it");
+    }
+    released
+}
+
+/// Inside a transaction: whether any of the event's destinations still
+/// holds it pending or dead.
+fn held_by_a_lane(
+    pending: &sled::transaction::TransactionalTree,
+    dead: &sled::transaction::TransactionalTree,
+    id: u64,
+    meta: &EventMeta,
+) -> Result<bool, ConflictableTransactionError<()>> {
+    for dest in &meta.destinations {
+        let key = lane_key(dest, id);
+        if pending.get(key.as_slice())?.is_some() || dead.get(key.as_slice())?.is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Deletes sled's snapshot files (`snap.*`) in `dir`; returns how many.
+fn remove_snapshots(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("snap."))
+        .filter(|e| std::fs::remove_file(e.path()).is_ok())
+        .count()
+}
+
+/// Whether the high-water record (`mark`, the file's bytes as found) names
+/// an id beyond what `source` records as appended: records were dropped.
+fn missing_records(mark: Option<&[u8]>, source: &Outbox) -> bool {
+    let Some(bytes) = mark.filter(|b| !b.is_empty()) else {
+        return false;
+    };
+    let Ok(mark) = decode_high_water(bytes) else {
+        return true;
+    };
+    let appended = source
+        .s()
+        .ok()
+        .and_then(|st| st.meta.get("appended").ok().flatten())
+        .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+        .unwrap_or(0);
+    mark > appended
 }
 
 #[cfg(test)]
@@ -1744,6 +2013,75 @@ mod tests {
         assert!(ob.due("a", 4999, 10).unwrap().is_empty());
         assert_eq!(ob.due("a", 5000, 10).unwrap()[0].state.attempts, 1);
         assert_eq!(ob.next_due_ms("a", 10, u64::MAX).unwrap(), Some(5000));
+    }
+
+    #[test]
+    fn an_event_no_lane_holds_is_swept_by_purge_and_settling_never_leaves_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = open(dir.path(), 1 << 30);
+        let mut st = Stamper::new("d", "s");
+        let a = ob
+            .append(&event(&mut st, EventKind::ScanCompleted, 0), &["x", "y"], 0)
+            .unwrap();
+        let b = ob
+            .append(&event(&mut st, EventKind::ScanCompleted, 1), &["x"], 0)
+            .unwrap();
+        // `a` settles on both lanes, `b` is dead-lettered then purged: no
+        // event outlives its last lane.
+        ob.ack("x", a, 1, "HTTP 200", 1).unwrap();
+        assert_eq!(ob.events().unwrap().len(), 2);
+        ob.dead_letter("y", a, "HTTP 410", &Attempts::default(), 2)
+            .unwrap();
+        ob.dead_letter("x", b, "HTTP 410", &Attempts::default(), 2)
+            .unwrap();
+        assert_eq!(ob.purge_dead(None).unwrap(), 2);
+        assert!(ob.events().unwrap().is_empty());
+        assert_eq!(ob.stored_bytes(), 0);
+        // An orphan as a crash in an older version left it: an event whose
+        // only lane entry is gone. Purging sweeps it; the cap gets its room back.
+        let c = ob
+            .append(&event(&mut st, EventKind::ScanCompleted, 2), &["x"], 0)
+            .unwrap();
+        ob.s().unwrap().pending.remove(lane_key("x", c)).unwrap();
+        assert!(ob.stored_bytes() > 0);
+        ob.purge_dead(None).unwrap();
+        assert!(ob.events().unwrap().is_empty());
+        assert_eq!(ob.stored_bytes(), 0);
+    }
+
+    #[test]
+    fn a_lane_reads_its_pending_events_without_every_other_lanes_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = open(dir.path(), 1 << 30);
+        let mut st = Stamper::new("d", "s");
+        let names: Vec<String> = (0..500).map(|i| format!("lane{i}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let id = ob
+            .append(&event(&mut st, EventKind::ScanCompleted, 0), &refs, 0)
+            .unwrap();
+        let due = ob.due("lane7", 10, 10).unwrap();
+        assert_eq!(due[0].outbox_id, id);
+        assert!(due[0].meta.destinations.is_empty());
+        assert_eq!(due[0].meta.kind, "SCAN_COMPLETED");
+        // The full record still knows them all (settling needs them).
+        assert_eq!(ob.events().unwrap()[0].1.destinations.len(), 500);
+    }
+
+    #[test]
+    fn the_outbox_directory_is_private_and_holds_a_reserve_that_evidence_copies_skip() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = open(dir.path(), 1 << 30);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(ob.path()).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700);
+        }
+        let reserve = ob.path().join(RESERVE_FILE);
+        assert_eq!(std::fs::metadata(&reserve).unwrap().len(), RESERVE_BYTES);
+        assert!(release_reserve(ob.path()));
+        assert!(!reserve.exists());
+        assert!(!release_reserve(ob.path()), "only once");
     }
 
     #[test]

@@ -984,6 +984,109 @@ fn a_damaged_outbox_is_moved_aside_with_its_evidence_and_a_new_one_starts() {
     assert!(v["destinations"][0]["pending"].as_u64().unwrap() > 0, "{v}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_snapshot_loses_nothing_the_log_holds_and_a_total_loss_is_not_a_success() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let cfg = config_file(dir.path(), &format!("http://{addr}/hooks"));
+    let run = |args: &[&str]| tokio::task::block_in_place(|| bin_env(args));
+    let sent = run(&[
+        "send-test",
+        "--count",
+        "100",
+        "--rate",
+        "0",
+        "--timeout",
+        "0.3",
+        "--config",
+        &cfg,
+    ]);
+    assert_eq!(sent.code, 3, "{}", sent.stderr);
+    let ids: Vec<String> = sent
+        .stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(ids.len(), 100);
+    // A sync while the receiver is down: sled writes a snapshot on the way.
+    assert_eq!(run(&["sync", "--timeout", "1", "--config", &cfg]).code, 3);
+    let outbox = dir.path().join("outbox");
+    let snap = std::fs::read_dir(&outbox)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("snap.")
+        })
+        .expect("sled wrote a snapshot");
+    // One flipped bit in the middle of it (an SD card's kind of damage).
+    let mut bytes = std::fs::read(&snap).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&snap, &bytes).unwrap();
+    let rx = Receiver::start_at(
+        addr,
+        Some((Scheme::Standard, vec![key()])),
+        Script::default(),
+    )
+    .await
+    .unwrap();
+    let sync = run(&["sync", "--timeout", "20", "--config", &cfg]);
+    assert_eq!(sync.code, 0, "{}", sync.stderr);
+    assert!(sync.stderr.contains("read from its log"), "{}", sync.stderr);
+    let mut got: Vec<String> = rx
+        .received()
+        .into_iter()
+        .filter_map(|r| r.webhook_id)
+        .collect();
+    got.sort();
+    got.dedup();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(got, want, "every event of the damaged outbox is delivered");
+
+    // Damage beyond repair (every byte of the log and snapshot): what could
+    // not be read is reported and the command does not claim success.
+    let sent = run(&[
+        "send-test",
+        "--count",
+        "5",
+        "--rate",
+        "0",
+        "--timeout",
+        "0",
+        "--config",
+        &cfg,
+    ]);
+    assert!(matches!(sent.code, 0 | 3), "{}", sent.stderr);
+    drop(rx);
+    for e in std::fs::read_dir(&outbox).unwrap().flatten() {
+        let p = e.path();
+        if p.is_file() {
+            let mut b = std::fs::read(&p).unwrap();
+            for x in b.iter_mut() {
+                *x ^= 0xa5;
+            }
+            std::fs::write(&p, b).unwrap();
+        }
+    }
+    let lost = run(&["sync", "--timeout", "0.5", "--config", &cfg]);
+    assert_eq!(lost.code, 1, "{}", lost.stderr);
+    assert!(
+        lost.stderr.contains("could not be recovered"),
+        "{}",
+        lost.stderr
+    );
+}
+
 #[test]
 fn records_sled_drops_silently_after_damage_are_detected_and_the_survivors_salvaged() {
     let dir = tempfile::tempdir().unwrap();

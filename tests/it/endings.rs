@@ -272,3 +272,29 @@ fn a_reader_that_goes_away_ends_the_scan_with_its_cancellation_stored() {
         "closed stdout",
     );
 }
+
+#[test]
+fn the_demo_removes_its_temporary_outbox_however_it_ends() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rppg-agent"))
+        .args(["demo", "--fast", "--seconds", "20"])
+        .env_remove("RPPG_CONFIG")
+        .env("TMPDIR", tmp.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The reader goes away after the first line: the demo fails writing.
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    drop(stdout);
+    let code = wait(&mut child, Duration::from_secs(120));
+    assert_ne!(code, Some(0));
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
