@@ -745,6 +745,80 @@ fn a_disk_that_fills_then_frees_heals_without_a_restart_and_health_says_so_meanw
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_input_that_stalls_ends_its_scan_and_the_next_scan_can_start() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("camera.y4m");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo(3) on a NUL-terminated path we own.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let mut cfg = config(dir.path(), false);
+    cfg.run.input = fifo.display().to_string();
+    let daemon = Daemon::start(cfg).await;
+    let base = daemon.base.clone();
+    let http = http_client();
+    let mut events = http.get(format!("{base}/v1/events")).send().await.unwrap();
+    // A writer that sends a header and a few frames, then hangs.
+    let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
+    let writer_path = fifo.clone();
+    let writer = std::thread::spawn(move || {
+        let mut w = std::fs::OpenOptions::new()
+            .write(true)
+            .open(writer_path)
+            .unwrap();
+        w.write_all(b"YUV4MPEG2 W64 H48 F30:1 C420jpeg\n").unwrap();
+        for _ in 0..10 {
+            w.write_all(b"FRAME\n").unwrap();
+            w.write_all(&[90u8; 64 * 48 * 3 / 2]).unwrap();
+        }
+        let _ = hold_rx.recv_timeout(Duration::from_secs(60));
+    });
+    let started = http.post(format!("{base}/v1/scans")).send().await.unwrap();
+    assert_eq!(started.status(), 201);
+    let id = started.body_json().await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let t0 = Instant::now();
+    let seen = read_sse(&mut events, Duration::from_secs(30), |e| {
+        e.iter().any(|(n, _)| n == "MEASUREMENT_CANCELED")
+    })
+    .await;
+    assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
+    let error = seen.iter().find(|(n, _)| n == "GENERAL_ERROR").unwrap();
+    assert_eq!(error.1["payload"]["details"], "INPUT_STALLED");
+    let start = Instant::now();
+    loop {
+        let r: Value = get_json(&http, format!("{base}/v1/scans/{id}")).await;
+        if r["state"] != "running" {
+            assert_eq!(r["state"], "failed", "{r}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{r}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // No scan is stuck: the next one is accepted (and stalls in turn, as
+    // nobody writes the FIFO now; its wait for a first byte is bounded).
+    hold_tx.send(()).unwrap();
+    writer.join().unwrap();
+    let next = http.post(format!("{base}/v1/scans")).send().await.unwrap();
+    assert_eq!(next.status(), 201);
+    let id2 = next.body_json().await["id"].as_str().unwrap().to_string();
+    let start = Instant::now();
+    loop {
+        let r: Value = get_json(&http, format!("{base}/v1/scans/{id2}")).await;
+        if r["state"] != "running" {
+            assert!(r["error"].as_str().unwrap().contains("stalled"), "{r}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{r}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let summary = daemon.stop().await;
+    assert_eq!(summary.scans, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_token_every_request_needs_it_and_a_wrong_one_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     std::env::set_var(
