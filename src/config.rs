@@ -925,10 +925,19 @@ fn webhook_destinations(
 /// belongs is not one (`whsec_...` has `+`, `/` or `=`, or is long), and
 /// must not be echoed back in a message.
 fn is_variable_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 128
+    let shaped = !name.is_empty()
+        && name.len() <= 64
         && !name.starts_with(|c: char| c.is_ascii_digit())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    // A Standard Webhooks secret, or a long mix of cases and digits (base64
+    // or hex keys), is taken for a pasted secret even when its characters
+    // could make a name: variable names are words.
+    let secret_like = name.to_ascii_lowercase().starts_with("whsec_")
+        || (name.len() >= 20
+            && name.chars().any(|c| c.is_ascii_lowercase())
+            && name.chars().any(|c| c.is_ascii_uppercase())
+            && name.chars().filter(|c| c.is_ascii_digit()).count() >= 2);
+    shaped && !secret_like
 }
 
 /// The value of the environment variable named by `key`, or a problem that
@@ -1866,6 +1875,28 @@ mod tests {
         }
         // The unknown method is a deserialisation error found after the key checks.
         assert!(err.problems.len() >= 5, "{msg}");
+    }
+
+    #[test]
+    fn a_secret_where_a_variable_name_belongs_is_refused_without_being_repeated() {
+        for pasted in [
+            "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
+            "whsec_LEAKCANARYpasted",
+            "k7Gq2ZpL9xWmR4tYvB8nC1dE",
+            "has space",
+        ] {
+            let text = format!(
+                "[[webhook]]\nname = \"a\"\nurl = \"https://e.example/h\"\nsecret_env = [{pasted:?}]\n"
+            );
+            let msg = Config::load(Some(("p.toml", &text)), env(&[]))
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains("is not the name of an environment variable"), "{msg}");
+            assert!(!msg.contains(pasted), "{pasted} repeated in {msg}");
+        }
+        for name in ["RPPG_HOOK_SECRET", "hook_secret_2", "KIOSK7_WEBHOOK_KEY_2024"] {
+            assert!(is_variable_name(name), "{name}");
+        }
     }
 
     #[test]
