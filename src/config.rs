@@ -1891,10 +1891,17 @@ mod tests {
             let msg = Config::load(Some(("p.toml", &text)), env(&[]))
                 .unwrap_err()
                 .to_string();
-            assert!(msg.contains("is not the name of an environment variable"), "{msg}");
+            assert!(
+                msg.contains("is not the name of an environment variable"),
+                "{msg}"
+            );
             assert!(!msg.contains(pasted), "{pasted} repeated in {msg}");
         }
-        for name in ["RPPG_HOOK_SECRET", "hook_secret_2", "KIOSK7_WEBHOOK_KEY_2024"] {
+        for name in [
+            "RPPG_HOOK_SECRET",
+            "hook_secret_2",
+            "KIOSK7_WEBHOOK_KEY_2024",
+        ] {
             assert!(is_variable_name(name), "{name}");
         }
     }

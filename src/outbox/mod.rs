@@ -1074,24 +1074,21 @@ impl Outbox {
         Ok(())
     }
 
-    fn event_for_lane(&self, id: u64) -> Result<(EventMeta, Vec<u8>), OutboxError> {
-        let v = self
-            .s()?
+    /// The stored record of event `id`.
+    fn record(&self, id: u64) -> Result<sled::IVec, OutboxError> {
+        self.s()?
             .events
             .get(id.to_be_bytes())
             .map_err(|e| self.storage("reading an event", e))?
-            .ok_or_else(|| OutboxError::NotFound(id.to_string()))?;
-        decode_event_for_lane(id, &v)
+            .ok_or_else(|| OutboxError::NotFound(id.to_string()))
+    }
+
+    fn event_for_lane(&self, id: u64) -> Result<(EventMeta, Vec<u8>), OutboxError> {
+        decode_event_for_lane(id, &self.record(id)?)
     }
 
     fn event(&self, id: u64) -> Result<(EventMeta, Vec<u8>), OutboxError> {
-        let v = self
-            .s()?
-            .events
-            .get(id.to_be_bytes())
-            .map_err(|e| self.storage("reading an event", e))?
-            .ok_or_else(|| OutboxError::NotFound(id.to_string()))?;
-        decode_event(id, &v)
+        decode_event(id, &self.record(id)?)
     }
 
     /// Up to `limit` pending events of `dest` due at `now_ms`, in emission order.

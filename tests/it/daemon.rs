@@ -487,6 +487,21 @@ async fn half_open_requests_are_shed_after_the_header_timeout_while_health_still
     daemon.stop().await;
 }
 
+/// SIGTERM to `child`, then its exit status (within 20 s).
+fn terminate(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let start = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// CPU time (user + system) of a process so far, in clock ticks.
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -510,36 +525,21 @@ fn out_of_file_descriptors_the_daemon_backs_off_instead_of_spinning_and_recovers
         ),
     )
     .unwrap();
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rppg-agent"));
-    cmd.args(["run", "--config", cfg.to_str().unwrap()])
-        .env_remove("RPPG_CONFIG")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
-    // SAFETY: setrlimit(2) between fork and exec touches no shared state.
-    unsafe {
-        cmd.pre_exec(|| {
-            let lim = libc::rlimit {
-                rlim_cur: 256,
-                rlim_max: 256,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("the daemon logs its address").unwrap();
-        if let Some(a) = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("addr="))
-        {
-            break a.to_string();
+    let (mut child, addr, _, lines) = spawn_run_with(cfg.to_str().unwrap(), |cmd| {
+        // SAFETY: setrlimit(2) between fork and exec touches no shared state.
+        unsafe {
+            cmd.pre_exec(|| {
+                let lim = libc::rlimit {
+                    rlim_cur: 256,
+                    rlim_max: 256,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
         }
-    };
+    });
     let log = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
     // 300 half-open requests: more than the process may hold open.
     let held: Vec<std::net::TcpStream> = (0..300)
@@ -571,17 +571,7 @@ fn out_of_file_descriptors_the_daemon_backs_off_instead_of_spinning_and_recovers
         start.elapsed()
     );
     drop(held);
-    let pid = libc::pid_t::try_from(child.id()).unwrap();
-    // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(start.elapsed() < Duration::from_secs(20), "did not stop");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = terminate(&mut child);
     let log = log.join().unwrap();
     assert_eq!(status.code(), Some(0), "{log:?}");
     let warnings = log.iter().filter(|l| l.contains("backing off")).count();
@@ -623,32 +613,17 @@ fn a_disk_that_fills_then_frees_heals_without_a_restart_and_health_says_so_meanw
         ),
     )
     .unwrap();
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rppg-agent"));
-    cmd.args(["run", "--config", cfg.to_str().unwrap()])
-        .env_remove("RPPG_CONFIG")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
-    // SAFETY: signal(2) between fork and exec: a write past the file-size
-    // limit then fails with EFBIG instead of killing the process.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().unwrap();
-    let pid = child.id();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("the daemon logs its address").unwrap();
-        if let Some(a) = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("addr="))
-        {
-            break a.to_string();
+    let (mut child, addr, _, lines) = spawn_run_with(cfg.to_str().unwrap(), |cmd| {
+        // SAFETY: signal(2) between fork and exec: a write past the
+        // file-size limit then fails with EFBIG instead of killing the process.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                Ok(())
+            });
         }
-    };
+    });
+    let pid = child.id();
     let log = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
     let get = |path: &str| {
         raw(
@@ -711,19 +686,7 @@ fn a_disk_that_fills_then_frees_heals_without_a_restart_and_health_says_so_meanw
     let (status, body) = post();
     assert_eq!(status, 201, "{body}");
     assert_eq!(scan_ends(&id_of(&body)), "completed");
-    // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(
-        unsafe { libc::kill(libc::pid_t::try_from(pid).unwrap(), libc::SIGTERM) },
-        0
-    );
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(start.elapsed() < Duration::from_secs(20), "did not stop");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = terminate(&mut child);
     let log = log.join().unwrap();
     assert_eq!(status.code(), Some(0), "{log:#?}");
     assert!(
@@ -945,22 +908,29 @@ async fn the_kiosk_screen_gets_live_throttled_hints_on_sse_before_a_cancellation
 /// The real binary running `run --config cfg`: the child, the API address
 /// (from the "listening" log line), the log lines before it, and the rest of
 /// its log to read on.
-pub(crate) fn spawn_run(
-    cfg: &str,
-) -> (
+pub(crate) fn spawn_run(cfg: &str) -> Running {
+    spawn_run_with(cfg, |_| {})
+}
+
+/// What [`spawn_run`] returns.
+pub(crate) type Running = (
     std::process::Child,
     String,
     Vec<String>,
     std::io::Lines<BufReader<std::process::ChildStderr>>,
-) {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rppg-agent"))
-        .args(["run", "--config", cfg])
+);
+
+/// As [`spawn_run`], with `setup` applied to the command first (limits,
+/// signal dispositions for the child).
+pub(crate) fn spawn_run_with(cfg: &str, setup: impl FnOnce(&mut std::process::Command)) -> Running {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rppg-agent"));
+    cmd.args(["run", "--config", cfg])
         .env_remove("RPPG_CONFIG")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stderr(std::process::Stdio::piped());
+    setup(&mut cmd);
+    let mut child = cmd.spawn().unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let mut seen = Vec::new();
     let addr = loop {

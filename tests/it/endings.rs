@@ -38,6 +38,18 @@ fn agent(args: &[&str], cfg: &Path) -> Command {
     cmd
 }
 
+/// Everything `child` wrote on its (piped) standard error.
+fn stderr_of(child: &mut Child) -> String {
+    let mut text = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    text
+}
+
 /// Waits (bounded) for `child` to exit; returns its exit code (None: by signal).
 fn wait(child: &mut Child, limit: Duration) -> Option<i32> {
     let start = Instant::now();
@@ -123,13 +135,7 @@ fn a_stdin_pipe_that_stalls_ends_the_scan_within_seconds_and_stores_why() {
     let code = wait(&mut child, Duration::from_secs(30));
     let took = started.elapsed();
     drop(stdin);
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = stderr_of(&mut child);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("stdin: no data for 3.0 s"), "{stderr}");
     assert!(took < Duration::from_secs(15), "ended after {took:?}");
@@ -174,13 +180,7 @@ fn a_fifo_whose_writer_stalls_ends_the_scan_like_a_stalled_camera() {
     let code = wait(&mut child, Duration::from_secs(30));
     done_tx.send(()).unwrap();
     writer.join().unwrap();
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = stderr_of(&mut child);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("the input stalled"), "{stderr}");
     let events = stored_events(&dir.path().join("outbox"), "hook");
@@ -256,13 +256,7 @@ fn a_reader_that_goes_away_ends_the_scan_with_its_cancellation_stored() {
     stdout.read_exact(&mut one).unwrap();
     drop(stdout);
     let code = wait(&mut child, Duration::from_secs(60));
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = stderr_of(&mut child);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("stdout"), "{stderr}");
     let events = stored_events(&dir.path().join("outbox"), "hook");
