@@ -235,6 +235,41 @@ proptest! {
             prop_assert_eq!(frame.rgb.len(), frame.width as usize * frame.height as usize * 3);
         }
     }
+
+    #[test]
+    fn still_images_of_any_damage_decode_within_the_pixel_cap_or_are_refused(
+        e in edits(),
+        cut in any::<Option<usize>>(),
+        png in any::<bool>(),
+    ) {
+        let mut valid = Vec::new();
+        let format = if png { image::ImageFormat::Png } else { image::ImageFormat::Jpeg };
+        image::RgbImage::from_fn(24, 16, |x, y| image::Rgb([x as u8 * 9, y as u8 * 13, 77]))
+            .write_to(&mut std::io::Cursor::new(&mut valid), format)
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(if png { "f.png" } else { "f.jpg" });
+        std::fs::write(&path, mutate(&valid, &e, cut)).unwrap();
+        if let Ok(img) = capture::decode_still(&path, 1 << 20) {
+            prop_assert!(img.width() as u64 * img.height() as u64 <= 1 << 20);
+        }
+    }
+
+    #[test]
+    fn a_redacted_url_never_shows_its_credentials_or_query_values(
+        user in "[a-zA-Z0-9]{1,12}",
+        pass in "[a-zA-Z0-9]{6,16}",
+        value in "[a-zA-Z0-9]{6,16}",
+        host in "[a-z]{1,10}(\\.[a-z]{2,5})?",
+        path in "(/[a-z0-9._-]{0,8}){0,3}",
+        scheme in "(https?|ftp|)",
+        junk in "[ :@?#/]{0,3}",
+    ) {
+        let url = format!("{scheme}://{user}:PW{pass}@{host}{path}{junk}?token=QV{value}&k=QV{value}");
+        let shown = rppg_agent::delivery::redact_url(&url);
+        prop_assert!(!shown.contains(&format!("PW{pass}")), "{url} -> {shown}");
+        prop_assert!(!shown.contains(&format!("QV{value}")), "{url} -> {shown}");
+    }
 }
 
 // Regression tests for what the fuzzing found.
