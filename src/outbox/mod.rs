@@ -1253,21 +1253,45 @@ impl Outbox {
         // event any more, deletes it: a crash cannot leave an event that no
         // lane holds (it would count against the cap for ever).
         let st = self.s()?;
-        let dropped = (&st.pending, &st.delivered, &st.dead, &st.events)
-            .transaction(|(pending, delivered, dead, events)| {
-                let mut dropped = Vec::new();
-                for ((key, record), (id, meta, len)) in writes.iter().zip(&done) {
-                    if pending.remove(key.as_slice())?.is_some() {
-                        delivered.insert(key.as_slice(), record.as_slice())?;
+        let only_this_lane = done
+            .iter()
+            .all(|(_, meta, _)| meta.destinations.iter().all(|d| d == dest));
+        let dropped = if only_this_lane {
+            // The common case, one destination: nothing else to look up.
+            (&st.pending, &st.delivered, &st.events)
+                .transaction(|(pending, delivered, events)| {
+                    let mut dropped = Vec::new();
+                    for ((key, record), (id, meta, len)) in writes.iter().zip(&done) {
+                        if pending.remove(key.as_slice())?.is_some() {
+                            delivered.insert(key.as_slice(), record.as_slice())?;
+                            events.remove(&id.to_be_bytes())?;
+                            dropped.push((kind_is_sheddable(&meta.kind), *len));
+                        }
                     }
-                    if !held_by_a_lane(pending, dead, *id, meta)? {
-                        events.remove(&id.to_be_bytes())?;
-                        dropped.push((kind_is_sheddable(&meta.kind), *len));
+                    Ok::<_, ConflictableTransactionError<()>>(dropped)
+                })
+                .map_err(|e| self.tx_error("recording a delivery", e))?
+        } else {
+            (&st.pending, &st.delivered, &st.dead, &st.events)
+                .transaction(|(pending, delivered, dead, events)| {
+                    let mut dropped = Vec::new();
+                    for ((key, record), (id, meta, len)) in writes.iter().zip(&done) {
+                        let settled = pending.remove(key.as_slice())?.is_some();
+                        if settled {
+                            delivered.insert(key.as_slice(), record.as_slice())?;
+                        }
+                        // A lane that settled just now holds it no more;
+                        // otherwise its own dead letter may still hold it.
+                        let except = settled.then_some(dest);
+                        if !held_by_a_lane(pending, dead, *id, meta, except)? {
+                            events.remove(&id.to_be_bytes())?;
+                            dropped.push((kind_is_sheddable(&meta.kind), *len));
+                        }
                     }
-                }
-                Ok::<_, ConflictableTransactionError<()>>(dropped)
-            })
-            .map_err(|e| self.tx_error("recording a delivery", e))?;
+                    Ok::<_, ConflictableTransactionError<()>>(dropped)
+                })
+                .map_err(|e| self.tx_error("recording a delivery", e))?
+        };
         for (sheddable, len) in dropped {
             self.count_bytes(sheddable, len, false);
         }
@@ -1502,7 +1526,7 @@ impl Outbox {
                 .transaction(|(pending, dead, events)| {
                     dead.remove(k)?;
                     if let Some((meta, len)) = &meta {
-                        if !held_by_a_lane(pending, dead, id, meta)? {
+                        if !held_by_a_lane(pending, dead, id, meta, None)? {
                             events.remove(&id.to_be_bytes())?;
                             return Ok(Some((kind_is_sheddable(&meta.kind), *len)));
                         }
@@ -1795,15 +1819,20 @@ fn release_reserve(dir: &Path) -> bool {
     released
 }
 
-/// Inside a transaction: whether any of the event's destinations still
-/// holds it pending or dead.
+/// Inside a transaction: whether any of the event's destinations (but
+/// `except`, known not to) still holds it pending or dead.
 fn held_by_a_lane(
     pending: &sled::transaction::TransactionalTree,
     dead: &sled::transaction::TransactionalTree,
     id: u64,
     meta: &EventMeta,
+    except: Option<&str>,
 ) -> Result<bool, ConflictableTransactionError<()>> {
-    for dest in &meta.destinations {
+    for dest in meta
+        .destinations
+        .iter()
+        .filter(|d| Some(d.as_str()) != except)
+    {
         let key = lane_key(dest, id);
         if pending.get(key.as_slice())?.is_some() || dead.get(key.as_slice())?.is_some() {
             return Ok(true);
@@ -2034,6 +2063,24 @@ mod tests {
         assert_eq!(ob.purge_dead(None).unwrap(), 2);
         assert!(ob.events().unwrap().is_empty());
         assert_eq!(ob.stored_bytes(), 0);
+        // A late acknowledgement on a lane that has dead-lettered the event
+        // meanwhile keeps it (its dead letter still holds it), with one lane
+        // or with several.
+        for lanes in [&["x"][..], &["x", "y"][..]] {
+            let late = ob
+                .append(&event(&mut st, EventKind::ScanCompleted, 3), lanes, 0)
+                .unwrap();
+            ob.dead_letter("x", late, "HTTP 410", &Attempts::default(), 2)
+                .unwrap();
+            if lanes.len() == 2 {
+                ob.ack("y", late, 3, "HTTP 200", 1).unwrap();
+            }
+            ob.ack("x", late, 3, "HTTP 200", 1).unwrap();
+            assert_eq!(ob.dead_letters(Some("x")).unwrap().len(), 1);
+            assert!(ob.events().unwrap().iter().any(|(id, _)| *id == late));
+            ob.purge_dead(None).unwrap();
+            assert!(ob.events().unwrap().is_empty(), "{lanes:?}");
+        }
         // An orphan as a crash in an older version left it: an event whose
         // only lane entry is gone. Purging sweeps it; the cap gets its room back.
         let c = ob
