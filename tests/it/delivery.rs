@@ -421,6 +421,19 @@ fn config_file(dir: &Path, url: &str) -> String {
     path.display().to_string()
 }
 
+/// The `id` of every JSON line printed (events, or send-test's stored ids).
+fn ids_printed(stdout: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
 fn bin_env(args: &[&str]) -> crate::util::Run {
     std::env::set_var("TEST_HOOK_SECRET", SECRET);
     run_bin(args, None, MINUTE)
@@ -440,16 +453,7 @@ async fn a_scan_while_offline_keeps_its_events_and_sync_delivers_them_later() {
     ]);
     assert_eq!(scan.code, 3, "{}", scan.stderr);
     assert!(scan.stderr.contains("rppg-agent sync"), "{}", scan.stderr);
-    let emitted: Vec<String> = scan
-        .stdout
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    let emitted = ids_printed(&scan.stdout);
     let stats = bin_env(&["outbox", "stats", "--json", "--config", &cfg]);
     let v: serde_json::Value = serde_json::from_str(stats.stdout.trim()).unwrap();
     assert_eq!(v["destinations"][0]["pending"], emitted.len(), "{v}");
@@ -1002,16 +1006,7 @@ async fn a_damaged_snapshot_loses_nothing_the_log_holds_and_a_total_loss_is_not_
         &cfg,
     ]);
     assert_eq!(sent.code, 3, "{}", sent.stderr);
-    let ids: Vec<String> = sent
-        .stdout
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    let ids = ids_printed(&sent.stdout);
     assert_eq!(ids.len(), 100);
     // A sync while the receiver is down: sled writes a snapshot on the way.
     assert_eq!(run(&["sync", "--timeout", "1", "--config", &cfg]).code, 3);
