@@ -102,6 +102,10 @@ pub struct Config {
     pub fhir: FhirSection,
     pub run: RunSection,
     pub api: ApiSection,
+    /// What loading noticed but did not refuse (an environment variable
+    /// that looks like a misspelt key); the caller prints them.
+    #[serde(skip)]
+    pub warnings: Vec<Problem>,
 }
 
 /// `[run]`: the kiosk daemon (`rppg-agent run`).
@@ -459,6 +463,90 @@ fn suggest<'a>(name: &str, known: impl Iterator<Item = &'a String>) -> String {
         Some((d, k)) if d <= 3 => format!("did you mean `{k}`? (see `rppg-agent config default`)"),
         _ => "remove it; `rppg-agent config default` lists every key".to_string(),
     }
+}
+
+/// The environment variable of a configuration key that `var` looks like
+/// a misspelling of (edit distance at most 2), if any.
+fn misspelt_key(var: &str, defaults: &Table) -> Option<String> {
+    let names = defaults.iter().filter_map(|(section, v)| {
+        let keys = v.as_table()?.keys();
+        Some(keys.map(move |k| format!("RPPG_{section}_{k}").to_ascii_uppercase()))
+    });
+    names
+        .flatten()
+        .map(|name| (distance(&var.to_ascii_uppercase(), &name), name))
+        .filter(|(d, _)| *d <= 2)
+        .min()
+        .map(|(_, name)| name)
+}
+
+/// Deserialises the merged table, recording every value serde refuses (an
+/// unknown variant, a number out of its type) rather than only the first:
+/// each refused value is put back to its default and the rest tried again.
+fn deserialize_all(
+    mut merged: Table,
+    defaults: &Table,
+    problems: &mut Vec<Problem>,
+) -> Option<Config> {
+    let mut failed = false;
+    // Each round fixes one value, so there are at most as many rounds as keys.
+    let keys: usize = defaults
+        .values()
+        .filter_map(Value::as_table)
+        .map(Table::len)
+        .sum();
+    for _ in 0..=keys {
+        let error = match serde_path_to_error::deserialize(Value::Table(merged.clone())) {
+            Ok(c) => return (!failed).then_some(c),
+            Err(e) => e,
+        };
+        failed = true;
+        let path = error.path().to_string();
+        let (problem, fix) = in_our_words(&error.inner().to_string());
+        problems.push(Problem {
+            key: path.clone(),
+            origin: "configuration".into(),
+            problem,
+            fix,
+        });
+        let mut parts = path.splitn(2, '.');
+        let (section, key) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let default = defaults.get(section).and_then(|s| s.get(key)).cloned();
+        match (
+            merged.get_mut(section).and_then(Value::as_table_mut),
+            default,
+        ) {
+            (Some(table), Some(d)) => {
+                table.insert(key.to_string(), d);
+            }
+            // Not a value this loop can put back: stop at what is known.
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// A serde message about one value, as a problem and a fix in this
+/// program's words (serde's backticks and its trailing "in `key`" dropped).
+fn in_our_words(message: &str) -> (String, String) {
+    let first = message.lines().next().unwrap_or("").trim();
+    let quoted: Vec<&str> = first.split('`').skip(1).step_by(2).collect();
+    if first.starts_with("unknown variant") && !quoted.is_empty() {
+        let allowed = quoted[1..].join(", ");
+        return (
+            format!("{:?} is not one of {allowed}", quoted[0]),
+            format!("use one of {allowed}"),
+        );
+    }
+    let text = first.replace('`', "");
+    let text = match text.rfind(" in ") {
+        Some(i) if !text.contains(" in the ") => text[..i].to_string(),
+        _ => text,
+    };
+    (
+        text,
+        "use a value like the default (`rppg-agent config default`)".into(),
+    )
 }
 
 fn defaults() -> Table {
@@ -888,11 +976,27 @@ fn webhook_destinations(
                     vec![EventKind::ScanCompleted],
                 )
             }
+            "circadify" => {
+                let kinds = crate::events::circadify::KINDS;
+                if let Some(e) = events.iter().find(|e| !kinds.contains(e)) {
+                    problem(
+                        "events",
+                        format!("a Circadify destination receives scan start, completion and failure only, not {}", e.name()),
+                        "remove events, or list some of MEASUREMENT_STARTED, SCAN_COMPLETED, MEASUREMENT_CANCELED",
+                    );
+                }
+                let events = if events.is_empty() {
+                    kinds.to_vec()
+                } else {
+                    events
+                };
+                (BodyFormat::Circadify, events)
+            }
             other => {
                 problem(
                     "format",
                     format!("{other:?} is not a body format"),
-                    "use \"wms\" (the event envelope) or \"fhir\" (an R4 Bundle of vital signs)",
+                    "use \"wms\" (the event envelope), \"fhir\" (an R4 Bundle of vital signs) or \"circadify\" (scan.started/completed/failed)",
                 );
                 (BodyFormat::Envelope, events)
             }
@@ -1205,6 +1309,7 @@ impl Config {
         let defaults = defaults();
         let mut merged = defaults.clone();
         let mut problems = Vec::new();
+        let mut warnings = Vec::new();
 
         if let Some((name, text)) = file {
             match text.parse::<Table>() {
@@ -1240,15 +1345,17 @@ impl Config {
                     Some((section.clone(), key.to_string(), d.clone()))
                 });
             let Some((section, key, d)) = found else {
-                problems.push(Problem {
-                    key: var.clone(),
-                    origin: "environment".into(),
-                    problem: "is not a configuration key".into(),
-                    fix: format!(
-                        "unset it, or name a key as RPPG_<SECTION>_<KEY> (e.g. RPPG_SCAN_DURATION_S); {}",
-                        "`rppg-agent config default` lists the keys"
-                    ),
-                });
+                // Not a key: most such variables are someone else's (a
+                // secret the config does not name now, a wrapper's own).
+                // Only one that looks like a misspelt key is worth a word.
+                if let Some(close) = misspelt_key(&var, &defaults) {
+                    warnings.push(Problem {
+                        key: var.clone(),
+                        origin: "environment".into(),
+                        problem: "is not a configuration key, so it is ignored".into(),
+                        fix: format!("did you mean {close}?"),
+                    });
+                }
                 continue;
             };
             let mut user = Table::new();
@@ -1278,19 +1385,12 @@ impl Config {
             _ => Vec::new(),
         };
         let mqtt = mqtt_destinations(mqtt_entries, &env, &webhooks, secrets, &mut problems);
-        let config: Config = match serde_path_to_error::deserialize(Value::Table(merged)) {
-            Ok(c) => c,
-            Err(e) => {
-                problems.push(Problem {
-                    key: e.path().to_string(),
-                    origin: "configuration".into(),
-                    problem: e.inner().to_string(),
-                    fix: "use one of the values listed".into(),
-                });
-                return Err(ConfigError { problems });
-            }
+        let config = match deserialize_all(merged, &defaults, &mut problems) {
+            Some(c) => c,
+            None => return Err(ConfigError { problems }),
         };
         let mut config = config;
+        config.warnings = warnings;
         config.webhook = webhooks;
         for w in &mut config.webhook {
             if let BodyFormat::Fhir { subject } = &mut w.format {
@@ -1822,21 +1922,35 @@ mod tests {
         .unwrap();
         assert_eq!(c.webhook.len(), 1);
         assert_eq!(c.mqtt.len(), 1);
-        // Any other unknown RPPG_ variable is still an error.
-        let err = Config::load(
-            Some(("agent.toml", text)),
+    }
+
+    #[test]
+    fn variables_that_are_not_keys_are_ignored_unless_they_look_like_a_misspelt_key() {
+        // The README's secret variables, set while this config names none
+        // of them, and other programs' RPPG_ variables: silently ignored.
+        let c = Config::load(
+            None,
             env(&[
                 ("RPPG_HOOK_SECRET", "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"),
+                ("RPPG_MQTT_SECRET", "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"),
                 ("RPPG_MQTT_PASSWORD", "pw"),
-                ("RPPG_API_TOKEM", "x"),
+                ("RPPG_API_TOKEN", "a-long-random-token-1234"),
+                ("RPPG_API_KEY", "k"),
+                ("RPPG_HOME", "/opt/rppg"),
             ]),
         )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            err.contains("RPPG_API_TOKEM (environment): is not a configuration key"),
-            "{err}"
-        );
+        .unwrap();
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        // One letter off a key: still not applied, but named with the key.
+        let c = Config::load(
+            None,
+            env(&[("RPPG_SCAN_DURATON_S", "20"), ("RPPG_API_TOKEM", "x")]),
+        )
+        .unwrap();
+        assert_eq!(c.scan.duration_s, 30.0);
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        assert_eq!(c.warnings[0].key, "RPPG_SCAN_DURATON_S");
+        assert_eq!(c.warnings[0].fix, "did you mean RPPG_SCAN_DURATION_S?");
     }
 
     #[test]
@@ -1860,8 +1974,11 @@ mod tests {
     #[test]
     fn every_problem_is_reported_with_key_and_fix() {
         let text = "[scan]\nduraton_s = 3\nface_lost_timeout_s = \"long\"\nlow_snr_db = 99\n[sigal]\nx = 1\n[signal]\nmethod = \"ica\"\n";
-        let err =
-            Config::load(Some(("bad.toml", text)), env(&[("RPPG_SCAN_NOPE", "1")])).unwrap_err();
+        let err = Config::load(
+            Some(("bad.toml", text)),
+            env(&[("RPPG_OUTBOX_MAX_BYTES", "-5")]),
+        )
+        .unwrap_err();
         let msg = err.to_string();
         for needle in [
             "scan.duraton_s (bad.toml): unknown key",
@@ -1869,12 +1986,20 @@ mod tests {
             "scan.face_lost_timeout_s (bad.toml): must be a number, found a string",
             "sigal (bad.toml): unknown section",
             "did you mean `signal`",
-            "RPPG_SCAN_NOPE (environment): is not a configuration key",
+            // Values serde refuses, every one of them, in our words.
+            "signal.method (configuration): \"ica\" is not one of pos, chrom, green, red",
+            "fix: use one of pos, chrom, green, red",
         ] {
             assert!(msg.contains(needle), "missing {needle:?} in:\n{msg}");
         }
-        // The unknown method is a deserialisation error found after the key checks.
-        assert!(err.problems.len() >= 5, "{msg}");
+        assert!(
+            msg.contains(
+                "outbox.max_bytes (configuration): invalid value: integer -5, expected u64"
+            ),
+            "the second refused value:\n{msg}"
+        );
+        assert!(!msg.contains('`') || !msg.contains("variant"), "{msg}");
+        assert!(!msg.contains("\n\n"), "no blank lines:\n{msg}");
     }
 
     #[test]

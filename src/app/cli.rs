@@ -23,6 +23,13 @@ use std::path::PathBuf;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// More log detail on stderr (-v debug, -vv trace); overrides RPPG_LOG / RUST_LOG.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Less on stderr: no progress line or delivery summary; the log only
+    /// warnings and errors (-qq errors, -qqq nothing).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, conflicts_with = "verbose")]
+    pub quiet: u8,
 }
 
 #[derive(Debug, Subcommand)]
@@ -56,7 +63,14 @@ pub enum Command {
     /// Irregular timestamps (dropped frames, jitter) are resampled. Prints
     /// the same JSON object as `scan --json`. Exit codes as for scan.
     Analyze(AnalyzeArgs),
-    /// Print the default configuration, or check a configuration file.
+    /// Print the default configuration, check a file, or show where it is looked for.
+    ///
+    /// Without --config (or RPPG_CONFIG), commands read the first of
+    /// /etc/rppg-agent/agent.toml and $XDG_CONFIG_HOME/rppg-agent/agent.toml
+    /// (~/.config/... without XDG_CONFIG_HOME) that exists; `demo` and `eval`
+    /// use the built-in defaults unless given --config. RPPG_<SECTION>_<KEY>
+    /// variables override any file (e.g. RPPG_SCAN_DURATION_S=20).
+    #[command(verbatim_doc_comment)]
     Config {
         #[command(subcommand)]
         action: ConfigAction,
@@ -76,6 +90,37 @@ pub enum Command {
     /// flush the outbox and exit 0. Logs go to stderr (journald under systemd).
     #[command(verbatim_doc_comment)]
     Run(RunArgs),
+    /// Print a shell completion script.
+    ///
+    /// Examples:
+    ///   rppg-agent completions bash > /etc/bash_completion.d/rppg-agent
+    ///   rppg-agent completions zsh > "${fpath[1]}/_rppg-agent"
+    ///   rppg-agent completions fish > ~/.config/fish/completions/rppg-agent.fish
+    #[command(verbatim_doc_comment)]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print a machine-readable contract: the JSON Schema of every event, or
+    /// the OpenAPI description of the daemon's API (also at GET /openapi.json).
+    ///
+    /// Copies live in docs/schema/ (the tests keep them equal to these).
+    ///
+    /// Examples:
+    ///   rppg-agent schema events > events.schema.json
+    ///   rppg-agent schema openapi > openapi.json
+    #[command(verbatim_doc_comment)]
+    Schema {
+        /// Which contract.
+        #[arg(value_enum, default_value_t = SchemaKind::Events)]
+        which: SchemaKind,
+    },
+    /// Print the manual page (roff), generated from this help.
+    ///
+    /// Example:
+    ///   rppg-agent man > /usr/local/share/man/man1/rppg-agent.1 && man rppg-agent
+    #[command(verbatim_doc_comment)]
+    Man,
     /// List the cameras (V4L2, /dev/video*) and the formats each offers.
     ///
     /// Needs a build with the `camera` feature (the device builds in cross/
@@ -148,7 +193,7 @@ pub enum Command {
     ///
     /// Each TEST_EVENT is made durable in the outbox, then delivered and
     /// signed like any event. Destinations with an `events` filter get it only
-    /// if the filter lists TEST_EVENT; FHIR destinations never do. Prints one
+    /// if the filter lists TEST_EVENT; FHIR and Circadify destinations never do. Prints one
     /// JSON line per event once it is stored ({"id":...,"index":...}), then
     /// one line per destination on stderr. Events not delivered within
     /// --timeout stay in the outbox for `sync` or a running agent.
@@ -197,12 +242,17 @@ pub enum OutboxAction {
         #[arg(long)]
         dest: Option<String>,
         /// Dead letters instead of pending events.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "delivered")]
         dead: bool,
+        /// The audit trail instead: events each destination acknowledged
+        /// (kept for outbox.retention_s).
+        #[arg(long)]
+        delivered: bool,
         #[arg(long)]
         json: bool,
     },
-    /// One event: its envelope and its state on every destination.
+    /// One event: its envelope and its state on every destination (for an
+    /// event every destination has acknowledged, its audit records).
     Show {
         /// Event id (evt_...) or outbox id.
         id: String,
@@ -317,18 +367,20 @@ pub struct ScanArgs {
     /// its beats, the spectrum with the HR peak and SNR bands, the breathing wave.
     #[arg(long, value_name = "FILE.svg")]
     pub report: Option<PathBuf>,
-    /// Who is measured, e.g. Patient/123: the FHIR subject (default: [fhir] subject).
+    /// Who is measured, e.g. Patient/123: in every event, and the FHIR subject
+    /// (default: [fhir] subject). Printable ASCII, at most 128 characters.
     #[arg(long, value_name = "REFERENCE")]
     pub subject: Option<String>,
+    /// Your own correlation id (an order or visit number), carried in every
+    /// event of the scan as `externalId`. Printable ASCII, at most 128 characters.
+    #[arg(long, value_name = "ID")]
+    pub external_id: Option<String>,
     /// Also append every event to this JSON Lines file.
     #[arg(long, value_name = "FILE.jsonl")]
     pub events: Option<PathBuf>,
     /// Configuration file (see `rppg-agent config default`).
     #[arg(long, env = "RPPG_CONFIG")]
     pub config: Option<PathBuf>,
-    /// No progress line on stderr.
-    #[arg(long, short)]
-    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]
@@ -354,9 +406,11 @@ pub enum ConfigAction {
     Default,
     /// Validate a configuration file (plus RPPG_* variables) and explain every problem.
     Check {
-        /// The file to check.
-        file: PathBuf,
+        /// The file to check (default: the one commands would read, see `config path`).
+        file: Option<PathBuf>,
     },
+    /// Where configuration files are looked for, and which one is used.
+    Path,
 }
 
 #[derive(Debug, Args)]
@@ -421,6 +475,15 @@ pub enum Sweep {
     None,
 }
 
+/// The contracts `rppg-agent schema` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SchemaKind {
+    /// JSON Schema (2020-12) of the event envelope and every payload.
+    Events,
+    /// OpenAPI 3.1 of the daemon's local API.
+    Openapi,
+}
+
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Frames per measurement (more: steadier medians, longer run).
@@ -429,4 +492,26 @@ pub struct BenchArgs {
     /// Repetitions per measurement; medians are reported.
     #[arg(long, default_value_t = 5)]
     pub runs: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        // Duplicate flags, a global -q beside a command's own, bad defaults.
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn verbosity_flags_are_global_and_exclusive() {
+        let cli =
+            Cli::try_parse_from(["rppg-agent", "scan", "-q", "--input", "synthetic"]).unwrap();
+        assert_eq!((cli.verbose, cli.quiet), (0, 1));
+        let cli = Cli::try_parse_from(["rppg-agent", "-vv", "config", "path"]).unwrap();
+        assert_eq!(cli.verbose, 2);
+        assert!(Cli::try_parse_from(["rppg-agent", "-v", "-q", "config", "path"]).is_err());
+    }
 }

@@ -13,6 +13,7 @@
 //! | `GET /v1/events` | Server-Sent Events: every event as it is emitted (`event:` name, `id:` event id, `data:` envelope) |
 //! | `GET /healthz` | 200 `{"status":"ok",...}` |
 //! | `GET /metrics` | Prometheus text: frames, drops, scans, outbox depth and delivery counters per destination, latency histogram |
+//! | `GET /openapi.json` | this table as OpenAPI 3.1 ([`super::openapi`]) |
 //!
 //! Access: bound to loopback by default and then serves loopback clients
 //! only. With `api.token_env` set, every request needs
@@ -120,6 +121,10 @@ struct Shared {
     outbox: Arc<Outbox>,
     lanes: Vec<Lane>,
     events: broadcast::Sender<Arc<StampedEvent>>,
+    /// The events of the current and the last scan, for SSE replay.
+    recent: Mutex<Recent>,
+    /// The last check of `run.input`: when (Unix ms) and what it found.
+    input: Mutex<(u64, Result<(), String>)>,
     state: Mutex<State>,
     metrics: Metrics,
     token: Option<String>,
@@ -135,20 +140,148 @@ pub enum StartError {
     OutboxFull,
     /// The outbox cannot store events (a storage error that has not healed).
     Storage(String),
+    /// The input (`run.input`) cannot be opened: no camera, a missing file.
+    Input(String),
 }
 
-/// Fans events out to the SSE clients (after the outbox sink made them durable).
+/// How long a failed input check stands before a health check or a scan
+/// request checks again.
+const INPUT_RECHECK_MS: u64 = 5_000;
+
+/// Whether `spec` can be opened, without taking anything from it: a camera
+/// is opened and closed; a file or folder must exist (a FIFO is not opened:
+/// that would block, or take a writer's frames); standard input and
+/// synthetic sources are always ready.
+pub fn probe_input(spec: &SourceSpec) -> Result<(), String> {
+    match spec {
+        SourceSpec::Synthetic(_) => Ok(()),
+        SourceSpec::Y4m(path) if path.as_os_str() == "-" => Ok(()),
+        SourceSpec::Y4m(path) => match std::fs::metadata(path) {
+            Ok(m) if m.is_file() => std::fs::File::open(path)
+                .map(drop)
+                .map_err(|e| format!("{}: {e}", path.display())),
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        },
+        SourceSpec::Frames { dir, .. } if dir.is_dir() => Ok(()),
+        SourceSpec::Frames { dir, .. } => Err(format!("{}: not a folder", dir.display())),
+        SourceSpec::Camera(_) => crate::capture::open(spec)
+            .map(drop)
+            .map_err(|e| e.to_string()),
+    }
+}
+
+/// The body of `POST /v1/scans` (every field optional; any other field is
+/// refused, so a misspelt `secs` is not silently a 30 s scan).
+#[derive(Debug, Default, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ScanRequest {
+    /// Who is measured (`Patient/123`): in every event and the FHIR subject.
+    pub subject: Option<String>,
+    /// Scan length, 5..3600 s (default `scan.duration_s`).
+    pub seconds: Option<f64>,
+    /// The caller's correlation id, in every event of the scan.
+    pub external_id: Option<String>,
+}
+
+impl ScanRequest {
+    /// The fields a request may have.
+    pub const FIELDS: [&'static str; 3] = ["subject", "seconds", "externalId"];
+
+    /// Parses and checks a request body; the error says what is wrong in
+    /// the caller's terms.
+    pub fn parse(body: &[u8]) -> Result<ScanRequest, String> {
+        let value: Value =
+            serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))?;
+        let Some(object) = value.as_object() else {
+            return Err("the body must be a JSON object, e.g. {\"seconds\": 30}".into());
+        };
+        if let Some(unknown) = object.keys().find(|k| !Self::FIELDS.contains(&k.as_str())) {
+            return Err(format!(
+                "unknown field {unknown:?}; the fields are {}",
+                Self::FIELDS.join(", ")
+            ));
+        }
+        let request: ScanRequest = serde_json::from_value(value).map_err(|e| {
+            format!("{e}; subject and externalId are strings, seconds a number from 5 to 3600")
+        })?;
+        if let Some(s) = request.seconds {
+            if !(5.0..=3600.0).contains(&s) {
+                return Err("seconds must be a number from 5 to 3600".into());
+            }
+        }
+        for (what, v) in [
+            ("subject", &request.subject),
+            ("externalId", &request.external_id),
+        ] {
+            if let Some(v) = v {
+                crate::events::check_correlation(what, v)?;
+            }
+        }
+        Ok(request)
+    }
+}
+
+/// Fans events out to the SSE clients (after the outbox sink made them
+/// durable) and keeps them for replay.
 struct Broadcast {
     tx: broadcast::Sender<Arc<StampedEvent>>,
     shared: Arc<Shared>,
+    scan_id: String,
 }
 
 impl EventSink for Broadcast {
     fn accept(&mut self, event: &StampedEvent) -> Result<(), SinkError> {
         self.shared.metrics.events.fetch_add(1, Ordering::Relaxed);
+        let event = Arc::new(event.clone());
+        // Kept before it is sent: a client that subscribes and then reads
+        // the replay misses nothing (it skips what it has seen by id).
+        self.shared
+            .recent
+            .lock()
+            .expect("recent lock")
+            .push(&self.scan_id, event.clone());
         // No subscriber is fine: the kiosk screen may not be open.
-        let _ = self.tx.send(Arc::new(event.clone()));
+        let _ = self.tx.send(event);
         Ok(())
+    }
+}
+
+/// Events kept per scan for replay; a longer scan keeps its newest.
+const REPLAY_PER_SCAN: usize = 8192;
+
+/// The events of the current and the last scan, oldest first, so a kiosk
+/// screen that reconnects (`Last-Event-ID`) or opens late sees the whole
+/// scan, and the previous one's result.
+#[derive(Default)]
+struct Recent {
+    scans: VecDeque<(String, VecDeque<Arc<StampedEvent>>)>,
+}
+
+impl Recent {
+    fn push(&mut self, scan_id: &str, event: Arc<StampedEvent>) {
+        if self.scans.back().is_none_or(|(id, _)| id != scan_id) {
+            self.scans.push_back((scan_id.to_string(), VecDeque::new()));
+            while self.scans.len() > 2 {
+                self.scans.pop_front();
+            }
+        }
+        let (_, events) = self.scans.back_mut().expect("just pushed");
+        if events.len() == REPLAY_PER_SCAN {
+            events.pop_front();
+        }
+        events.push_back(event);
+    }
+
+    /// Kept events with an id after `last_id` (ids are ULIDs: ordered by
+    /// time), oldest first.
+    fn after(&self, last_id: &str) -> Vec<Arc<StampedEvent>> {
+        self.scans
+            .iter()
+            .flat_map(|(_, events)| events.iter())
+            .filter(|e| e.id.as_str() > last_id)
+            .cloned()
+            .collect()
     }
 }
 
@@ -162,12 +295,43 @@ impl Shared {
         self.state.lock().expect("state lock").current.is_some()
     }
 
+    /// The input's state: the last check's, checked again (blocking) when
+    /// `recheck` and it failed more than [`INPUT_RECHECK_MS`] ago. While a
+    /// scan runs the input is in use and its last state stands.
+    fn input_health(&self, recheck: bool) -> Result<(), String> {
+        let (at, last) = self.input.lock().expect("input lock").clone();
+        let stale = unix_ms().saturating_sub(at) >= INPUT_RECHECK_MS;
+        if last.is_ok() || !recheck || !stale || self.is_running() {
+            return last;
+        }
+        self.check_input()
+    }
+
+    /// Checks `run.input` now and records the answer.
+    fn check_input(&self) -> Result<(), String> {
+        let found = match self.config.run.input.parse::<SourceSpec>() {
+            Ok(spec) => probe_input(&spec),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(why) = &found {
+            tracing::warn!(input = %self.config.run.input, error = %why, "the input cannot be opened");
+        }
+        *self.input.lock().expect("input lock") = (unix_ms(), found.clone());
+        found
+    }
+
+    /// Records what opening the input found (a scan or the face watcher did).
+    fn input_seen(&self, found: Result<(), String>) {
+        *self.input.lock().expect("input lock") = (unix_ms(), found);
+    }
+
     /// Starts a scan on its own thread.
-    fn start_scan(
-        self: &Arc<Self>,
-        subject: Option<String>,
-        seconds: Option<f64>,
-    ) -> Result<String, StartError> {
+    fn start_scan(self: &Arc<Self>, request: ScanRequest) -> Result<String, StartError> {
+        let ScanRequest {
+            subject,
+            seconds,
+            external_id,
+        } = request;
         let mut st = self.state.lock().expect("state lock");
         if let Some(r) = &st.current {
             return Err(StartError::Busy { id: r.id.clone() });
@@ -175,6 +339,9 @@ impl Shared {
         if let Err(why) = self.outbox.health() {
             tracing::warn!(error = %why, "scan refused: the outbox cannot store events");
             return Err(StartError::Storage(why));
+        }
+        if let Err(why) = self.input_health(true) {
+            return Err(StartError::Input(why));
         }
         if !self.outbox.has_room_for(super::SCAN_LIFECYCLE_BYTES) {
             let full = crate::outbox::OutboxError::Full {
@@ -211,6 +378,8 @@ impl Shared {
             realtime: config.run.realtime,
             config,
             subject,
+            scan_id: Some(id.clone()),
+            external_id,
             cancel: Some(cancel.clone()),
         };
         st.scans.push_back(ScanRecord {
@@ -246,6 +415,7 @@ impl Shared {
         let mut live = Broadcast {
             tx: self.events.clone(),
             shared: self.clone(),
+            scan_id: id.to_string(),
         };
         let mut sinks: Vec<&mut dyn EventSink> = vec![&mut outbox_sink, &mut live];
         let metrics = &self.metrics;
@@ -257,6 +427,8 @@ impl Shared {
         let mut st = self.state.lock().expect("state lock");
         let (state, result, error) = match report {
             Ok(r) => {
+                // It opened; a stall or an end is a scan's fate, not the input's state.
+                self.input_seen(Ok(()));
                 self.metrics
                     .frames_dropped
                     .fetch_add(r.frames_dropped, Ordering::Relaxed);
@@ -279,6 +451,11 @@ impl Shared {
             Err(e) => {
                 self.metrics.failed.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(scan = %id, error = %e, "scan failed");
+                if matches!(e, AppError::Capture(_)) {
+                    // Whether it cannot be opened now (unplugged), or only
+                    // this scan's stream failed (a stalled pipe).
+                    let _ = self.check_input();
+                }
                 (ScanState::Failed, Value::Null, Some(e.to_string()))
             }
         };
@@ -525,9 +702,20 @@ fn sse_message(e: &StampedEvent) -> Bytes {
     Bytes::from(m)
 }
 
-fn sse(shared: &Arc<Shared>, stop: watch::Receiver<bool>) -> Response<Body> {
+/// `GET /v1/events`. With `Last-Event-ID` (a reconnecting EventSource
+/// sends it) or `?since=<event id>`, the kept events after that id come
+/// first (the current and the last scan's); `?since=` with an empty id
+/// replays all of them.
+fn sse(
+    shared: &Arc<Shared>,
+    stop: watch::Receiver<bool>,
+    last_id: Option<String>,
+) -> Response<Body> {
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     let mut events = shared.events.subscribe();
+    let replay = last_id
+        .map(|id| shared.recent.lock().expect("recent lock").after(&id))
+        .unwrap_or_default();
     let mut stop = stop;
     tokio::spawn(async move {
         if tx
@@ -537,10 +725,19 @@ fn sse(shared: &Arc<Shared>, stop: watch::Receiver<bool>) -> Response<Body> {
         {
             return;
         }
+        let mut seen = String::new();
+        for e in replay {
+            if tx.send(sse_message(&e)).await.is_err() {
+                return;
+            }
+            seen.clone_from(&e.id);
+        }
         let mut keep_alive = tokio::time::interval(Duration::from_secs(15));
         loop {
             let msg = tokio::select! {
                 e = events.recv() => match e {
+                    // Sent live after it was kept: replayed already.
+                    Ok(e) if e.id <= seen => continue,
                     Ok(e) => sse_message(&e),
                     Err(broadcast::error::RecvError::Lagged(n)) => Bytes::from(format!(": {n} events skipped (slow client); they are in the outbox\n\n")),
                     Err(broadcast::error::RecvError::Closed) => break,
@@ -739,34 +936,18 @@ async fn handle(
                     "send the body as Content-Type: application/json",
                 ));
             }
-            let params: Value = if empty {
-                json!({})
+            let request = if empty {
+                Ok(ScanRequest::default())
             } else {
-                match serde_json::from_slice(&body) {
-                    Ok(v) => v,
-                    Err(e) => {
-                        return Ok(error(
-                            StatusCode::BAD_REQUEST,
-                            &format!("body is not JSON: {e}"),
-                        ))
-                    }
-                }
+                ScanRequest::parse(&body)
             };
-            let subject = params["subject"].as_str().map(str::to_string);
-            let seconds = match &params["seconds"] {
-                Value::Null => None,
-                v => match v.as_f64().filter(|s| (5.0..=3600.0).contains(s)) {
-                    Some(s) => Some(s),
-                    None => {
-                        return Ok(error(
-                            StatusCode::BAD_REQUEST,
-                            "seconds must be a number from 5 to 3600",
-                        ))
-                    }
-                },
+            let request = match request {
+                Ok(r) => r,
+                Err(why) => return Ok(error(StatusCode::BAD_REQUEST, &why)),
             };
             let sh = shared.clone();
-            match tokio::task::spawn_blocking(move || sh.start_scan(subject, seconds))
+            let sh_input = shared.config.run.input.clone();
+            match tokio::task::spawn_blocking(move || sh.start_scan(request))
                 .await
                 .expect("start does not panic")
             {
@@ -785,6 +966,10 @@ async fn handle(
                 Err(StartError::Storage(why)) => error(
                     StatusCode::INSUFFICIENT_STORAGE,
                     &format!("the outbox cannot store events ({why}); free disk space, it recovers by itself"),
+                ),
+                Err(StartError::Input(why)) => error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("the input {} cannot be opened: {why}", sh_input),
                 ),
             }
         }
@@ -820,15 +1005,27 @@ async fn handle(
                 None => error(StatusCode::NOT_FOUND, "no such scan (the last 64 are kept)"),
             }
         }
-        (Method::GET, "/v1/events") => sse(&shared, stop),
+        (Method::GET, "/v1/events") => {
+            let since = req.uri().query().and_then(|q| {
+                q.split('&')
+                    .find_map(|kv| kv.strip_prefix("since="))
+                    .map(str::to_string)
+            });
+            let last_id = header("last-event-id").map(str::to_string).or(since);
+            sse(&shared, stop, last_id)
+        }
         (Method::GET, "/healthz") => {
             let sh = shared.clone();
-            let storage = tokio::task::spawn_blocking(move || sh.outbox.health())
-                .await
-                .unwrap_or_else(|_| Err("the health check failed".into()));
-            let (status, word) = match &storage {
-                Ok(()) => (StatusCode::OK, "ok"),
-                Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "degraded"),
+            let (storage, input) =
+                tokio::task::spawn_blocking(move || (sh.outbox.health(), sh.input_health(true)))
+                    .await
+                    .unwrap_or_else(|_| {
+                        let failed = || Err("the health check failed".to_string());
+                        (failed(), failed())
+                    });
+            let (status, word) = match (&storage, &input) {
+                (Ok(()), Ok(())) => (StatusCode::OK, "ok"),
+                _ => (StatusCode::SERVICE_UNAVAILABLE, "degraded"),
             };
             json_response(
                 status,
@@ -837,6 +1034,10 @@ async fn handle(
                     "outbox": match &storage {
                         Ok(()) => json!({"ok": true}),
                         Err(why) => json!({"ok": false, "error": why}),
+                    },
+                    "input": match &input {
+                        Ok(()) => json!({"ok": true, "source": shared.config.run.input}),
+                        Err(why) => json!({"ok": false, "source": shared.config.run.input, "error": why}),
                     },
                     "version": env!("CARGO_PKG_VERSION"),
                     "uptime_s": (unix_ms() - shared.started_unix_ms) / 1000,
@@ -848,6 +1049,7 @@ async fn handle(
                 }),
             )
         }
+        (Method::GET, "/openapi.json") => json_response(StatusCode::OK, super::openapi::document()),
         (Method::GET, "/metrics") => {
             let sh = shared.clone();
             let text = tokio::task::spawn_blocking(move || metrics_text(&sh))
@@ -860,13 +1062,17 @@ async fn handle(
             );
             r
         }
-        (_, "/v1/scans" | "/v1/scans/current" | "/v1/events" | "/healthz" | "/metrics") => error(
+        (
+            _,
+            "/v1/scans" | "/v1/scans/current" | "/v1/events" | "/healthz" | "/metrics"
+            | "/openapi.json",
+        ) => error(
             StatusCode::METHOD_NOT_ALLOWED,
-            "see the API table in the README",
+            "see the API table in docs/daemon.md",
         ),
         _ => error(
             StatusCode::NOT_FOUND,
-            "unknown path; see the API table in the README",
+            "unknown path; see the API table in docs/daemon.md",
         ),
     };
     Ok(response)
@@ -888,7 +1094,7 @@ fn auto_start_loop(shared: Arc<Shared>, stop: Arc<AtomicBool>) {
         }
         match watch_for_face(&shared, steady_s, &stop) {
             Ok(true) => {
-                if let Err(e) = shared.start_scan(None, None) {
+                if let Err(e) = shared.start_scan(ScanRequest::default()) {
                     tracing::warn!(?e, "auto-start skipped");
                 }
             }
@@ -914,7 +1120,9 @@ fn watch_for_face(
     stop: &AtomicBool,
 ) -> Result<bool, AppError> {
     let spec: SourceSpec = shared.config.run.input.parse()?;
-    let mut source = crate::capture::open(&spec)?;
+    let opened = crate::capture::open(&spec);
+    shared.input_seen(opened.as_ref().map(drop).map_err(|e| e.to_string()));
+    let mut source = opened?;
     let detector = super::scan::load_detector(&shared.config)?;
     let mut vision = crate::vision::FaceRoiExtractor::new(detector, shared.config.vision());
     let max_motion = shared.config.scan.max_motion_face_widths_per_s;
@@ -988,12 +1196,19 @@ pub async fn serve(
         lanes: delivery.lanes().to_vec(),
         outbox: outbox.clone(),
         events,
+        recent: Mutex::new(Recent::default()),
+        input: Mutex::new((0, Ok(()))),
         state: Mutex::new(State::default()),
         metrics: Metrics::default(),
         token,
         started_unix_ms: unix_ms(),
         config,
     });
+    {
+        // Checked once at start, so /healthz is right before the first scan.
+        let sh = shared.clone();
+        let _ = tokio::task::spawn_blocking(move || sh.check_input()).await;
+    }
     let addr = listener.local_addr()?;
     tracing::info!(
         %addr,

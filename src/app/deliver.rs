@@ -255,6 +255,73 @@ pub fn inspect_outbox(config: &Config) -> Result<Arc<Outbox>, AppError> {
     opened
 }
 
+/// An outbox opened for a look only, and where it came from.
+pub struct Inspection {
+    pub outbox: Arc<Outbox>,
+    /// A copy made because a running agent holds the outbox: removed on drop.
+    copy: Option<PathBuf>,
+}
+
+impl Inspection {
+    /// Whether this is a copy of an outbox a running agent holds.
+    pub fn is_copy(&self) -> bool {
+        self.copy.is_some()
+    }
+}
+
+impl Drop for Inspection {
+    fn drop(&mut self) {
+        if let Some(copy) = &self.copy {
+            // Open files of a removed folder stay readable until closed.
+            let _ = std::fs::remove_dir_all(copy);
+        }
+    }
+}
+
+/// For `outbox stats|list|show`: the outbox, or while `rppg-agent run` (or
+/// a `scan`) holds it, a copy of it taken now, so inspection works beside
+/// a running daemon. The copy is what was on disk at that moment (sled
+/// flushes at least every 500 ms) and is removed afterwards.
+pub fn inspect_outbox_read_only(config: &Config) -> Result<Inspection, AppError> {
+    match inspect_outbox(config) {
+        Ok(outbox) => Ok(Inspection { outbox, copy: None }),
+        Err(AppError::Outbox(e)) if e.is_locked() => {
+            let path = outbox_path(config);
+            let copy = path.with_file_name(format!(
+                "{}.inspecting-{}-{}",
+                path.file_name()
+                    .map_or("outbox".into(), |n| n.to_string_lossy()),
+                std::process::id(),
+                unix_ms()
+            ));
+            if let Err(source) = copy_dir(&path, &copy) {
+                let _ = std::fs::remove_dir_all(&copy);
+                return Err(AppError::OutboxDir {
+                    path: copy.display().to_string(),
+                    source,
+                });
+            }
+            let outbox = Outbox::open(OutboxConfig {
+                path: copy.clone(),
+                max_bytes: config.outbox.max_bytes,
+                cache_capacity_bytes: config.outbox.cache_capacity_bytes,
+                retention_ms: config.outbox.retention_s.saturating_mul(1000),
+            });
+            match outbox {
+                Ok(o) => Ok(Inspection {
+                    outbox: Arc::new(o),
+                    copy: Some(copy),
+                }),
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&copy);
+                    Err(e.into())
+                }
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Opens the outbox named by the config as it is.
 fn open_outbox_as_is(config: &Config) -> Result<Arc<Outbox>, AppError> {
     let path = outbox_path(config);
@@ -460,8 +527,6 @@ pub fn send_test(
         ));
     }
     warn_insecure(config);
-    // Lanes report going offline and coming back on stderr, as under `run`.
-    super::init_logging();
     let outbox = open_outbox(config)?;
     let rt = runtime()?;
     let _guard = rt.enter();
@@ -556,7 +621,27 @@ fn lane_names(config: &Config, outbox: &Outbox) -> Result<Vec<String>, AppError>
 /// `outbox stats|list|show|replay|purge`.
 pub fn outbox_command(config: &Config, action: super::cli::OutboxAction) -> Result<i32, AppError> {
     use super::cli::OutboxAction::*;
-    let outbox = inspect_outbox(config)?;
+    let read_only = matches!(action, Stats { .. } | List { .. } | Show { .. });
+    let inspection = if read_only {
+        inspect_outbox_read_only(config)?
+    } else {
+        match inspect_outbox(config) {
+            Ok(outbox) => Inspection { outbox, copy: None },
+            Err(AppError::Outbox(e)) if e.is_locked() => {
+                return Err(AppError::Usage(format!(
+                    "{}: a running rppg-agent (run or scan) holds the outbox; replay and purge \
+                     change it, so stop that agent first (stats, list and show work beside it)",
+                    outbox_path(config).display()
+                )))
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    if inspection.is_copy() {
+        eprintln!("note: a running rppg-agent holds the outbox; this is a copy taken just now");
+    }
+    let outbox = inspection.outbox.clone();
+    let shown_path = outbox_path(config);
     let now = unix_ms();
     match action {
         Stats { json } => {
@@ -567,7 +652,7 @@ pub fn outbox_command(config: &Config, action: super::cli::OutboxAction) -> Resu
             }
             if json {
                 let v = json!({
-                    "path": outbox.path().display().to_string(),
+                    "path": shown_path.display().to_string(),
                     "stored_bytes": outbox.stored_bytes(),
                     "shed_intermediate_results": outbox.shed_count()?,
                     "destinations": lanes.iter().map(|(n, s)| json!({"name": n, "pending": s.pending, "due_now": s.due_now, "dead": s.dead, "delivered": s.delivered})).collect::<Vec<_>>(),
@@ -576,7 +661,7 @@ pub fn outbox_command(config: &Config, action: super::cli::OutboxAction) -> Resu
             } else {
                 println!(
                     "outbox {}: {} bytes stored, {} live events shed (intermediate results, hints)",
-                    outbox.path().display(),
+                    shown_path.display(),
                     outbox.stored_bytes(),
                     outbox.shed_count()?
                 );
@@ -591,9 +676,20 @@ pub fn outbox_command(config: &Config, action: super::cli::OutboxAction) -> Resu
                 }
             }
         }
-        List { dest, dead, json } => {
+        List {
+            dest,
+            dead,
+            delivered,
+            json,
+        } => {
             let mut rows = Vec::new();
-            if dead {
+            if delivered {
+                for (lane, id, d) in outbox.delivered_records(dest.as_deref())? {
+                    rows.push(json!({"destination": lane, "outbox_id": id, "id": d.event_id, "delivered_at_ms": d.delivered_at_ms, "attempts": d.attempts, "status": d.status}));
+                }
+                // Oldest first across destinations, as the other lists.
+                rows.sort_by_key(|r| (r["delivered_at_ms"].as_u64(), r["outbox_id"].as_u64()));
+            } else if dead {
                 for (lane, id, meta, d) in outbox.dead_letters(dest.as_deref())? {
                     rows.push(json!({"destination": lane, "outbox_id": id, "id": meta.event_id, "event": meta.kind, "sessionId": meta.session_id, "sequence": meta.sequence, "reason": d.reason, "attempts": d.history.len(), "dead_at_ms": d.dead_at_ms}));
                 }
@@ -607,10 +703,28 @@ pub fn outbox_command(config: &Config, action: super::cli::OutboxAction) -> Resu
                     }
                 }
             }
+            let what = if delivered {
+                "delivered (within outbox.retention_s)"
+            } else if dead {
+                "dead-lettered"
+            } else {
+                "pending"
+            };
             if json {
                 println!("{}", serde_json::Value::Array(rows));
             } else if rows.is_empty() {
-                println!("nothing {}", if dead { "dead-lettered" } else { "pending" });
+                println!("nothing {what}");
+            } else if delivered {
+                for r in rows {
+                    println!(
+                        "{:<12} {:<32} delivered {} after {} attempt(s): {}",
+                        r["destination"].as_str().unwrap_or(""),
+                        r["id"].as_str().unwrap_or(""),
+                        crate::events::rfc3339(r["delivered_at_ms"].as_u64().unwrap_or(0)),
+                        r["attempts"],
+                        r["status"].as_str().unwrap_or("")
+                    );
+                }
             } else {
                 for r in rows {
                     println!(
@@ -629,7 +743,11 @@ pub fn outbox_command(config: &Config, action: super::cli::OutboxAction) -> Resu
             }
         }
         Show { id, json } => {
-            let (outbox_id, meta, bytes) = outbox.find(&id)?;
+            let (outbox_id, meta, bytes) = match outbox.find(&id) {
+                Ok(found) => found,
+                Err(OutboxError::NotFound(_)) => return show_delivered(&outbox, &id, json),
+                Err(e) => return Err(e.into()),
+            };
             let mut lanes = Vec::new();
             for lane in lane_names(config, &outbox)? {
                 if let Some(state) = outbox.lane_state(&lane, outbox_id)? {
@@ -667,6 +785,32 @@ pub fn outbox_command(config: &Config, action: super::cli::OutboxAction) -> Resu
         }
     }
     outbox.flush()?;
+    Ok(0)
+}
+
+/// `outbox show` for an event no longer stored: every destination
+/// acknowledged it, so only its audit records remain.
+fn show_delivered(outbox: &Outbox, id: &str, json: bool) -> Result<i32, AppError> {
+    let records: Vec<_> = outbox
+        .delivered_records(None)?
+        .into_iter()
+        .filter(|(_, n, d)| d.event_id == id || n.to_string() == id)
+        .collect();
+    let Some((_, outbox_id, first)) = records.first() else {
+        return Err(OutboxError::NotFound(id.to_string()).into());
+    };
+    let v = json!({
+        "outbox_id": outbox_id,
+        "id": first.event_id,
+        "envelope": null,
+        "note": "delivered to every destination: the event itself is no longer stored; its audit records are kept for outbox.retention_s",
+        "destinations": records.iter().map(|(lane, _, d)| json!({"destination": lane, "state": {"status": "delivered", "delivered": d}})).collect::<Vec<_>>(),
+    });
+    if json {
+        println!("{v}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    }
     Ok(0)
 }
 

@@ -702,6 +702,8 @@ pub fn run_trial(
             device_id: "eval".into(),
             realtime: false,
             subject: None,
+            scan_id: None,
+            external_id: None,
             cancel: None,
         },
         &mut [],

@@ -15,6 +15,7 @@ pub mod cli;
 pub mod daemon;
 pub mod deliver;
 pub mod eval;
+pub mod openapi;
 pub mod receiver;
 pub mod report;
 pub mod scan;
@@ -28,7 +29,7 @@ use crate::vision::VisionError;
 use cli::{Cli, Command, ConfigAction};
 use scan::{Progress, ScanOptions, ScanReport};
 use std::io::{IsTerminal, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Everything a command can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -95,7 +96,8 @@ impl AppError {
             | AppError::Signal(_)
             | AppError::EventsFile { .. }
             | AppError::OutboxDir { .. }
-            | AppError::Delivery(_) => 2,
+            | AppError::Delivery(_)
+            | AppError::Outbox(crate::outbox::OutboxError::NotFound(_)) => 2,
             AppError::Sink(_)
             | AppError::Output(_)
             | AppError::Outbox(_)
@@ -104,14 +106,68 @@ impl AppError {
     }
 }
 
+/// How much the log says: `-v`/`-q` on the command line, else `RPPG_LOG`
+/// or `RUST_LOG` (`info`, `warn,rppg_agent=debug`, ...), else `info`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Verbosity {
+    pub verbose: u8,
+    pub quiet: u8,
+}
+
+/// The log filter for `verbosity` and the environment's directives
+/// (`RPPG_LOG`, else `RUST_LOG`), and a warning when those do not parse.
+pub fn log_filter(
+    verbosity: Verbosity,
+    directives: Option<&str>,
+) -> (tracing_subscriber::filter::Targets, Option<String>) {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    let from_flags = match i16::from(verbosity.verbose) - i16::from(verbosity.quiet) {
+        0 => None,
+        1 => Some(LevelFilter::DEBUG),
+        v if v >= 2 => Some(LevelFilter::TRACE),
+        -1 => Some(LevelFilter::WARN),
+        -2 => Some(LevelFilter::ERROR),
+        _ => Some(LevelFilter::OFF),
+    };
+    if let Some(level) = from_flags {
+        return (Targets::new().with_default(level), None);
+    }
+    let info = Targets::new().with_default(LevelFilter::INFO);
+    match directives.map(str::trim).filter(|d| !d.is_empty()) {
+        None => (info, None),
+        Some(d) => match d.parse::<Targets>() {
+            Ok(t) => (t, None),
+            Err(e) => (
+                info,
+                Some(format!(
+                    "the log level {d:?} is not understood ({e}), so the log shows info and above; \
+                     use e.g. RPPG_LOG=debug or RPPG_LOG=warn,rppg_agent=debug"
+                )),
+            ),
+        },
+    }
+}
+
 /// Log lines (tracing) on stderr, plain, for journald: the daemon's and the
-/// delivery lanes' (offline, back online) under `run` and `send-test`.
-pub fn init_logging() {
-    let _ = tracing_subscriber::fmt()
+/// delivery lanes' (offline, back online), at the level [`log_filter`] chose.
+pub fn init_logging(verbosity: Verbosity) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let directives = std::env::var("RPPG_LOG")
+        .ok()
+        .or_else(|| std::env::var("RUST_LOG").ok());
+    let (filter, warning) = log_filter(verbosity, directives.as_deref());
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(false)
-        .with_target(false)
+        .with_target(false);
+    let _ = tracing_subscriber::registry()
+        .with(fmt)
+        .with(filter)
         .try_init();
+    if let Some(w) = warning {
+        tracing::warn!("{w}");
+    }
 }
 
 /// Milliseconds since the Unix epoch (the one wall-clock read for events).
@@ -135,7 +191,34 @@ pub fn random_u128() -> u128 {
     u128::from_le_bytes(b)
 }
 
-/// Loads the configuration: defaults, then `path` (if any), then `RPPG_*` variables.
+/// The system-wide configuration file, read when no file is named.
+pub const SYSTEM_CONFIG: &str = "/etc/rppg-agent/agent.toml";
+
+/// Where a configuration file is looked for when neither `--config` nor
+/// `RPPG_CONFIG` names one, in order: [`SYSTEM_CONFIG`], then
+/// `$XDG_CONFIG_HOME/rppg-agent/agent.toml` (`~/.config/...` without it).
+/// The first that exists is used; with none, the built-in defaults apply.
+pub fn config_search_path() -> Vec<PathBuf> {
+    let mut out = vec![PathBuf::from(SYSTEM_CONFIG)];
+    let xdg = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
+    out.extend(xdg.map(|d| d.join("rppg-agent").join("agent.toml")));
+    out
+}
+
+/// The file a command reads: the one named, else the first of
+/// [`config_search_path`] that exists, else none (built-in defaults).
+pub fn config_file(named: Option<&Path>) -> Option<PathBuf> {
+    match named {
+        Some(p) => Some(p.to_path_buf()),
+        None => config_search_path().into_iter().find(|p| p.is_file()),
+    }
+}
+
+/// Loads the configuration: defaults, then the file [`config_file`]
+/// chooses, then `RPPG_*` variables.
 pub fn load_config(path: Option<&Path>) -> Result<Config, AppError> {
     load_config_with(path, crate::config::Secrets::Required)
 }
@@ -144,6 +227,17 @@ pub fn load_config(path: Option<&Path>) -> Result<Config, AppError> {
 /// [`crate::config::Secrets::Optional`]: it signs nothing, so it works
 /// without the delivery secrets in its environment.
 pub fn load_config_with(
+    path: Option<&Path>,
+    secrets: crate::config::Secrets,
+) -> Result<Config, AppError> {
+    load_exactly(config_file(path).as_deref(), secrets)
+}
+
+/// Loads defaults, then `path` only if given (no search: `demo` and `eval`
+/// measure the built-in defaults unless told otherwise), then `RPPG_*`
+/// variables. Warnings (a variable that looks like a misspelt key) go to
+/// stderr.
+pub fn load_exactly(
     path: Option<&Path>,
     secrets: crate::config::Secrets,
 ) -> Result<Config, AppError> {
@@ -157,11 +251,24 @@ pub fn load_config_with(
         None => None,
     };
     let name = path.map(|p| p.display().to_string()).unwrap_or_default();
-    Ok(Config::load_with(
+    let config = Config::load_with(
         text.as_deref().map(|t| (name.as_str(), t)),
         std::env::vars(),
         secrets,
-    )?)
+    )?;
+    tracing::debug!(
+        file = %name,
+        webhooks = config.webhook.len(),
+        mqtt = config.mqtt.len(),
+        "configuration loaded"
+    );
+    for w in &config.warnings {
+        eprintln!(
+            "warning: {} ({}): {}; {}",
+            w.key, w.origin, w.problem, w.fix
+        );
+    }
+    Ok(config)
 }
 
 /// The device id: configured, else the host name.
@@ -194,9 +301,13 @@ pub fn device_id(config: &Config) -> String {
 
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> Result<i32, AppError> {
+    init_logging(Verbosity {
+        verbose: cli.verbose,
+        quiet: cli.quiet,
+    });
     match cli.command {
         Command::Demo(a) => demo(a),
-        Command::Scan(a) => scan_command(a),
+        Command::Scan(a) => scan_command(a, cli.quiet > 0),
         Command::Analyze(a) => {
             let mut config = load_config(a.config.as_deref())?;
             if let Some(m) = a.method {
@@ -220,14 +331,31 @@ pub fn run(cli: Cli) -> Result<i32, AppError> {
                 Ok(0)
             }
             ConfigAction::Check { file } => {
-                let config = load_config(Some(&file))?;
+                let file = config_file(file.as_deref());
+                let config = load_exactly(file.as_deref(), crate::config::Secrets::Required)?;
+                let name = match &file {
+                    Some(f) => f.display().to_string(),
+                    None => "no configuration file (built-in defaults and RPPG_* variables)".into(),
+                };
                 println!(
-                    "{}: valid. Scan {} s, method {}, device id {:?}.",
-                    file.display(),
+                    "{name}: valid. Scan {} s, method {}, device id {:?}, {} webhook and {} MQTT destination(s).",
                     config.scan.duration_s,
                     config.signal.method,
-                    device_id(&config)
+                    device_id(&config),
+                    config.webhook.len(),
+                    config.mqtt.len()
                 );
+                Ok(0)
+            }
+            ConfigAction::Path => {
+                for p in config_search_path() {
+                    let state = if p.is_file() { "exists" } else { "absent" };
+                    println!("{} ({state})", p.display());
+                }
+                match config_file(None) {
+                    Some(p) => println!("used: {}", p.display()),
+                    None => println!("used: none (built-in defaults)"),
+                }
                 Ok(0)
             }
         },
@@ -271,6 +399,51 @@ pub fn run(cli: Cli) -> Result<i32, AppError> {
         }
         Command::Eval(a) => eval_command(a),
         Command::Run(a) => run_command(a),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "rppg-agent", &mut std::io::stdout());
+            Ok(0)
+        }
+        Command::Schema { which } => {
+            let v = match which {
+                cli::SchemaKind::Events => crate::events::schema::events_schema(),
+                cli::SchemaKind::Openapi => openapi::document(),
+            };
+            let text = serde_json::to_string_pretty(&v).expect("a JSON value serialises");
+            println!("{text}");
+            Ok(0)
+        }
+        Command::Man => {
+            let command = <Cli as clap::CommandFactory>::command();
+            let mut out = Vec::new();
+            clap_mangen::Man::new(command.clone())
+                .render(&mut out)
+                .map_err(AppError::Output)?;
+            // One page: each subcommand's own help follows the main page.
+            for sub in command.get_subcommands().filter(|c| !c.is_hide_set()) {
+                let named = sub
+                    .clone()
+                    .bin_name(format!("rppg-agent {}", sub.get_name()))
+                    .display_name(format!("rppg-agent-{}", sub.get_name()));
+                let page = clap_mangen::Man::new(named);
+                page.render_name_section(&mut out)
+                    .map_err(AppError::Output)?;
+                page.render_synopsis_section(&mut out)
+                    .map_err(AppError::Output)?;
+                page.render_description_section(&mut out)
+                    .map_err(AppError::Output)?;
+                page.render_options_section(&mut out)
+                    .map_err(AppError::Output)?;
+                if sub.has_subcommands() {
+                    page.render_subcommands_section(&mut out)
+                        .map_err(AppError::Output)?;
+                }
+            }
+            std::io::stdout()
+                .write_all(&out)
+                .map_err(AppError::Output)?;
+            Ok(0)
+        }
         Command::Cameras => {
             let cameras = crate::capture::camera::list_cameras()?;
             if cameras.is_empty() {
@@ -298,7 +471,6 @@ fn run_command(a: cli::RunArgs) -> Result<i32, AppError> {
     let addr = config.api.address().map_err(|(key, problem, fix)| {
         AppError::Usage(format!("{key} (or --listen): {problem}; {fix}"))
     })?;
-    init_logging();
     let rt = deliver::runtime()?;
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
@@ -355,7 +527,9 @@ fn eval_command(a: cli::EvalArgs) -> Result<i32, AppError> {
     }
     let sweep_s = started.elapsed().as_secs_f64();
     let real = match &a.welltory {
-        Some(dir) => eval::run_welltory(dir, &load_config(None)?)?,
+        Some(dir) => {
+            eval::run_welltory(dir, &load_exactly(None, crate::config::Secrets::Required)?)?
+        }
         None => Vec::new(),
     };
     if a.json {
@@ -622,7 +796,12 @@ pub fn outbox_full_event(config: &Config, why: &crate::outbox::OutboxError) -> S
 /// intermediate results need none: the cap sheds older ones, or them.
 pub const SCAN_LIFECYCLE_BYTES: u64 = 16 * 1024;
 
-fn scan_command(a: cli::ScanArgs) -> Result<i32, AppError> {
+fn scan_command(a: cli::ScanArgs, quiet: bool) -> Result<i32, AppError> {
+    for (flag, value) in [("--subject", &a.subject), ("--external-id", &a.external_id)] {
+        if let Some(v) = value {
+            crate::events::check_correlation(flag, v).map_err(AppError::Usage)?;
+        }
+    }
     let mut config = load_config(a.config.as_deref())?;
     if let Some(path) = &a.report {
         // Fail before the scan, not after it.
@@ -654,7 +833,7 @@ fn scan_command(a: cli::ScanArgs) -> Result<i32, AppError> {
     };
     let _guard = rt.as_ref().map(|r| r.enter());
     let (outbox, delivery) = if delivering {
-        if !a.quiet {
+        if !quiet {
             deliver::warn_insecure(&config);
         }
         let outbox = deliver::open_outbox(&config)?;
@@ -702,7 +881,6 @@ fn scan_command(a: cli::ScanArgs) -> Result<i32, AppError> {
         sinks.push(f);
     }
     let mut line = ProgressLine::new();
-    let quiet = a.quiet;
     let drain = std::time::Duration::from_secs_f64(config.delivery.drain_timeout_s);
     let opts = ScanOptions {
         source: spec,
@@ -710,6 +888,8 @@ fn scan_command(a: cli::ScanArgs) -> Result<i32, AppError> {
         config,
         realtime: false,
         subject: a.subject.clone(),
+        scan_id: None,
+        external_id: a.external_id.clone(),
         cancel: Some(termination_cancels()?),
     };
     let report = scan::run_scan(opts, &mut sinks, &mut |p, e| {
@@ -816,7 +996,7 @@ fn print_event(out: &mut impl Write, e: &StampedEvent) -> std::io::Result<()> {
 
 fn demo(a: cli::DemoArgs) -> Result<i32, AppError> {
     check_seconds(a.seconds)?;
-    let mut config = load_config(a.config.as_deref())?;
+    let mut config = load_exactly(a.config.as_deref(), crate::config::Secrets::Required)?;
     let input = format!("synthetic:hr={},rr={},seed={}", a.hr, a.rr, a.seed);
     let params = SyntheticParams::parse(&input, &input[10..])?;
     let mut spec = SourceSpec::Synthetic(Box::new(params));
@@ -886,6 +1066,8 @@ fn demo(a: cli::DemoArgs) -> Result<i32, AppError> {
         config,
         realtime: !a.fast,
         subject: None,
+        scan_id: None,
+        external_id: None,
         cancel: Some(termination_cancels()?),
     };
     let mut print_error = None;
@@ -995,4 +1177,52 @@ fn demo(a: cli::DemoArgs) -> Result<i32, AppError> {
         fps / report.source.fps
     )?;
     Ok(if report.cancelled.is_some() { 3 } else { 0 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing::Level;
+
+    fn allows(v: Verbosity, env: Option<&str>, level: Level, target: &str) -> bool {
+        log_filter(v, env).0.would_enable(target, &level)
+    }
+
+    #[test]
+    fn flags_override_the_environment_and_bad_directives_fall_back_to_info_with_a_warning() {
+        let none = Verbosity::default();
+        assert!(allows(none, None, Level::INFO, "rppg_agent"));
+        assert!(!allows(none, None, Level::DEBUG, "rppg_agent"));
+        assert!(allows(
+            none,
+            Some("warn,rppg_agent=debug"),
+            Level::DEBUG,
+            "rppg_agent"
+        ));
+        assert!(!allows(
+            none,
+            Some("warn,rppg_agent=debug"),
+            Level::INFO,
+            "hyper"
+        ));
+        let v = Verbosity {
+            verbose: 1,
+            quiet: 0,
+        };
+        assert!(allows(v, Some("error"), Level::DEBUG, "rppg_agent"));
+        let q = Verbosity {
+            verbose: 0,
+            quiet: 1,
+        };
+        assert!(!allows(q, Some("trace"), Level::INFO, "rppg_agent"));
+        assert!(allows(q, None, Level::WARN, "rppg_agent"));
+        let qqq = Verbosity {
+            verbose: 0,
+            quiet: 3,
+        };
+        assert!(!allows(qqq, None, Level::ERROR, "rppg_agent"));
+        let (f, warning) = log_filter(none, Some("a=b=c"));
+        assert!(f.would_enable("rppg_agent", &Level::INFO));
+        assert!(warning.unwrap().contains("RPPG_LOG=debug"));
+    }
 }

@@ -13,7 +13,7 @@
 use super::{random_u128, unix_ms, AppError};
 use crate::capture::{self, Frame, SourceInfo, SourceSpec};
 use crate::config::Config;
-use crate::events::{ulid, Event, EventKind, EventSink, StampedEvent, Stamper};
+use crate::events::{ulid, Event, EventKind, EventSink, ScanContext, StampedEvent, Stamper};
 use crate::measurement::guidance::Constraint;
 use crate::measurement::{CancelReason, Measurement, ScanResult, Update};
 use crate::vision::detector::FaceDetector;
@@ -28,8 +28,13 @@ pub struct ScanOptions {
     pub device_id: String,
     /// Pace frames at their timestamps (a live demo) instead of as fast as possible.
     pub realtime: bool,
-    /// Who is measured (`Patient/<id>`), carried in SCAN_COMPLETED for FHIR.
+    /// Who is measured (`Patient/<id>`): in every event's envelope, and in
+    /// SCAN_COMPLETED's payload for FHIR.
     pub subject: Option<String>,
+    /// The scan's id (`scn_` + ULID) in every event; `None`: a new one.
+    pub scan_id: Option<String>,
+    /// The integrator's correlation id, in every event.
+    pub external_id: Option<String>,
     /// Set from outside (API, signals, shutdown) to cancel the scan.
     pub cancel: Option<std::sync::Arc<CancelRequest>>,
 }
@@ -121,6 +126,14 @@ pub struct ScanReport {
     pub frames_dropped: u64,
     pub processing_time_ms: u64,
     pub events: u64,
+    pub device_id: String,
+    /// When the scan began (Unix ms).
+    pub started_unix_ms: u64,
+    /// Its scan id, and the caller's external id and subject.
+    pub context: ScanContext,
+    /// The live heart rate as the scan went: (seconds of signal, bpm), only
+    /// the estimates that were trusted.
+    pub hr_trend: Vec<(f64, f64)>,
 }
 
 impl ScanReport {
@@ -207,9 +220,20 @@ pub fn run_scan(
 ) -> Result<ScanReport, AppError> {
     let session_id = format!("ses_{}", ulid(unix_ms(), random_u128()));
     let measurement_id = format!("msr_{}", ulid(unix_ms(), random_u128()));
+    let started_unix_ms = unix_ms();
+    let context = ScanContext {
+        scan_id: Some(
+            opts.scan_id
+                .clone()
+                .unwrap_or_else(|| format!("scn_{}", ulid(unix_ms(), random_u128()))),
+        ),
+        external_id: opts.external_id.clone(),
+        subject: opts.subject.clone(),
+    };
     let failed = vec![false; sinks.len()];
     let mut emitter = Emitter {
-        stamper: Stamper::new(opts.device_id.clone(), session_id.clone()),
+        stamper: Stamper::new(opts.device_id.clone(), session_id.clone())
+            .with_context(context.clone()),
         sinks,
         failed,
         broken: None,
@@ -245,12 +269,17 @@ pub fn run_scan(
     let mut live = idle();
     let mut failure = None;
     let mut ended = None;
+    let mut hr_trend = Vec::new();
 
     loop {
         for u in updates.drain(..) {
             if let Update::Intermediate(r) = &u {
                 live.hr_bpm = r.hr_bpm;
                 live.snr_db = Some(r.snr_db);
+                // Live HR is already withheld below its floor.
+                if let Some(hr) = r.hr_bpm {
+                    hr_trend.push((r.elapsed_s, hr));
+                }
             }
             match &u {
                 Update::Completed(r) => ended = Some((None, None, r.clone())),
@@ -336,6 +365,10 @@ pub fn run_scan(
         frames_dropped: source.frames_dropped(),
         processing_time_ms: busy.as_millis() as u64,
         events: emitter.count,
+        device_id: opts.device_id.clone(),
+        started_unix_ms,
+        context,
+        hr_trend,
     })
 }
 

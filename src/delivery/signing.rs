@@ -112,6 +112,13 @@ fn mac(key: &Secret) -> HmacSha256 {
     HmacSha256::new_from_slice(key.expose()).expect("HMAC takes keys of any length")
 }
 
+/// Hex HMAC-SHA256 of `body` with `key` (the Circadify body `signature`).
+pub fn hmac_hex(key: &Secret, body: &[u8]) -> String {
+    let mut m = mac(key);
+    m.update(body);
+    hex(&m.finalize().into_bytes())
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

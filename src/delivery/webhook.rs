@@ -35,6 +35,21 @@ pub enum BodyFormat {
     Envelope,
     /// SCAN_COMPLETED as a FHIR R4 Bundle; `subject` when the scan named none.
     Fhir { subject: String },
+    /// Scan start, completion and failure in the Circadify shape
+    /// ([`crate::events::circadify`]), with a body `signature`: the hex
+    /// HMAC-SHA256, with the destination's first key, of the body's JSON
+    /// without `signature` (what `JSON.stringify` of the parsed body minus
+    /// `signature` gives back, byte for byte).
+    Circadify,
+}
+
+/// Why an event has no body for a destination's format.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error(transparent)]
+    Fhir(#[from] crate::events::fhir::FhirError),
+    #[error(transparent)]
+    Circadify(#[from] crate::events::circadify::CircadifyError),
 }
 
 /// A validated webhook destination. Its `Debug` shows the URL redacted
@@ -83,10 +98,22 @@ impl WebhookDestination {
     }
 
     /// The body of an event for this destination (signed and sent as is).
-    pub fn body(&self, event_bytes: &[u8]) -> Result<Vec<u8>, crate::events::fhir::FhirError> {
+    pub fn body(&self, event_bytes: &[u8]) -> Result<Vec<u8>, BodyError> {
         match &self.format {
             BodyFormat::Envelope => Ok(event_bytes.to_vec()),
-            BodyFormat::Fhir { subject } => crate::events::fhir::bundle_bytes(event_bytes, subject),
+            BodyFormat::Fhir { subject } => {
+                Ok(crate::events::fhir::bundle_bytes(event_bytes, subject)?)
+            }
+            BodyFormat::Circadify => {
+                let mut body = crate::events::circadify::body(event_bytes)?;
+                let unsigned = crate::events::json::to_vec(&body);
+                let key = self.signing.iter().flat_map(|(_, keys)| keys).next();
+                body["signature"] = match key {
+                    Some(k) => super::signing::hmac_hex(k, &unsigned).into(),
+                    None => serde_json::Value::Null,
+                };
+                Ok(crate::events::json::to_vec(&body))
+            }
         }
     }
 
@@ -98,7 +125,7 @@ impl WebhookDestination {
         body: &[u8],
     ) -> Vec<(&'static str, String)> {
         let content_type = match self.format {
-            BodyFormat::Envelope => "application/json",
+            BodyFormat::Envelope | BodyFormat::Circadify => "application/json",
             BodyFormat::Fhir { .. } => "application/fhir+json",
         };
         let mut h = vec![

@@ -172,7 +172,7 @@ pub fn bundle_bytes(envelope_bytes: &[u8], default_subject: &str) -> Result<Vec<
     let envelope: Value =
         serde_json::from_slice(envelope_bytes).map_err(|e| FhirError::Envelope(e.to_string()))?;
     let b = bundle(&envelope, default_subject)?;
-    Ok(serde_json::to_vec(&b).expect("JSON values serialise"))
+    Ok(super::json::to_vec(&b))
 }
 
 /// Checks one Observation against the R4 vital-signs profile rules

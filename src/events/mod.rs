@@ -9,15 +9,21 @@
 //! Envelope (`schemaVersion` 1), one JSON object:
 //! `id` (`evt_` + ULID: unique, sortable by time, no dots), `schemaVersion`,
 //! `timestamp` (Unix seconds, as WMS), `time` (RFC 3339, milliseconds, UTC
-//! offset), `deviceId`, `sessionId`, `sequence` (per session, from 0, +1 per
-//! event), `event`, `severity`, `payload`.
+//! offset), `deviceId`, `sessionId`, then for a scan's events `scanId`
+//! (always) and `externalId` and `subject` (when given), `sequence` (per
+//! session, from 0, +1 per event), `event`, `severity`, `payload`. Bytes are
+//! written by [`json::to_vec`]: compact, ASCII, numbers as JavaScript
+//! spells them.
 //!
 //! Invariants: an event is serialised exactly once, by [`Stamper::stamp`];
 //! those bytes are what gets written, stored, signed and sent, so a
 //! signature always covers exactly what the receiver parses. Stamping is
 //! pure: the wall-clock time and the id entropy are arguments.
 
+pub mod circadify;
 pub mod fhir;
+pub mod json;
+pub mod schema;
 
 use crate::capture::SourceInfo;
 use crate::measurement::{CancelReason, Intermediate, ScanResult, Update};
@@ -351,6 +357,12 @@ struct Envelope<'a> {
     time: &'a str,
     device_id: &'a str,
     session_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scan_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    external_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subject: Option<&'a str>,
     sequence: u64,
     event: &'static str,
     severity: Severity,
@@ -397,8 +409,39 @@ pub fn rfc3339(unix_ms: u64) -> String {
 pub struct Stamper {
     device_id: String,
     session_id: String,
+    context: ScanContext,
     next_sequence: u64,
     last_ulid: Option<(u64, u128)>,
+}
+
+/// What every event of one scan carries beside its session: the scan's id
+/// (the one `POST /v1/scans` answers with), and the integrator's own
+/// correlation id and subject when it gave them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScanContext {
+    pub scan_id: Option<String>,
+    pub external_id: Option<String>,
+    pub subject: Option<String>,
+}
+
+/// The longest `externalId` or `subject`.
+pub const MAX_CORRELATION_LEN: usize = 128;
+
+/// Checks an `externalId` or `subject` given by an integrator: 1 to
+/// [`MAX_CORRELATION_LEN`] printable ASCII characters (so every body stays
+/// ASCII and JSON.stringify-stable, see [`json`]). Returns what is wrong.
+pub fn check_correlation(what: &str, value: &str) -> Result<(), String> {
+    if value.is_empty() || value.len() > MAX_CORRELATION_LEN {
+        return Err(format!(
+            "{what} must be 1 to {MAX_CORRELATION_LEN} characters long"
+        ));
+    }
+    if !value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Err(format!(
+            "{what} must be printable ASCII (letters, digits, punctuation, spaces)"
+        ));
+    }
+    Ok(())
 }
 
 impl Stamper {
@@ -406,9 +449,16 @@ impl Stamper {
         Stamper {
             device_id: device_id.into(),
             session_id: session_id.into(),
+            context: ScanContext::default(),
             next_sequence: 0,
             last_ulid: None,
         }
+    }
+
+    /// Every event stamped from now on carries `context`.
+    pub fn with_context(mut self, context: ScanContext) -> Self {
+        self.context = context;
+        self
     }
 
     pub fn session_id(&self) -> &str {
@@ -437,13 +487,15 @@ impl Stamper {
             time: &time,
             device_id: &self.device_id,
             session_id: &self.session_id,
+            scan_id: self.context.scan_id.as_deref(),
+            external_id: self.context.external_id.as_deref(),
+            subject: self.context.subject.as_deref(),
             sequence,
             event: event.kind.name(),
             severity: event.kind.severity(),
             payload: &event.payload,
         };
-        let bytes =
-            serde_json::to_vec(&envelope).expect("an envelope of JSON values always serialises");
+        let bytes = json::to_vec(&envelope);
         StampedEvent {
             id,
             session_id: self.session_id.clone(),

@@ -209,6 +209,19 @@ pub enum CancelReason {
 }
 
 impl CancelReason {
+    pub const ALL: [CancelReason; 10] = [
+        CancelReason::LowSnr,
+        CancelReason::FaceLost,
+        CancelReason::NoFace,
+        CancelReason::TooDark,
+        CancelReason::TooMuchMotion,
+        CancelReason::InputEnded,
+        CancelReason::Requested,
+        CancelReason::Shutdown,
+        CancelReason::InputError,
+        CancelReason::OutputError,
+    ];
+
     /// The code used in events and `--json` (`LOW_SNR`, `FACE_LOST`, ...).
     pub fn code(self) -> &'static str {
         match self {

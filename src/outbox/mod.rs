@@ -130,6 +130,20 @@ pub enum OutboxError {
 }
 
 impl OutboxError {
+    /// Whether another process (a running `rppg-agent run`) holds the
+    /// database's lock.
+    pub fn is_locked(&self) -> bool {
+        match self {
+            OutboxError::Open {
+                source: sled::Error::Io(e),
+                ..
+            } => {
+                e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("acquire lock")
+            }
+            _ => false,
+        }
+    }
+
     /// Whether this is the disk (or a file-size limit) refusing to grow a file.
     pub fn is_disk_full(&self) -> bool {
         let io = match self {
@@ -1441,7 +1455,8 @@ impl Outbox {
     /// Destination names that have pending or dead events.
     pub fn lane_names(&self) -> Result<Vec<String>, OutboxError> {
         let mut names: Vec<String> = Vec::new();
-        for tree in [&self.s()?.pending, &self.s()?.dead] {
+        let st = self.s()?;
+        for tree in [&st.pending, &st.dead, &st.delivered] {
             for k in tree.iter().keys() {
                 let k = k.map_err(|e| self.storage("listing lanes", e))?;
                 let name = String::from_utf8_lossy(&k[..k.len().saturating_sub(9)]).into_owned();
@@ -1451,6 +1466,23 @@ impl Outbox {
             }
         }
         Ok(names)
+    }
+
+    /// The delivered audit records of `dest` (or every lane), by lane then
+    /// outbox id: `(lane, outbox id, record)`.
+    pub fn delivered_records(
+        &self,
+        dest: Option<&str>,
+    ) -> Result<Vec<(String, u64, Delivered)>, OutboxError> {
+        let prefix = dest.map(lane_prefix).unwrap_or_default();
+        let mut out = Vec::new();
+        for item in self.s()?.delivered.scan_prefix(prefix) {
+            let (k, v) = item.map_err(|e| self.storage("reading the audit trail", e))?;
+            let lane = String::from_utf8_lossy(&k[..k.len().saturating_sub(9)]).into_owned();
+            let id = id_of_lane_key(&k).unwrap_or_default();
+            out.push((lane, id, decode_json(&k, &v)?));
+        }
+        Ok(out)
     }
 
     /// An event by its event id (`evt_...`) or outbox id.

@@ -108,14 +108,6 @@ fn cases() -> Vec<Case> {
             stderr: "error: invalid configuration (1 problem):\n  scan.duration_s (RPPG_SCAN_DURATION_S): \"abc\" is not a number\n    fix: set it like the default: RPPG_SCAN_DURATION_S=30.0",
         },
         Case {
-            name: "unknown key in the environment",
-            files: vec![],
-            args: vec!["scan", "--input", "synthetic:seconds=1", "--json"],
-            env: vec![("RPPG_SCAN_DURATON_S", "3")],
-            code: 2,
-            stderr: "error: invalid configuration (1 problem):\n  RPPG_SCAN_DURATON_S (environment): is not a configuration key\n    fix: unset it, or name a key as RPPG_<SECTION>_<KEY> (e.g. RPPG_SCAN_DURATION_S); `rppg-agent config default` lists the keys",
-        },
-        Case {
             name: "missing configuration file",
             files: vec![],
             args: vec!["scan", "--input", "synthetic:seconds=1", "--config", "nope.toml"],

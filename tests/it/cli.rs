@@ -247,6 +247,145 @@ fn config_check_explains_every_problem_and_exits_2() {
     }
 }
 
+#[test]
+fn the_user_config_folder_is_read_and_stray_variables_are_ignored_or_named() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path().join("rppg-agent");
+    std::fs::create_dir(&dir).unwrap();
+    let file = dir.join("agent.toml");
+    std::fs::write(&file, "[scan]\nduration_s = 40\n").unwrap();
+    let run = |args: &[&str], vars: &[(&str, &str)]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rppg-agent"));
+        cmd.args(args)
+            .env_remove("RPPG_CONFIG")
+            .env("XDG_CONFIG_HOME", home.path());
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        crate::util::run_command(cmd, None, MINUTE)
+    };
+    let r = run(&["config", "check"], &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains(file.to_str().unwrap()), "{}", r.stdout);
+    assert!(r.stdout.contains("Scan 40 s"), "{}", r.stdout);
+    let r = run(&["config", "path"], &[]);
+    assert!(
+        r.stdout.contains(&format!("used: {}", file.display())),
+        "{}",
+        r.stdout
+    );
+    // The README's secret variables, with a config that names none of them.
+    let r = run(
+        &["config", "check"],
+        &[
+            ("RPPG_HOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+            ("RPPG_API_TOKEN", "t"),
+        ],
+    );
+    assert_eq!((r.code, r.stderr.as_str()), (0, ""));
+    // A misspelt key: a warning that names the key, and the value unused.
+    let r = run(&["config", "check"], &[("RPPG_SCAN_DURATON_S", "20")]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("RPPG_SCAN_DURATON_S") && r.stderr.contains("RPPG_SCAN_DURATION_S?"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stdout.contains("Scan 40 s"));
+    // -v shows debug lines, -q hides warnings of the log (not the command's own).
+    let r = run(&["-v", "config", "check"], &[]);
+    assert!(
+        r.stderr.contains("DEBUG") && r.stderr.contains("configuration loaded"),
+        "{}",
+        r.stderr
+    );
+    let r = run(&["config", "check"], &[("RPPG_LOG", "warn")]);
+    assert!(!r.stderr.contains("DEBUG"), "{}", r.stderr);
+    let r = run(&["config", "check"], &[("RUST_LOG", "debug")]);
+    assert!(r.stderr.contains("DEBUG"), "{}", r.stderr);
+    // demo and eval measure the built-in defaults: the file is not theirs.
+    let r = run(&["demo", "--fast", "--seconds", "10"], &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
+#[test]
+fn the_checked_in_contracts_are_what_the_binary_prints_and_real_events_fit_the_schema() {
+    use rppg_agent::events::schema::violations;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/schema");
+    for (which, file) in [
+        ("events", "events.schema.json"),
+        ("openapi", "openapi.json"),
+    ] {
+        let r = run_bin(&["schema", which], None, MINUTE);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let printed: Value = serde_json::from_str(&r.stdout).unwrap();
+        let kept: Value =
+            serde_json::from_str(&std::fs::read_to_string(root.join(file)).unwrap()).unwrap();
+        assert!(
+            printed == kept,
+            "docs/schema/{file} is stale: rppg-agent schema {which} > docs/schema/{file}"
+        );
+    }
+    // A cancelled scan (no face: hints, FAILED_INIT_BLOOD_FLOW, MEASUREMENT_CANCELED)
+    // and a completed one, every line against the schema.
+    let schema = rppg_agent::events::schema::events_schema();
+    let mut kinds = std::collections::BTreeSet::new();
+    for input in [
+        "synthetic:face=0,width=160,height=120",
+        "synthetic:hr=80,width=320,height=240",
+    ] {
+        let r = run_bin(
+            &["scan", "-q", "--external-id", "order 7/b", "--input", input],
+            None,
+            MINUTE,
+        );
+        for line in r.stdout.lines() {
+            let v: Value = serde_json::from_str(line).unwrap();
+            let found = violations(&schema, &schema, &v);
+            assert!(found.is_empty(), "{found:?}\n{v}");
+            kinds.insert(v["event"].as_str().unwrap().to_string());
+        }
+    }
+    for k in [
+        "CONSTRAINT_WARNING",
+        "FAILED_INIT_BLOOD_FLOW",
+        "MEASUREMENT_CANCELED",
+        "INTERMEDIATE_RESULTS",
+        "SCAN_COMPLETED",
+    ] {
+        assert!(kinds.contains(k), "{k} not seen: {kinds:?}");
+    }
+}
+
+#[test]
+fn completions_and_the_man_page_are_generated_from_the_help() {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let r = run_bin(&["completions", shell], None, MINUTE);
+        assert_eq!(r.code, 0, "{shell}: {}", r.stderr);
+        // fish spells a long option `-l config`.
+        for word in ["send-test", "config", "outbox", "external-id"] {
+            assert!(r.stdout.contains(word), "{shell} completion lacks {word}");
+        }
+    }
+    let r = run_bin(&["completions", "tcsh"], None, MINUTE);
+    assert_eq!(r.code, 2, "an unknown shell is a usage error");
+    let r = run_bin(&["man"], None, MINUTE);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.contains(".TH rppg-agent 1"),
+        "{}",
+        &r.stdout[..200]
+    );
+    // Every command's own section, with its options.
+    for needle in [
+        "rppg\\-agent\\-send\\-test",
+        "rppg\\-agent\\-scan",
+        "\\-\\-input",
+    ] {
+        assert!(r.stdout.contains(needle), "man page lacks {needle}");
+    }
+}
+
 /// Writes `bytes` to a temp file and scans it; returns (exit code, stderr).
 fn scan_file(name: &str, bytes: &[u8]) -> (i32, String) {
     let dir = tempfile::tempdir().unwrap();
@@ -560,12 +699,12 @@ fn scan_report_writes_an_svg_for_a_good_and_for_a_cancelled_scan() {
         (
             "synthetic:hr=84,rr=16,width=320,height=240",
             0,
-            "completed: HR 8",
+            "heart rate 8",
         ),
         (
             "synthetic:pulse=0,width=320,height=240",
             3,
-            "cancelled: LOW_SNR",
+            "cancelled (LOW_SNR)",
         ),
     ] {
         let path = dir.path().join(format!("report-{code}.svg"));
@@ -574,6 +713,8 @@ fn scan_report_writes_an_svg_for_a_good_and_for_a_cancelled_scan() {
                 "scan",
                 "--input",
                 spec,
+                "--subject",
+                "Patient/7",
                 "--report",
                 path.to_str().unwrap(),
                 "--json",
@@ -584,9 +725,20 @@ fn scan_report_writes_an_svg_for_a_good_and_for_a_cancelled_scan() {
         assert_eq!(r.code, code, "{}", r.stderr);
         let svg = std::fs::read_to_string(&path).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains(needle), "{needle}");
-        assert!(svg.contains("<polyline"), "the pulse wave is drawn");
-        // Beats only with a trusted heart rate.
+        // The header: who, where, when.
+        assert!(
+            svg.contains("subject Patient/7") && svg.contains("device "),
+            "{needle}"
+        );
+        assert!(svg.contains("<polyline"), "the spectrum is drawn");
+        // Waves, beats and the trend only for trusted values.
         assert_eq!(svg.contains("detected beats"), code == 0, "{needle}");
+        assert_eq!(svg.contains("live heart rate"), code == 0, "{needle}");
+        assert_eq!(svg.contains("breathing wave:"), code == 0, "{needle}");
+        assert!(
+            !svg.contains(">-0<") && !svg.contains(">-0.0<"),
+            "no -0 tick"
+        );
     }
     let bad = run_bin(
         &[

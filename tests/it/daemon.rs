@@ -1065,3 +1065,300 @@ async fn a_steady_face_starts_a_scan_by_itself_and_an_empty_scene_does_not() {
         assert_eq!(summary.scans, u64::from(expect_scan), "{input}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_carries_the_scan_id_and_external_id_and_a_screen_that_reconnects_replays_what_it_missed(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), false);
+    // A backend that is down: the events wait in the outbox.
+    let down = format!("http://{}/hooks", crate::util::free_addr());
+    cfg.webhook = vec![hook(&down)];
+    let outbox_path = cfg.outbox.path.clone();
+    let daemon = Daemon::start(cfg).await;
+    let base = daemon.base.clone();
+    let http = http_client();
+    let post = |body: &'static str| {
+        http.post(format!("{base}/v1/scans"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    // Unknown or malformed fields are refused, naming what is wrong.
+    for (body, needle) in [
+        (r#"{"secs":5}"#, "unknown field \"secs\""),
+        (r#"{"externalId":"visit-é"}"#, "printable ASCII"),
+        (r#"{"externalId":7}"#, "externalId"),
+        (r#"[1]"#, "JSON object"),
+    ] {
+        let r = post(body).await.unwrap();
+        assert_eq!(r.status(), 400, "{body}");
+        let why = r.body_json().await["error"].as_str().unwrap().to_string();
+        assert!(why.contains(needle), "{body}: {why}");
+    }
+    let started = post(r#"{"externalId":"visit-42","subject":"Patient/7","seconds":10}"#)
+        .await
+        .unwrap();
+    assert_eq!(started.status(), 201);
+    let id = started.body_json().await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let start = Instant::now();
+    while get_json(&http, format!("{base}/v1/scans/{id}")).await["state"] == "running" {
+        assert!(start.elapsed() < MINUTE);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A screen that opens after the scan ended asks for everything kept.
+    let mut all = http
+        .get(format!("{base}/v1/events?since="))
+        .send()
+        .await
+        .unwrap();
+    let replayed = read_sse(&mut all, MINUTE, |e| e.iter().any(|(n, _)| ends_scan(n))).await;
+    let names: Vec<&str> = replayed.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names[0], "CAMERA_STARTED", "{names:?}");
+    assert_eq!(*names.last().unwrap(), "SCAN_COMPLETED", "{names:?}");
+    for (name, e) in &replayed {
+        assert_eq!(e["scanId"], id.as_str(), "{name}");
+        assert_eq!(e["externalId"], "visit-42", "{name}");
+        assert_eq!(e["subject"], "Patient/7", "{name}");
+    }
+    // An EventSource that reconnects sends Last-Event-ID: only what follows.
+    let third = replayed[2].1["id"].as_str().unwrap().to_string();
+    let mut resumed = http
+        .get(format!("{base}/v1/events"))
+        .header("last-event-id", &third)
+        .send()
+        .await
+        .unwrap();
+    let rest = read_sse(&mut resumed, MINUTE, |e| {
+        e.iter().any(|(n, _)| ends_scan(n))
+    })
+    .await;
+    let ids = |v: &[(String, Value)]| -> Vec<String> {
+        v.iter()
+            .map(|(_, e)| e["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ids(&rest), ids(&replayed)[3..].to_vec());
+    // Without either, only live events (none now): the stream stays open, empty.
+    let mut live = http.get(format!("{base}/v1/events")).send().await.unwrap();
+    let first = tokio::time::timeout(Duration::from_millis(500), live.chunk()).await;
+    let text = String::from_utf8_lossy(&first.unwrap().unwrap().unwrap()).to_string();
+    assert!(parse_sse(&text).is_empty(), "{text}");
+    // The outbox can be inspected while the daemon holds it; not changed.
+    let file = dir.path().join("inspect.toml");
+    std::fs::write(&file, format!("[outbox]\npath = {outbox_path:?}\n")).unwrap();
+    let file = file.display().to_string();
+    // The binary, off the runtime's threads (the daemon runs on them).
+    let outbox_command = |args: &[&str]| {
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        args.extend(["--config".to_string(), file.clone()]);
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            crate::util::run_bin(&args, None, MINUTE)
+        })
+    };
+    let list = outbox_command(&["outbox", "list", "--json"]).await.unwrap();
+    assert_eq!(list.code, 0, "{}", list.stderr);
+    assert!(
+        list.stderr.contains("a copy taken just now"),
+        "{}",
+        list.stderr
+    );
+    let pending: Value = serde_json::from_str(list.stdout.trim()).unwrap();
+    let listed: Vec<&str> = pending
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    for id in ids(&replayed) {
+        assert!(listed.contains(&id.as_str()), "{id} not in {listed:?}");
+    }
+    let purge = outbox_command(&["outbox", "purge", "--dead", "--yes"])
+        .await
+        .unwrap();
+    assert_eq!(purge.code, 2, "{}", purge.stderr);
+    assert!(
+        purge.stderr.contains("stop that agent first"),
+        "{}",
+        purge.stderr
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("inspecting"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_input_that_cannot_be_opened_is_reported_by_health_and_refused_before_a_scan_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let video = dir.path().join("later.y4m");
+    let mut cfg = config(dir.path(), false);
+    cfg.run.input = video.display().to_string();
+    let daemon = Daemon::start(cfg).await;
+    let base = daemon.base.clone();
+    let http = http_client();
+    let health = http.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 503);
+    let health = health.body_json().await;
+    assert_eq!(health["status"], "degraded");
+    assert_eq!(health["input"]["ok"], false);
+    assert!(
+        health["input"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("later.y4m"),
+        "{health}"
+    );
+    let refused = http.post(format!("{base}/v1/scans")).send().await.unwrap();
+    assert_eq!(refused.status(), 503);
+    assert!(refused.body_json().await["error"]
+        .as_str()
+        .unwrap()
+        .contains("cannot be opened"));
+    // The file appears: health says so after the re-check interval.
+    let frames = crate::util::synthetic_frames("hr=72,width=160,height=120,seconds=1");
+    std::fs::write(&video, rppg_agent::capture::y4m::encode_420(&frames, 30)).unwrap();
+    let start = Instant::now();
+    loop {
+        let r = http.get(format!("{base}/healthz")).send().await.unwrap();
+        if r.status() == 200 {
+            assert_eq!(r.body_json().await["input"]["ok"], true);
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "still {}",
+            r.status()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_describes_every_answer_of_the_running_daemon() {
+    use rppg_agent::app::openapi::response_schema;
+    use rppg_agent::events::schema::violations;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(config(dir.path(), false)).await;
+    let base = daemon.base.clone();
+    let http = http_client();
+    let doc = get_json(&http, format!("{base}/openapi.json")).await;
+    assert_eq!(doc, rppg_agent::app::openapi::document());
+    assert_eq!(doc["openapi"], "3.1.0");
+    // Each answer: its status is documented for the operation, and a JSON
+    // body matches the documented schema.
+    let check = |path: &str, method: &str, status: u16, body: &str| {
+        let documented = response_schema(&doc, path, method, status).unwrap_or_else(|| {
+            panic!("{method} {path} answered {status}, which is not documented")
+        });
+        if let Some(schema) = documented {
+            let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+            let found = violations(&doc, &schema, &v);
+            assert!(found.is_empty(), "{method} {path} {status}: {found:?}\n{v}");
+        }
+    };
+    let send = |req: reqwest::RequestBuilder| async move {
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.text().await.unwrap())
+    };
+    let (s, b) = send(http.get(format!("{base}/healthz"))).await;
+    check("/healthz", "get", s, &b);
+    let post = |body: &'static str| {
+        http.post(format!("{base}/v1/scans"))
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    let (s, b) = send(post(
+        r#"{"seconds":10,"externalId":"visit-9","subject":"Patient/9"}"#,
+    ))
+    .await;
+    assert_eq!(s, 201, "{b}");
+    check("/v1/scans", "post", s, &b);
+    let id = serde_json::from_str::<Value>(&b).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for body in [r#"{"seconds":10}"#, r#"{"secs":10}"#, "nope"] {
+        let (s, b) = send(post(body)).await;
+        check("/v1/scans", "post", s, &b);
+    }
+    let (s, b) = send(
+        http.post(format!("{base}/v1/scans"))
+            .header("content-type", "text/plain")
+            .body("x"),
+    )
+    .await;
+    assert_eq!(s, 415);
+    check("/v1/scans", "post", s, &b);
+    let (s, b) = send(http.get(format!("{base}/v1/scans/{id}"))).await;
+    check("/v1/scans/{id}", "get", s, &b);
+    let start = Instant::now();
+    loop {
+        let (s, b) = send(http.get(format!("{base}/v1/scans/{id}"))).await;
+        check("/v1/scans/{id}", "get", s, &b);
+        if !b.contains("\"running\"") {
+            assert!(b.contains("\"completed\""), "{b}");
+            break;
+        }
+        assert!(start.elapsed() < MINUTE);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (method, path) in [
+        ("delete", "/v1/scans/current"),
+        ("get", "/v1/scans/scn_nope"),
+    ] {
+        let url = format!("{base}{path}");
+        let req = if method == "delete" {
+            http.delete(url)
+        } else {
+            http.get(url)
+        };
+        let (s, b) = send(req).await;
+        assert_eq!(s, 404);
+        let documented = if method == "delete" {
+            path
+        } else {
+            "/v1/scans/{id}"
+        };
+        check(documented, method, s, &b);
+    }
+    let (s, b) = send(http.get(format!("{base}/metrics"))).await;
+    check("/metrics", "get", s, &b);
+    // Every event on the stream fits the Event schema.
+    let mut events = http
+        .get(format!("{base}/v1/events?since="))
+        .send()
+        .await
+        .unwrap();
+    let seen = read_sse(&mut events, MINUTE, |e| e.iter().any(|(n, _)| ends_scan(n))).await;
+    let event_schema = doc.pointer("/components/schemas/Event").unwrap();
+    assert!(seen.len() > 5);
+    for (name, e) in &seen {
+        let found = violations(&doc, event_schema, e);
+        assert!(found.is_empty(), "{name}: {found:?}\n{e}");
+    }
+    // Every documented path answers (not 404).
+    for path in doc["paths"].as_object().unwrap().keys() {
+        let url = format!("{base}{}", path.replace("{id}", "current"));
+        let r = if path == "/v1/events" {
+            http.get(&url).send().await.unwrap().status().as_u16()
+        } else {
+            send(http.get(&url)).await.0
+        };
+        assert!(
+            r != 404 || path.contains("/v1/scans/"),
+            "{path} is documented but answers 404"
+        );
+    }
+    daemon.stop().await;
+}

@@ -547,8 +547,9 @@ async fn dead_letters_can_be_listed_shown_and_replayed() {
         replay.stdout
     );
     rx.set_script(Script::default());
-    let sync = tokio::task::spawn_blocking(move || {
-        bin_env(&["sync", "--timeout", "20", "--config", &cfg])
+    let sync = tokio::task::spawn_blocking({
+        let cfg = cfg.clone();
+        move || bin_env(&["sync", "--timeout", "20", "--config", &cfg])
     })
     .await
     .unwrap();
@@ -559,6 +560,30 @@ async fn dead_letters_can_be_listed_shown_and_replayed() {
         "{}",
         sync.stdout
     );
+    // Delivered: no longer stored, but `show` finds its audit record, and
+    // the audit trail lists it (also without the config's destinations).
+    let show = bin_env(&["outbox", "show", &id, "--json", "--config", &cfg]);
+    assert_eq!(show.code, 0, "{}", show.stderr);
+    let shown: serde_json::Value = serde_json::from_str(show.stdout.trim()).unwrap();
+    assert_eq!(shown["id"], id.as_str());
+    assert_eq!(shown["destinations"][0]["state"]["status"], "delivered");
+    assert!(shown["destinations"][0]["state"]["delivered"]["attempts"].as_u64() >= Some(1));
+    let list = bin_env(&["outbox", "list", "--delivered", "--json", "--config", &cfg]);
+    let trail: serde_json::Value = serde_json::from_str(list.stdout.trim()).unwrap();
+    assert_eq!(trail.as_array().unwrap().len(), 1, "{trail}");
+    assert_eq!(trail[0]["id"], id.as_str());
+    assert!(
+        trail[0]["status"].as_str().unwrap().contains("200"),
+        "{trail}"
+    );
+    let text = bin_env(&["outbox", "list", "--delivered", "--config", &cfg]);
+    assert!(
+        text.stdout.contains(&id) && text.stdout.contains("delivered 20"),
+        "{}",
+        text.stdout
+    );
+    let unknown = bin_env(&["outbox", "show", "evt_NOPE", "--config", &cfg]);
+    assert_eq!(unknown.code, 2, "{}", unknown.stderr);
 }
 
 #[test]

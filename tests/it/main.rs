@@ -6,6 +6,7 @@ mod cli;
 mod daemon;
 mod delivery;
 mod endings;
+mod examples;
 mod faults;
 mod framing;
 mod fuzz;

@@ -22,7 +22,10 @@ pub struct Run {
 /// Runs the real binary with `args` (and optional stdin), killing it after `limit`.
 pub fn run_bin(args: &[&str], stdin: Option<Vec<u8>>, limit: Duration) -> Run {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_rppg-agent"));
-    cmd.args(args).env_remove("RPPG_CONFIG");
+    // No configuration file from this machine's user folder either.
+    cmd.args(args)
+        .env_remove("RPPG_CONFIG")
+        .env("XDG_CONFIG_HOME", "/nonexistent/rppg-agent-tests");
     run_command(cmd, stdin, limit)
 }
 
@@ -99,6 +102,8 @@ pub fn scan_with(spec: &str, mut config: Config) -> (ScanReport, Vec<StampedEven
         device_id: "test-device".into(),
         realtime: false,
         subject: None,
+        scan_id: None,
+        external_id: None,
         cancel: None,
     };
     let report = run_scan(opts, &mut [&mut events], &mut |_, _| {}).expect("scan runs");
