@@ -424,7 +424,7 @@ impl Shared {
                 metrics.frames.fetch_add(1, Ordering::Relaxed);
             }
         });
-        let mut st = self.state.lock().expect("state lock");
+        // Outside the state lock: a failed scan may probe the camera.
         let (state, result, error) = match report {
             Ok(r) => {
                 // It opened; a stall or an end is a scan's fate, not the input's state.
@@ -459,6 +459,7 @@ impl Shared {
                 (ScanState::Failed, Value::Null, Some(e.to_string()))
             }
         };
+        let mut st = self.state.lock().expect("state lock");
         if let Some(rec) = st.scans.iter_mut().find(|r| r.id == id) {
             rec.state = state;
             rec.result = result;

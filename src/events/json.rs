@@ -10,7 +10,7 @@
 //!   no whitespace, so `JSON.stringify(JSON.parse(bytes))` gives the bytes
 //!   back;
 //! - receivers that hash the body as ASCII: every character outside ASCII
-//!   is written as a `\uXXXX` escape (a UTF-16 surrogate pair above
+//!   is written as a `\u` escape of four hex digits (a UTF-16 surrogate pair above
 //!   U+FFFF), so the body is pure ASCII.
 //!
 //! The two agree whenever the text is ASCII, which all of the agent's own

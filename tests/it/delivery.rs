@@ -664,16 +664,7 @@ async fn sigkill_at_random_moments_loses_no_event_whose_append_returned() {
         "the database reopens and every lane drains: {}{}",
         sync.stdout, sync.stderr
     );
-    let accepted: Vec<String> = std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    let accepted = ids_printed(&std::fs::read_to_string(&log).unwrap_or_default());
     let received: Vec<String> = rx
         .received()
         .into_iter()
