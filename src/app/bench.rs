@@ -15,7 +15,7 @@ use crate::events::{Event, Stamper};
 use crate::measurement::{Intermediate, Measurement, Update};
 use crate::signal::{SignalConfig, Traces, VitalsEstimator};
 use crate::vision::detector::FaceDetector;
-use crate::vision::roi::{downscale_gray, PixelRect};
+use crate::vision::roi::{downscale_gray, PixelRect, Scratch};
 use crate::vision::FaceRoiExtractor;
 use std::io::Write;
 use std::time::Instant;
@@ -135,6 +135,7 @@ fn bench_resolution(width: u32, height: u32, frames: usize, runs: usize) -> Resu
     let vcfg = config.vision();
     let mut detector = FaceDetector::builtin()?;
     let mut gray = Vec::new();
+    let mut scratch = Scratch::default();
     let whole = PixelRect {
         x0: 0,
         y0: 0,
@@ -147,7 +148,14 @@ fn bench_resolution(width: u32, height: u32, frames: usize, runs: usize) -> Resu
     let out_h = height * out_w / width;
     let detect_search_us = time_per_item(runs, 5, || {
         for _ in 0..5 {
-            downscale_gray(&frame_loop[0], &whole, out_w, out_h, &mut gray);
+            downscale_gray(
+                &frame_loop[0],
+                &whole,
+                out_w,
+                out_h,
+                &mut gray,
+                &mut scratch,
+            );
             std::hint::black_box(detector.detect(&gray, out_w, out_h));
         }
     });
@@ -172,14 +180,22 @@ fn bench_resolution(width: u32, height: u32, frames: usize, runs: usize) -> Resu
     let crop_h = crop.height() * crop_w / crop.width().max(1);
     let detect_track_us = time_per_item(runs, 5, || {
         for _ in 0..5 {
-            downscale_gray(&frame_loop[0], &crop, crop_w, crop_h, &mut gray);
+            downscale_gray(
+                &frame_loop[0],
+                &crop,
+                crop_w,
+                crop_h,
+                &mut gray,
+                &mut scratch,
+            );
             std::hint::black_box(detector.detect(&gray, crop_w, crop_h));
         }
     });
 
     // The frame `i` of the loop, stamped at 30 fps.
     let frame_at = |f: &mut Frame, i: usize| {
-        f.rgb.copy_from_slice(&frame_loop[i % LOOP_FRAMES].rgb);
+        f.data_mut()
+            .copy_from_slice(frame_loop[i % LOOP_FRAMES].data());
         f.t_s = i as f64 / 30.0;
     };
     // Both figures below are the steady state of a scan: the face locked
@@ -306,7 +322,7 @@ fn bench_acquisition(width: u32, height: u32, runs: usize) -> Result<Acquisition
             FaceRoiExtractor::new(FaceDetector::builtin().expect("model"), config.vision());
         let mut f = empty[0].clone();
         for i in 0..2 * cycle {
-            f.rgb.copy_from_slice(&empty[i % empty.len()].rgb);
+            f.data_mut().copy_from_slice(empty[i % empty.len()].data());
             f.t_s = i as f64 / 30.0;
             let t = Instant::now();
             std::hint::black_box(vision.process(&f));
@@ -322,7 +338,7 @@ fn bench_acquisition(width: u32, height: u32, runs: usize) -> Result<Acquisition
             FaceRoiExtractor::new(FaceDetector::builtin().expect("model"), config.vision());
         let mut f = faces[0].clone();
         for i in 0..300 {
-            f.rgb.copy_from_slice(&faces[i % faces.len()].rgb);
+            f.data_mut().copy_from_slice(faces[i % faces.len()].data());
             f.t_s = i as f64 / 30.0;
             let obs = vision.process(&f);
             if obs.face.is_some() {

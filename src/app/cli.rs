@@ -128,6 +128,21 @@ pub enum Command {
     Cameras,
     /// Measure the speed of every pipeline stage (medians) and peak memory.
     Bench(BenchArgs),
+    /// Write the built-in synthetic face video as YUV4MPEG2 (4:2:0), to a file or a pipe.
+    ///
+    /// The same seeded video `--input synthetic:...` measures, with a known
+    /// pulse and breathing, as a file other tools read (ffmpeg, a Python rPPG
+    /// peer) or a pipe into `scan --input -`. SPEC takes the synthetic
+    /// options (see `scan --help`); y4m has one frame rate, so `drop` and
+    /// `jitter` timing is not kept. Only generated video is written: no
+    /// command writes camera frames anywhere.
+    ///
+    /// Examples:
+    ///   rppg-agent synth --out face.y4m          # 30 s at 320x240, HR 72, RR 15
+    ///   rppg-agent synth synthetic:width=640,height=480,seconds=34 --out face.y4m
+    ///   rppg-agent synth synthetic:seconds=20 | rppg-agent scan --input - --json
+    #[command(verbatim_doc_comment)]
+    Synth(SynthArgs),
     /// Measure accuracy on seeded synthetic video with known truth (and real recordings).
     ///
     /// Also runs the robustness cases that must be cancelled, never measured.
@@ -482,6 +497,16 @@ pub enum SchemaKind {
     Events,
     /// OpenAPI 3.1 of the daemon's local API.
     Openapi,
+}
+
+#[derive(Debug, Args)]
+pub struct SynthArgs {
+    /// The synthetic video: `synthetic` or `synthetic:OPTIONS`.
+    #[arg(default_value = "synthetic")]
+    pub spec: String,
+    /// Output file (default: standard output, which must not be a terminal).
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub out: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]

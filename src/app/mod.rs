@@ -397,6 +397,7 @@ pub fn run(cli: Cli) -> Result<i32, AppError> {
             bench::run(a.frames, a.runs, &mut std::io::stdout())?;
             Ok(0)
         }
+        Command::Synth(a) => synth(a),
         Command::Eval(a) => eval_command(a),
         Command::Run(a) => run_command(a),
         Command::Completions { shell } => {
@@ -484,6 +485,52 @@ fn run_command(a: cli::RunArgs) -> Result<i32, AppError> {
 }
 
 /// `eval`: the synthetic sweep, the robustness cases, optionally Welltory.
+/// `rppg-agent synth`: the synthetic video as a y4m file or stream.
+fn synth(a: cli::SynthArgs) -> Result<i32, AppError> {
+    use crate::capture::{synthetic::SyntheticSource, y4m::Y4mWriter, FrameSource, SourceSpec};
+    let params = match a.spec.parse::<SourceSpec>()? {
+        SourceSpec::Synthetic(p) => *p,
+        _ => {
+            return Err(AppError::Usage(format!(
+                "synth writes the synthetic video only: {:?} is not synthetic[:OPTIONS]",
+                a.spec
+            )))
+        }
+    };
+    // The frame rate as a ratio: whole rates exactly, others to 1/1000 fps.
+    let (num, den) = if params.fps.fract() == 0.0 {
+        (params.fps as u32, 1)
+    } else {
+        ((params.fps * 1000.0).round() as u32, 1000)
+    };
+    let out: Box<dyn Write> = match &a.out {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .map_err(|e| AppError::Usage(format!("cannot create {}: {e}", path.display())))?,
+        )),
+        None if std::io::stdout().is_terminal() => return Err(AppError::Usage(
+            "synth writes binary video: give --out FILE or pipe it (| rppg-agent scan --input -)"
+                .into(),
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let mut source = SyntheticSource::new(params)?;
+    let (w, h) = (source.info().width, source.info().height);
+    let mut writer = Y4mWriter::new(out, w, h, num, den)?;
+    let mut frame = crate::capture::Frame::default();
+    while source.next_frame(&mut frame)? {
+        match writer.write(&frame) {
+            // A reader that stopped early (`| head -c`) is not an error.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(0),
+            r => r?,
+        }
+    }
+    match writer.finish() {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(0),
+        r => r.map(|_| 0).map_err(AppError::Output),
+    }
+}
+
 fn eval_command(a: cli::EvalArgs) -> Result<i32, AppError> {
     let (trials, seconds) = if a.quick {
         (1, 20.0)

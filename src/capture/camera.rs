@@ -21,7 +21,7 @@
 //!
 //! Frames stay in memory: nothing here writes a frame anywhere.
 
-use super::{parse_number, parse_pairs, CaptureError, Frame};
+use super::{parse_number, parse_pairs, CaptureError, Frame, Layout};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
@@ -111,12 +111,12 @@ pub fn decode(
                 .map_err(|e| format!("MJPEG frame does not decode: {e}"))?
                 .to_rgb8();
             let (w, h) = img.dimensions();
-            frame.reshape(w, h);
-            frame.rgb.copy_from_slice(img.as_raw());
+            frame.reshape_rgb(w, h);
+            frame.rgb_mut().copy_from_slice(img.as_raw());
             Ok(())
         }
         PixelFormat::Yuyv => {
-            let need = width as usize * height as usize * 2;
+            let need = Layout::Yuyv.bytes(width, height);
             if !width.is_multiple_of(2) {
                 return Err(format!("YUYV needs an even width, got {width}"));
             }
@@ -126,44 +126,31 @@ pub fn decode(
                     bytes.len()
                 ));
             }
-            frame.reshape(width, height);
-            for (quad, out) in bytes[..need]
-                .chunks_exact(4)
-                .zip(frame.rgb.chunks_exact_mut(6))
-            {
-                let (u, v) = (quad[1], quad[3]);
-                out[..3].copy_from_slice(&yuv_to_rgb(quad[0], u, v));
-                out[3..].copy_from_slice(&yuv_to_rgb(quad[2], u, v));
-            }
+            // Kept as YUYV: vision reads its luma directly and converts only
+            // the skin regions to RGB.
+            frame.reshape(width, height, Layout::Yuyv);
+            frame.data_mut().copy_from_slice(&bytes[..need]);
             Ok(())
         }
         PixelFormat::Rgb24 => {
-            let need = width as usize * height as usize * 3;
+            let need = Layout::Rgb.bytes(width, height);
             if bytes.len() < need {
                 return Err(format!(
                     "RGB frame is short: {} bytes for {width}x{height} (need {need})",
                     bytes.len()
                 ));
             }
-            frame.reshape(width, height);
-            frame.rgb.copy_from_slice(&bytes[..need]);
+            frame.reshape_rgb(width, height);
+            frame.rgb_mut().copy_from_slice(&bytes[..need]);
             Ok(())
         }
     }
 }
 
-/// BT.601 limited-range YCbCr to RGB (what V4L2 webcams send), integer math.
+/// BT.601 limited-range YCbCr to RGB (what V4L2 webcams send).
 #[inline]
 pub fn yuv_to_rgb(y: u8, u: u8, v: u8) -> [u8; 3] {
-    let c = (i32::from(y) - 16).max(0) * 298;
-    let d = i32::from(u) - 128;
-    let e = i32::from(v) - 128;
-    let clip = |x: i32| ((x + 128) >> 8).clamp(0, 255) as u8;
-    [
-        clip(c + 409 * e),
-        clip(c - 100 * d - 208 * e),
-        clip(c + 516 * d),
-    ]
+    super::frame::ycc_to_rgb(y, u, v, false)
 }
 
 /// Why a camera could not be used, as the kiosk backend should hear it.
@@ -638,7 +625,8 @@ mod tests {
             &mut f,
         )
         .unwrap();
-        assert_eq!(f.rgb[..6], [0, 0, 0, 255, 255, 255]);
+        assert_eq!(f.layout(), Layout::Yuyv, "kept as the camera sent it");
+        assert_eq!(f.to_rgb()[..6], [0, 0, 0, 255, 255, 255]);
         assert_eq!((f.width, f.height), (4, 1));
         assert!(decode(PixelFormat::Yuyv, &[0; 7], 4, 1, &mut f)
             .unwrap_err()
@@ -665,18 +653,18 @@ mod tests {
         .unwrap();
         let mut jpeg = Vec::new();
         image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 95)
-            .encode(&frame.rgb, 64, 48, image::ExtendedColorType::Rgb8)
+            .encode(frame.data(), 64, 48, image::ExtendedColorType::Rgb8)
             .unwrap();
         let mut out = Frame::default();
         decode(PixelFormat::Mjpeg, &jpeg, 0, 0, &mut out).unwrap();
         assert_eq!((out.width, out.height), (64, 48));
         let err: f64 = out
-            .rgb
+            .data()
             .iter()
-            .zip(&frame.rgb)
+            .zip(frame.data())
             .map(|(a, b)| (*a as f64 - *b as f64).abs())
             .sum::<f64>()
-            / out.rgb.len() as f64;
+            / out.data().len() as f64;
         assert!(err < 4.0, "mean abs error {err}");
         // Not a JPEG at all, or cut inside its header: an error, not a frame.
         // (A JPEG cut inside its scan data decodes, with the rest grey: the

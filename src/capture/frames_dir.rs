@@ -114,8 +114,8 @@ impl FrameSource for FramesDirSource {
                 ),
             });
         }
-        frame.reshape(img.width(), img.height());
-        frame.rgb.copy_from_slice(img.as_raw());
+        frame.reshape_rgb(img.width(), img.height());
+        frame.rgb_mut().copy_from_slice(img.as_raw());
         frame.index = index;
         frame.t_s = index as f64 / self.fps;
         self.index += 1;

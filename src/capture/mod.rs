@@ -8,8 +8,11 @@
 //! `camera` cargo feature).
 //!
 //! Invariants:
-//! - Frames are packed RGB8, `width * height * 3` bytes, timestamps in
-//!   seconds from the first frame, strictly increasing.
+//! - A frame keeps the layout its source delivers ([`frame::Layout`]:
+//!   planar Y'CbCr from y4m, YUYV or MJPEG-decoded RGB from a camera, RGB
+//!   from stills and the generator); vision reads luma and RGB rows through
+//!   [`Frame`]'s view, converting only the pixels it reads.
+//! - Timestamps are seconds from the first frame, strictly increasing.
 //! - The caller owns the frame buffer (`next_frame(&mut Frame)`), so a source
 //!   reuses one allocation for the whole scan.
 //! - Frames live only in memory: nothing here writes a frame anywhere.
@@ -17,6 +20,7 @@
 //!   wrong (and the frame index when a frame is bad), never a panic.
 
 pub mod camera;
+pub mod frame;
 pub mod frames_dir;
 pub mod rgb_csv;
 pub mod scene;
@@ -24,35 +28,8 @@ pub mod stall;
 pub mod synthetic;
 pub mod y4m;
 
+pub use frame::{Chroma, Frame, Layout};
 use std::path::PathBuf;
-
-/// One video frame, packed RGB8.
-#[derive(Debug, Clone, Default)]
-pub struct Frame {
-    pub width: u32,
-    pub height: u32,
-    /// Seconds since the source's first frame.
-    pub t_s: f64,
-    /// 0-based index in the source.
-    pub index: u64,
-    pub rgb: Vec<u8>,
-}
-
-impl Frame {
-    /// Resizes the buffer for `width x height` (reusing its allocation).
-    pub fn reshape(&mut self, width: u32, height: u32) {
-        self.width = width;
-        self.height = height;
-        self.rgb.resize(width as usize * height as usize * 3, 0);
-    }
-
-    /// The RGB triple at `(x, y)`.
-    #[inline]
-    pub fn pixel(&self, x: u32, y: u32) -> [u8; 3] {
-        let i = (y as usize * self.width as usize + x as usize) * 3;
-        [self.rgb[i], self.rgb[i + 1], self.rgb[i + 2]]
-    }
-}
 
 /// What a source is, reported in CAMERA_STARTED.
 #[derive(Debug, Clone, PartialEq)]

@@ -525,10 +525,15 @@ fn skin_mean_linear(base: &[f32], skin: &[f32], owner: &[u8]) -> Option<[f64; 3]
 
 /// Indices of the skin pixels that carry the pulse of someone behind.
 fn skin_of_others(skin: &[f32], owner: &[u8]) -> Vec<u32> {
+    skin_where(skin, owner, |o| o != 0)
+}
+
+/// Indices of the skin pixels whose owner passes `whose`.
+fn skin_where(skin: &[f32], owner: &[u8], whose: impl Fn(u8) -> bool) -> Vec<u32> {
     skin.iter()
         .zip(owner)
         .enumerate()
-        .filter(|(_, (&m, &o))| m > 0.0 && o != 0)
+        .filter(|(_, (&m, &o))| m > 0.0 && whose(o))
         .map(|(i, _)| i as u32)
         .collect()
 }
@@ -548,9 +553,13 @@ pub struct SyntheticSource {
     owner: Vec<u8>,
     /// Skin pixels of the people behind (their pulse is applied separately).
     other_skin: Vec<u32>,
+    /// Skin pixels of the measured face: the only ones `lit` changes
+    /// frame to frame (everything else stays `base`).
+    own_skin: Vec<u32>,
     /// The scene once the measured person has left (`leave`), swapped in then.
     after_leave: Option<SceneBuffers>,
     /// The scene lit for the current frame, and one output row (reused).
+    /// Off the skin it is `base`, copied once (again when `base` changes).
     lit: Vec<f32>,
     row: Vec<f32>,
     /// Unit Gaussian samples; each output row adds a run of them starting
@@ -693,6 +702,7 @@ impl SyntheticSource {
             params,
             info,
             other_skin: skin_of_others(&skin, &owner),
+            own_skin: skin_where(&skin, &owner, |o| o == 0),
             after_leave,
             base,
             skin,
@@ -827,7 +837,7 @@ impl FrameSource for SyntheticSource {
         };
         let p = &self.params;
         let (w, h) = (p.width as usize, p.height as usize);
-        frame.reshape(p.width, p.height);
+        frame.reshape_rgb(p.width, p.height);
         frame.t_s = t;
         frame.index = index;
 
@@ -847,20 +857,23 @@ impl FrameSource for SyntheticSource {
         if p.leave_s.is_some_and(|l| t >= l) {
             if let Some((base, skin, owner, others)) = self.after_leave.take() {
                 (self.base, self.skin, self.owner, self.other_skin) = (base, skin, owner, others);
+                self.own_skin = skin_where(&self.skin, &self.owner, |o| o == 0);
+                self.lit.clear();
             }
         }
         let p = &self.params;
-        // The lit scene: every skin pixel darkened by its face's blood volume now.
-        self.lit.resize(self.base.len(), 0.0);
+        // The lit scene: every skin pixel darkened by its face's blood volume
+        // now; the rest is the base scene, copied once.
+        if self.lit.len() != self.base.len() {
+            self.lit.clone_from(&self.base);
+        }
         let d0 = darken[0];
-        for ((lit, px), &m) in self
-            .lit
-            .chunks_exact_mut(3)
-            .zip(self.base.chunks_exact(3))
-            .zip(&self.skin)
-        {
-            for c in 0..3 {
-                lit[c] = px[c] * (1.0 - m * d0[c]);
+        for &i in &self.own_skin {
+            let i = i as usize;
+            let m = self.skin[i];
+            let base = &self.base[i * 3..i * 3 + 3];
+            for ((lit, b), d) in self.lit[i * 3..i * 3 + 3].iter_mut().zip(base).zip(d0) {
+                *lit = b * (1.0 - m * d);
             }
         }
         for &i in &self.other_skin {
@@ -953,7 +966,7 @@ impl FrameSource for SyntheticSource {
             // drawn anew for every row of every frame.
             let start = (self.rng.next_u64() % (self.noise.len() - 3 * w) as u64) as usize;
             let noise = &self.noise[start..start + 3 * w];
-            let row_out = &mut frame.rgb[y * w * 3..(y + 1) * w * 3];
+            let row_out = &mut frame.rgb_mut()[y * w * 3..(y + 1) * w * 3];
             for ((o, &v), &n) in row_out.iter_mut().zip(acc.iter()).zip(noise) {
                 let v = v * gain + sigma * n;
                 // `+ 0.5` then truncate: f32::round is a libm call on baseline
@@ -985,8 +998,8 @@ mod tests {
             b.next_frame(&mut fb).unwrap();
             c.next_frame(&mut fc).unwrap();
         }
-        assert_eq!(fa.rgb, fb.rgb);
-        assert_ne!(fa.rgb, fc.rgb);
+        assert_eq!(fa.data(), fb.data());
+        assert_ne!(fa.data(), fc.data());
     }
 
     #[test]
@@ -999,7 +1012,7 @@ mod tests {
             n += 1;
         }
         assert_eq!(n, 60);
-        assert_eq!(f.rgb.len(), 160 * 120 * 3);
+        assert_eq!(f.data().len(), 160 * 120 * 3);
     }
 
     #[test]

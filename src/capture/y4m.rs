@@ -14,8 +14,9 @@
 //! lines are bounded (hostile input cannot make us buffer without limit); a
 //! short last frame is an error naming its index, never silently dropped.
 
+use super::frame::{Chroma, Layout};
 use super::{CaptureError, Frame, FrameSource, SourceInfo};
-use std::io::{BufRead, Read};
+use std::io::{BufRead, Read, Write};
 
 /// Longest header or frame-header line accepted.
 const MAX_LINE: usize = 4096;
@@ -26,26 +27,6 @@ pub const MAX_PIXELS: u64 = 8192 * 8192;
 /// frames is not a video's (and would size the signal buffers).
 pub const MIN_FPS: f64 = 1.0;
 pub const MAX_FPS: f64 = 1000.0;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chroma {
-    C420,
-    C422,
-    C444,
-    Mono,
-}
-
-impl Chroma {
-    /// Width and height of one chroma plane.
-    fn plane(self, w: usize, h: usize) -> (usize, usize) {
-        match self {
-            Chroma::C420 => (w.div_ceil(2), h.div_ceil(2)),
-            Chroma::C422 => (w.div_ceil(2), h),
-            Chroma::C444 => (w, h),
-            Chroma::Mono => (0, 0),
-        }
-    }
-}
 
 /// Parsed stream header.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,11 +44,17 @@ impl Header {
         self.fps_num as f64 / self.fps_den as f64
     }
 
+    /// The frames' layout: planar, as stored in the stream.
+    pub fn layout(&self) -> Layout {
+        Layout::Planar {
+            chroma: self.chroma,
+            full_range: self.full_range,
+        }
+    }
+
     /// Bytes of pixel data per frame.
     pub fn frame_bytes(&self) -> usize {
-        let (w, h) = (self.width as usize, self.height as usize);
-        let (cw, ch) = self.chroma.plane(w, h);
-        w * h + 2 * cw * ch
+        self.layout().bytes(self.width, self.height)
     }
 
     /// Parses the header line (without its newline).
@@ -196,7 +183,6 @@ pub struct Y4mSource {
     header: Header,
     info: SourceInfo,
     input: String,
-    planes: Vec<u8>,
     line: Vec<u8>,
     index: u64,
 }
@@ -238,7 +224,6 @@ impl Y4mSource {
         };
         Ok(Y4mSource {
             reader,
-            planes: vec![0; header.frame_bytes()],
             header,
             info,
             input,
@@ -257,44 +242,47 @@ impl FrameSource for Y4mSource {
         &self.info
     }
 
+    /// Reads the next frame's planes straight into `frame` (no conversion:
+    /// the frame keeps the stream's planar layout). Allocates nothing once
+    /// `frame` has held one frame of this size.
     fn next_frame(&mut self, frame: &mut Frame) -> Result<bool, CaptureError> {
-        let input = self.input.clone();
         let index = self.index;
-        let io = |source| CaptureError::read(&input, source);
         let expected = self.header.frame_bytes();
-        match read_line(&mut *self.reader, &mut self.line).map_err(io)? {
+        let line = read_line(&mut *self.reader, &mut self.line)
+            .map_err(|e| CaptureError::read(&self.input, e))?;
+        let problem = match line {
             Ok(None) => return Ok(false),
-            Ok(Some(())) if self.line.starts_with(b"FRAME") => {}
+            Ok(Some(())) if self.line.starts_with(b"FRAME") => None,
             Ok(Some(())) => {
-                return Err(CaptureError::BadFrame {
-                    input,
-                    index,
-                    problem: "expected a FRAME marker (is the frame size in the header right?)"
-                        .into(),
-                })
+                Some("expected a FRAME marker (is the frame size in the header right?)".into())
             }
             Err(got) if got >= MAX_LINE => {
-                return Err(CaptureError::BadFrame {
-                    input,
-                    index,
-                    problem: format!("frame header line is longer than {MAX_LINE} bytes"),
-                })
+                Some(format!("frame header line is longer than {MAX_LINE} bytes"))
             }
             Err(got) => {
                 return Err(CaptureError::Truncated {
-                    input,
+                    input: self.input.clone(),
                     index,
                     expected,
                     got: got.min(expected),
                 })
             }
+        };
+        if let Some(problem) = problem {
+            return Err(CaptureError::BadFrame {
+                input: self.input.clone(),
+                index,
+                problem,
+            });
         }
+        frame.reshape(self.header.width, self.header.height, self.header.layout());
+        let data = frame.data_mut();
         let mut got = 0;
         while got < expected {
-            match self.reader.read(&mut self.planes[got..]) {
+            match self.reader.read(&mut data[got..]) {
                 Ok(0) => {
                     return Err(CaptureError::Truncated {
-                        input,
+                        input: self.input.clone(),
                         index,
                         expected,
                         got,
@@ -302,90 +290,116 @@ impl FrameSource for Y4mSource {
                 }
                 Ok(n) => got += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(io(e)),
+                Err(e) => return Err(CaptureError::read(&self.input, e)),
             }
         }
-        frame.reshape(self.header.width, self.header.height);
         frame.index = index;
         frame.t_s = index as f64 * self.header.fps_den as f64 / self.header.fps_num as f64;
-        convert_to_rgb(&self.header, &self.planes, &mut frame.rgb);
         self.index += 1;
         Ok(true)
     }
 }
 
-/// BT.601 YCbCr -> RGB for one frame of planar data.
-fn convert_to_rgb(h: &Header, planes: &[u8], rgb: &mut [u8]) {
-    let (w, hh) = (h.width as usize, h.height as usize);
-    let (cw, ch) = h.chroma.plane(w, hh);
-    let (y_plane, rest) = planes.split_at(w * hh);
-    let (cb_plane, cr_plane) = rest.split_at(cw * ch);
-    // 16.16 fixed point coefficients.
-    let (ys, yo, cs) = if h.full_range {
-        (65536, 0, 1.0)
-    } else {
-        (76309, 16, 255.0 / 224.0)
-    };
-    let k = |v: f64| (v * cs * 65536.0).round() as i32;
-    let (rv, gu, gv, bu) = (k(1.402), k(0.344_136), k(0.714_136), k(1.772));
-    let clamp = |v: i32| ((v + 32768) >> 16).clamp(0, 255) as u8;
-    for y in 0..hh {
-        let cy = match h.chroma {
-            Chroma::C420 => y / 2,
-            _ => y,
-        };
-        for x in 0..w {
-            let luma = (y_plane[y * w + x] as i32 - yo) * ys;
-            let (u, v) = if h.chroma == Chroma::Mono {
-                (0, 0)
-            } else {
-                let cx = if h.chroma == Chroma::C444 { x } else { x / 2 };
-                (
-                    cb_plane[cy * cw + cx] as i32 - 128,
-                    cr_plane[cy * cw + cx] as i32 - 128,
-                )
-            };
-            let o = (y * w + x) * 3;
-            rgb[o] = clamp(luma + rv * v);
-            rgb[o + 1] = clamp(luma - gu * u - gv * v);
-            rgb[o + 2] = clamp(luma + bu * u);
+/// Writes frames as a BT.601 limited-range 4:2:0 YUV4MPEG2 stream
+/// (`C420jpeg`: each chroma sample is the mean of its 2x2 pixels), one frame
+/// at a time. For `rppg-agent synth`, tests and benchmarks: it writes
+/// generated video only; nothing in the agent passes camera frames to it.
+pub struct Y4mWriter<W: Write> {
+    out: W,
+    width: u32,
+    height: u32,
+    planes: Vec<u8>,
+    scratch: Vec<u8>,
+}
+
+impl<W: Write> Y4mWriter<W> {
+    /// Writes the stream header for `width x height` at `fps_num/fps_den`.
+    pub fn new(
+        mut out: W,
+        width: u32,
+        height: u32,
+        fps_num: u32,
+        fps_den: u32,
+    ) -> std::io::Result<Self> {
+        writeln!(
+            out,
+            "YUV4MPEG2 W{width} H{height} F{fps_num}:{fps_den} Ip A1:1 C420jpeg"
+        )?;
+        Ok(Y4mWriter {
+            out,
+            width,
+            height,
+            planes: Vec::new(),
+            scratch: Vec::new(),
+        })
+    }
+
+    /// Encodes and writes one frame (any layout; its size must be the stream's).
+    pub fn write(&mut self, frame: &Frame) -> std::io::Result<()> {
+        if (frame.width, frame.height) != (self.width, self.height) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "frame is {}x{}, the stream {}x{}",
+                    frame.width, frame.height, self.width, self.height
+                ),
+            ));
         }
+        let (w, h) = (self.width as usize, self.height as usize);
+        let (cw, ch) = Chroma::C420.plane(w, h);
+        self.planes.clear();
+        self.planes.resize(w * h + 2 * cw * ch, 0);
+        let (luma, chroma) = self.planes.split_at_mut(w * h);
+        let (cb, cr) = chroma.split_at_mut(cw * ch);
+        // Chroma rows are sums of two RGB rows, then of two columns.
+        let mut sums = vec![[0f64; 3]; cw];
+        for y in 0..h {
+            if y % 2 == 0 {
+                sums.iter_mut().for_each(|s| *s = [0.0; 3]);
+            }
+            let row = frame.rgb_row(y as u32, 0, self.width, &mut self.scratch);
+            for (x, p) in row.chunks_exact(3).enumerate() {
+                let (r, g, b) = (p[0] as f64, p[1] as f64, p[2] as f64);
+                luma[y * w + x] =
+                    (16.0 + 0.256_788 * r + 0.504_129 * g + 0.097_906 * b).round() as u8;
+                let s = &mut sums[x / 2];
+                s[0] += r;
+                s[1] += g;
+                s[2] += b;
+            }
+            if y % 2 == 1 || y + 1 == h {
+                let rows = if y % 2 == 1 { 2 } else { 1 };
+                for (cx, s) in sums.iter().enumerate() {
+                    let n = (rows * (2 * cx + 2).min(w).saturating_sub(2 * cx)) as f64;
+                    let [r, g, b] = s.map(|v| v / n);
+                    let i = (y / 2) * cw + cx;
+                    cb[i] = (128.0 - 0.148_223 * r - 0.290_993 * g + 0.439_216 * b).round() as u8;
+                    cr[i] = (128.0 + 0.439_216 * r - 0.367_788 * g - 0.071_427 * b).round() as u8;
+                }
+            }
+        }
+        self.out.write_all(b"FRAME\n")?;
+        self.out.write_all(&self.planes)
+    }
+
+    /// Flushes and returns the writer.
+    pub fn finish(mut self) -> std::io::Result<W> {
+        self.out.flush()?;
+        Ok(self.out)
     }
 }
 
-/// Encodes RGB frames as a BT.601 limited-range 4:2:0 YUV4MPEG2 stream at
-/// `fps` (chroma from the top-left pixel of each 2x2 block). For tests and
-/// benchmarks: the agent itself never writes frames.
+/// Encodes frames as a 4:2:0 YUV4MPEG2 stream at `fps` in memory (see
+/// [`Y4mWriter`]). For tests and benchmarks.
 pub fn encode_420(frames: &[Frame], fps: u32) -> Vec<u8> {
     let Some(first) = frames.first() else {
         return Vec::new();
     };
-    let (w, h) = (first.width as usize, first.height as usize);
-    let mut out = format!("YUV4MPEG2 W{w} H{h} F{fps}:1 Ip A1:1 C420jpeg\n").into_bytes();
+    let mut w = Y4mWriter::new(Vec::new(), first.width, first.height, fps, 1).expect("in memory");
     for f in frames {
-        out.extend_from_slice(b"FRAME\n");
-        let px = |x: usize, y: usize| {
-            let i = (y * w + x) * 3;
-            (f.rgb[i] as f64, f.rgb[i + 1] as f64, f.rgb[i + 2] as f64)
-        };
-        for y in 0..h {
-            for x in 0..w {
-                let (r, g, b) = px(x, y);
-                out.push((16.0 + 0.257 * r + 0.504 * g + 0.098 * b).round() as u8);
-            }
-        }
-        let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
-        let mut cr = Vec::with_capacity(cw * ch);
-        for y in 0..ch {
-            for x in 0..cw {
-                let (r, g, b) = px((2 * x).min(w - 1), (2 * y).min(h - 1));
-                out.push((128.0 - 0.148 * r - 0.291 * g + 0.439 * b).round() as u8);
-                cr.push((128.0 + 0.439 * r - 0.368 * g - 0.071 * b).round() as u8);
-            }
-        }
-        out.extend_from_slice(&cr);
+        w.write(f).expect("frames of one size");
     }
-    out
+    w.finish().expect("in memory")
 }
 
 #[cfg(test)]
@@ -487,23 +501,43 @@ mod tests {
 
     #[test]
     fn encoded_frames_decode_back_to_nearly_the_same_colours() {
-        let mut f = Frame::default();
-        f.reshape(4, 2);
-        for (i, p) in f.rgb.chunks_exact_mut(3).enumerate() {
-            p.copy_from_slice(&[200, 140 + i as u8, 110]);
+        // Odd sizes: the last chroma column and row average fewer pixels.
+        for (w, h) in [(4u32, 2u32), (5, 3)] {
+            let mut f = Frame::default();
+            f.reshape_rgb(w, h);
+            for (i, p) in f.rgb_mut().chunks_exact_mut(3).enumerate() {
+                p.copy_from_slice(&[200, 140 + i as u8, 110]);
+            }
+            let bytes = encode_420(std::slice::from_ref(&f), 30);
+            let mut s = source(bytes).unwrap();
+            let mut back = Frame::default();
+            assert!(s.next_frame(&mut back).unwrap());
+            assert_eq!(back.layout().name(), "yuv420p");
+            let (a, b) = (f.to_rgb(), back.to_rgb());
+            for (x, y) in a.iter().zip(&b) {
+                assert!((*x as i32 - *y as i32).abs() <= 4, "{a:?} vs {b:?}");
+            }
         }
-        let bytes = encode_420(std::slice::from_ref(&f), 30);
-        let mut s = source(bytes).unwrap();
-        let mut back = Frame::default();
-        assert!(s.next_frame(&mut back).unwrap());
-        for (a, b) in f.rgb.iter().zip(&back.rgb) {
-            assert!(
-                (*a as i32 - *b as i32).abs() <= 4,
-                "{:?} vs {:?}",
-                f.rgb,
-                back.rgb
-            );
-        }
+    }
+
+    #[test]
+    fn frames_keep_the_streams_planes_byte_for_byte_and_reuse_the_buffer() {
+        let planes: Vec<u8> = (0..6u8).map(|i| 16 + i * 40).collect();
+        let mut s = source(stream(
+            "YUV4MPEG2 W2 H2 F30:1 C420",
+            &[planes.clone(), planes.clone()],
+        ))
+        .unwrap();
+        let mut frame = Frame::default();
+        assert!(s.next_frame(&mut frame).unwrap());
+        assert_eq!(frame.data(), &planes[..]);
+        let at = frame.data().as_ptr();
+        assert!(s.next_frame(&mut frame).unwrap());
+        assert_eq!(
+            frame.data().as_ptr(),
+            at,
+            "the second frame reuses the first one's buffer"
+        );
     }
 
     #[test]

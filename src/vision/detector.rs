@@ -21,6 +21,10 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Smallest face the detector looks for, in detector pixels (its window
+/// is 40 px: smaller faces are found by enlarging the image).
+pub const MIN_FACE_PX: u32 = 20;
+
 /// A verified, configured face detector.
 pub struct FaceDetector {
     // rustface hands out `Box<dyn Detector>` without `Send`: build the
@@ -59,7 +63,7 @@ impl FaceDetector {
             }
         })?;
         let mut inner = rustface::create_detector_with_model(model);
-        inner.set_min_face_size(20);
+        inner.set_min_face_size(MIN_FACE_PX);
         inner.set_score_thresh(2.0);
         inner.set_pyramid_scale_factor(0.8);
         inner.set_slide_window_step(4, 4);
@@ -69,22 +73,27 @@ impl FaceDetector {
     /// Faces in a grayscale image (`width * height` bytes), highest score first.
     /// Images smaller than the detector's 40 px window have no faces.
     pub fn detect(&mut self, gray: &[u8], width: u32, height: u32) -> Vec<(FaceBox, f64)> {
-        self.detect_limited(gray, width, height, None)
+        self.detect_limited(gray, width, height, MIN_FACE_PX, None)
     }
 
-    /// [`detect`](Self::detect) with the pyramid stopped once its window
-    /// passes `max_face_px` (image pixels): the search schedule uses it to
-    /// run one octave of face sizes per band.
+    /// [`detect`](Self::detect) for faces of `min_face_px` (at least
+    /// [`MIN_FACE_PX`]) up to `max_face_px` image pixels: the pyramid starts
+    /// at the smallest and stops once its window passes the largest. The
+    /// search schedule runs one octave of face sizes per band; a
+    /// re-detection looks only for the sizes the tracked face can have.
+    /// The smallest sizes are the costliest (the image is enlarged for them).
     pub fn detect_limited(
         &mut self,
         gray: &[u8],
         width: u32,
         height: u32,
+        min_face_px: u32,
         max_face_px: Option<u32>,
     ) -> Vec<(FaceBox, f64)> {
         if width < 40 || height < 40 || gray.len() < (width * height) as usize {
             return Vec::new();
         }
+        self.inner.set_min_face_size(min_face_px.max(MIN_FACE_PX));
         // rustface caps the pyramid at min(max_face, image side); u32::MAX = no cap.
         self.inner
             .set_max_face_size(max_face_px.map_or(u32::MAX, |m| m.max(40)));

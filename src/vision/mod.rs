@@ -250,9 +250,8 @@ pub struct FaceRoiExtractor {
     rows: Vec<f64>,
     cols: Vec<f64>,
     gray: Vec<u8>,
-    luma: Vec<u8>,
-    /// Scratch for the skin regions' column weights.
-    col_weight: Vec<f64>,
+    /// Scratch of the pixel loops (nothing is allocated per frame).
+    scratch: roi::Scratch,
     vertical_px: f64,
     /// The tracker's last shift hit the edge of its search range (the face
     /// moved further than it can follow): re-detect and snap.
@@ -285,8 +284,7 @@ impl FaceRoiExtractor {
             rows: Vec::new(),
             cols: Vec::new(),
             gray: Vec::new(),
-            luma: Vec::new(),
-            col_weight: Vec::new(),
+            scratch: roi::Scratch::default(),
             vertical_px: 0.0,
             shift_at_edge: false,
             snapped: false,
@@ -356,7 +354,7 @@ impl FaceRoiExtractor {
             .track
             .filter(|t| t.confirmed && t.surveyed && self.misses == 0);
         let stats = confirmed
-            .map(|t| roi::roi_stats_with(frame, &t.face, &mut self.col_weight))
+            .map(|t| roi::roi_stats_with(frame, &t.face, &mut self.scratch))
             .unwrap_or_default();
         Observation {
             t_s: frame.t_s,
@@ -401,7 +399,13 @@ impl FaceRoiExtractor {
         };
         let face = &mut track.face;
         let rect = PixelRect::clipped(face, frame.width, frame.height);
-        roi::profiles(frame, &rect, &mut self.rows, &mut self.cols);
+        roi::profiles(
+            frame,
+            &rect,
+            &mut self.rows,
+            &mut self.cols,
+            &mut self.scratch,
+        );
         // Long profiles are averaged in bins: the shift search then costs the
         // same for a close-up as for a small face, at a tenth of a bin's precision.
         let bin = tracker::profile_bin(rect.width().max(rect.height()) as usize);
@@ -462,18 +466,25 @@ impl FaceRoiExtractor {
         frame: &Frame,
         region: PixelRect,
         scale: f64,
-        max_face_px: Option<u32>,
+        face_px: (u32, Option<u32>),
     ) -> Vec<FaceBox> {
         if region.is_empty() {
             return Vec::new();
         }
         let out_w = ((region.width() as f64 * scale).round() as u32).max(1);
         let out_h = ((region.height() as f64 * scale).round() as u32).max(1);
-        roi::resample_gray(frame, &region, out_w, out_h, &mut self.luma, &mut self.gray);
+        roi::resample_gray(
+            frame,
+            &region,
+            out_w,
+            out_h,
+            &mut self.gray,
+            &mut self.scratch,
+        );
         let sx = region.width() as f64 / out_w as f64;
         let sy = region.height() as f64 / out_h as f64;
         self.detector
-            .detect_limited(&self.gray, out_w, out_h, max_face_px)
+            .detect_limited(&self.gray, out_w, out_h, face_px.0, face_px.1)
             .into_iter()
             .map(|(f, _score)| FaceBox {
                 x: region.x0 as f64 + f.x * sx,
@@ -522,7 +533,12 @@ impl FaceRoiExtractor {
         // Up to 4x up for the smallest faces: the detector's box is most
         // reliable well above its 20 px floor.
         let scale = (self.cfg.track_face_px as f64 / f.w.max(1.0)).min(4.0);
-        let faces = self.detect_in(frame, region, scale, None);
+        // Only the sizes that can be taken for this face: a detection under
+        // half its width passes neither test below (its IoU is at most
+        // 0.25, and same_face needs two thirds), and skipping those sizes
+        // skips the enlarged, costliest levels of the pyramid.
+        let smallest = (0.5 * f.w * scale).floor() as u32;
+        let faces = self.detect_in(frame, region, scale, (smallest, None));
         // The detection that is this face: the best overlap, or one that is
         // plausibly the same face after a sudden move. Another face in the
         // crop (someone beside the user) is never taken.
@@ -581,7 +597,7 @@ impl FaceRoiExtractor {
         self.credit = credit;
         for i in jobs {
             let job = plan.jobs[i];
-            let found = self.detect_in(frame, job.region, job.scale, job.max_face_px);
+            let found = self.detect_in(frame, job.region, job.scale, (0, job.max_face_px));
             self.band_faces.extend(found);
             self.next_job = i + 1;
             if self.next_job >= self.survey_end {

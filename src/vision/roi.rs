@@ -97,11 +97,6 @@ impl PixelRect {
     }
 }
 
-#[inline]
-fn luma(r: u8, g: u8, b: u8) -> u32 {
-    (r as u32 + 2 * g as u32 + b as u32) >> 2
-}
-
 /// Width of the skin rule's soft edge, in 8-bit levels (see [`skin_weight`]).
 pub const SKIN_RAMP: i32 = 16;
 
@@ -162,6 +157,16 @@ pub struct RoiStats {
     pub regions: [RegionMean; REGION_COUNT],
 }
 
+/// Scratch buffers of the per-frame pixel loops, kept by the caller so a
+/// warm frame allocates nothing.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    col_weight: Vec<f64>,
+    row: Vec<u8>,
+    col_sum: Vec<u32>,
+    luma: Vec<u8>,
+}
+
 /// Skin-masked mean colour of one region, and its skin pixels (weighted
 /// by the soft skin rule and the sub-pixel edges).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -187,12 +192,16 @@ fn coverage(i: u32, lo: f64, hi: f64) -> f64 {
 /// snap by a pixel now and then, and each snap is a broadband step that
 /// lands in the heart-rate band.)
 pub fn roi_stats(frame: &Frame, face: &FaceBox) -> RoiStats {
-    roi_stats_with(frame, face, &mut Vec::new())
+    roi_stats_with(frame, face, &mut Scratch::default())
 }
 
-/// [`roi_stats`] with the caller's scratch for column weights, so the
-/// per-frame path allocates nothing once it is warm.
-pub fn roi_stats_with(frame: &Frame, face: &FaceBox, col_weight: &mut Vec<f64>) -> RoiStats {
+/// [`roi_stats`] with the caller's scratch, so the per-frame path allocates
+/// nothing once it is warm. Reads RGB rows of the regions only (a Y'CbCr
+/// frame converts just those pixels).
+pub fn roi_stats_with(frame: &Frame, face: &FaceBox, scratch: &mut Scratch) -> RoiStats {
+    let Scratch {
+        col_weight, row, ..
+    } = scratch;
     let mut out = RoiStats::default();
     let mut sum = [0f64; 3];
     let mut skin = 0f64;
@@ -224,8 +233,7 @@ pub fn roi_stats_with(frame: &Frame, face: &FaceBox, col_weight: &mut Vec<f64>) 
             .map_or(inner_lo, |i| i + 1);
         for y in py0..py1 {
             let wy = coverage(y, y0, y1);
-            let row = (y as usize * frame.width as usize) * 3;
-            let px = &frame.rgb[row + px0 as usize * 3..row + px1 as usize * 3];
+            let px = frame.rgb_row(y, px0, px1, row);
             let mut row_sum = [0f64; 3];
             let mut row_skin = 0f64;
             let mut row_clipped = 0f64;
@@ -299,23 +307,29 @@ pub fn roi_stats_with(frame: &Frame, face: &FaceBox, col_weight: &mut Vec<f64>) 
 }
 
 /// Row and column mean-luma profiles of `rect` (one pass), and its mean luma.
-pub fn profiles(frame: &Frame, rect: &PixelRect, rows: &mut Vec<f64>, cols: &mut Vec<f64>) -> f64 {
+pub fn profiles(
+    frame: &Frame,
+    rect: &PixelRect,
+    rows: &mut Vec<f64>,
+    cols: &mut Vec<f64>,
+    scratch: &mut Scratch,
+) -> f64 {
     rows.clear();
     cols.clear();
     if rect.is_empty() {
         return 0.0;
     }
     let (w, h) = (rect.width() as usize, rect.height() as usize);
-    let mut col_sum = vec![0u32; w];
+    let Scratch { row, col_sum, .. } = scratch;
+    col_sum.clear();
+    col_sum.resize(w, 0);
     let mut total = 0u64;
     for y in rect.y0..rect.y1 {
-        let row = (y as usize * frame.width as usize + rect.x0 as usize) * 3;
-        let px = &frame.rgb[row..row + w * 3];
+        let px = frame.luma_row(y, rect.x0, rect.x1, row);
         let mut row_sum = 0u32;
-        for (c, p) in px.chunks_exact(3).enumerate() {
-            let l = luma(p[0], p[1], p[2]);
-            row_sum += l;
-            col_sum[c] += l;
+        for (c, &l) in col_sum.iter_mut().zip(px) {
+            row_sum += l as u32;
+            *c += l as u32;
         }
         total += row_sum as u64;
         rows.push(row_sum as f64 / w as f64);
@@ -329,8 +343,7 @@ pub fn frame_luma(frame: &Frame) -> f64 {
     let (mut sum, mut n) = (0u64, 0u64);
     for y in (0..frame.height).step_by(8) {
         for x in (0..frame.width).step_by(8) {
-            let [r, g, b] = frame.pixel(x, y);
-            sum += luma(r, g, b) as u64;
+            sum += frame.luma(x, y) as u64;
             n += 1;
         }
     }
@@ -342,7 +355,16 @@ pub fn frame_luma(frame: &Frame) -> f64 {
 }
 
 /// Area-averaged grayscale of `rect` scaled to `out_w x out_h`, into `out`.
-pub fn downscale_gray(frame: &Frame, rect: &PixelRect, out_w: u32, out_h: u32, out: &mut Vec<u8>) {
+/// Each output row sums its block of luma rows column by column, then
+/// each output pixel its block of those column sums.
+pub fn downscale_gray(
+    frame: &Frame,
+    rect: &PixelRect,
+    out_w: u32,
+    out_h: u32,
+    out: &mut Vec<u8>,
+    scratch: &mut Scratch,
+) {
     out.clear();
     let (rw, rh) = (rect.width() as usize, rect.height() as usize);
     let (ow, oh) = (out_w as usize, out_h as usize);
@@ -350,20 +372,22 @@ pub fn downscale_gray(frame: &Frame, rect: &PixelRect, out_w: u32, out_h: u32, o
         return;
     }
     out.reserve(ow * oh);
-    let fw = frame.width as usize;
+    let Scratch { row, col_sum, .. } = scratch;
     for oy in 0..oh {
         let sy0 = rect.y0 as usize + oy * rh / oh;
         let sy1 = (rect.y0 as usize + ((oy + 1) * rh).div_ceil(oh)).max(sy0 + 1);
-        for ox in 0..ow {
-            let sx0 = rect.x0 as usize + ox * rw / ow;
-            let sx1 = (rect.x0 as usize + ((ox + 1) * rw).div_ceil(ow)).max(sx0 + 1);
-            let mut sum = 0u32;
-            for y in sy0..sy1 {
-                let row = &frame.rgb[(y * fw + sx0) * 3..(y * fw + sx1) * 3];
-                for p in row.chunks_exact(3) {
-                    sum += luma(p[0], p[1], p[2]);
-                }
+        col_sum.clear();
+        col_sum.resize(rw, 0);
+        for y in sy0..sy1 {
+            let px = frame.luma_row(y as u32, rect.x0, rect.x1, row);
+            for (c, &l) in col_sum.iter_mut().zip(px) {
+                *c += l as u32;
             }
+        }
+        for ox in 0..ow {
+            let sx0 = ox * rw / ow;
+            let sx1 = ((ox + 1) * rw).div_ceil(ow).max(sx0 + 1);
+            let sum: u32 = col_sum[sx0..sx1].iter().sum();
             out.push((sum / ((sy1 - sy0) * (sx1 - sx0)) as u32) as u8);
         }
     }
@@ -372,25 +396,33 @@ pub fn downscale_gray(frame: &Frame, rect: &PixelRect, out_w: u32, out_h: u32, o
 /// Grayscale of `rect` at `out_w x out_h`: area-averaged when shrinking
 /// ([`downscale_gray`]), bilinear when enlarging (the search upscales the
 /// frame for the smallest faces, and the detector needs smooth edges, not
-/// blocks). `luma` is scratch space, reused between calls.
+/// blocks).
 pub fn resample_gray(
     frame: &Frame,
     rect: &PixelRect,
     out_w: u32,
     out_h: u32,
-    luma_buf: &mut Vec<u8>,
     out: &mut Vec<u8>,
+    scratch: &mut Scratch,
 ) {
     let (rw, rh) = (rect.width() as usize, rect.height() as usize);
     let (ow, oh) = (out_w as usize, out_h as usize);
     if ow <= rw && oh <= rh {
-        return downscale_gray(frame, rect, out_w, out_h, out);
+        return downscale_gray(frame, rect, out_w, out_h, out, scratch);
     }
     out.clear();
     if rw == 0 || rh == 0 || ow == 0 || oh == 0 {
         return;
     }
-    downscale_gray(frame, rect, rect.width(), rect.height(), luma_buf);
+    let mut luma_buf = std::mem::take(&mut scratch.luma);
+    downscale_gray(
+        frame,
+        rect,
+        rect.width(),
+        rect.height(),
+        &mut luma_buf,
+        scratch,
+    );
     out.reserve(ow * oh);
     let (sx, sy) = (rw as f32 / ow as f32, rh as f32 / oh as f32);
     for oy in 0..oh {
@@ -412,6 +444,7 @@ pub fn resample_gray(
             out.push((top * (1.0 - wy) + bottom * wy + 0.5) as u8);
         }
     }
+    scratch.luma = luma_buf;
 }
 
 #[cfg(test)]
@@ -420,11 +453,11 @@ mod tests {
 
     fn frame(w: u32, h: u32, f: impl Fn(u32, u32) -> [u8; 3]) -> Frame {
         let mut fr = Frame::default();
-        fr.reshape(w, h);
+        fr.reshape_rgb(w, h);
         for y in 0..h {
             for x in 0..w {
                 let i = ((y * w + x) * 3) as usize;
-                fr.rgb[i..i + 3].copy_from_slice(&f(x, y));
+                fr.rgb_mut()[i..i + 3].copy_from_slice(&f(x, y));
             }
         }
         fr
@@ -547,7 +580,10 @@ mod tests {
         let r = PixelRect::clipped(&face, 10, 10);
         assert!(r.is_empty());
         let (mut rows, mut cols) = (Vec::new(), Vec::new());
-        assert_eq!(profiles(&fr, &r, &mut rows, &mut cols), 0.0);
+        assert_eq!(
+            profiles(&fr, &r, &mut rows, &mut cols, &mut Scratch::default()),
+            0.0
+        );
     }
 
     #[test]
@@ -581,9 +617,9 @@ mod tests {
             x1: 4,
             y1: 2,
         };
-        downscale_gray(&fr, &all, 2, 1, &mut out);
+        downscale_gray(&fr, &all, 2, 1, &mut out, &mut Scratch::default());
         assert_eq!(out, vec![0, 200]);
-        downscale_gray(&fr, &all, 1, 1, &mut out);
+        downscale_gray(&fr, &all, 1, 1, &mut out, &mut Scratch::default());
         assert_eq!(out, vec![100]);
     }
 
@@ -600,11 +636,11 @@ mod tests {
             x1: 2,
             y1: 1,
         };
-        let (mut buf, mut out) = (Vec::new(), Vec::new());
-        resample_gray(&fr, &all, 4, 2, &mut buf, &mut out);
+        let (mut scratch, mut out) = (Scratch::default(), Vec::new());
+        resample_gray(&fr, &all, 4, 2, &mut out, &mut scratch);
         assert_eq!(out, vec![0, 50, 150, 200, 0, 50, 150, 200]);
         // Shrinking is the area average.
-        resample_gray(&fr, &all, 1, 1, &mut buf, &mut out);
+        resample_gray(&fr, &all, 1, 1, &mut out, &mut scratch);
         assert_eq!(out, vec![100]);
     }
 
@@ -622,7 +658,10 @@ mod tests {
             y1: 16,
         };
         let (mut rows, mut cols) = (Vec::new(), Vec::new());
-        assert_eq!(profiles(&fr, &r, &mut rows, &mut cols), 80.0);
+        assert_eq!(
+            profiles(&fr, &r, &mut rows, &mut cols, &mut Scratch::default()),
+            80.0
+        );
         assert_eq!(rows[0], 40.0);
         assert_eq!(rows[15], 120.0);
         assert!(cols.iter().all(|&c| c == 80.0));

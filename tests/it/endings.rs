@@ -75,7 +75,7 @@ fn y4m(frames: usize) -> Vec<u8> {
         out.extend_from_slice(b"FRAME\n");
         // 4:4:4 planes from RGB (BT.601 full range is close enough here).
         let px: Vec<[f64; 3]> = f
-            .rgb
+            .data()
             .chunks(3)
             .map(|p| [p[0] as f64, p[1] as f64, p[2] as f64])
             .collect();

@@ -61,8 +61,8 @@ fn valid_y4m() -> Vec<u8> {
     let mut frames = Vec::new();
     for i in 0..3u8 {
         let mut f = Frame::default();
-        f.reshape(8, 6);
-        f.rgb.iter_mut().for_each(|v| *v = i.wrapping_mul(40));
+        f.reshape_rgb(8, 6);
+        f.rgb_mut().iter_mut().for_each(|v| *v = i.wrapping_mul(40));
         frames.push(f);
     }
     y4m::encode_420(&frames, 30)
@@ -232,7 +232,8 @@ proptest! {
         };
         let mut frame = Frame::default();
         if capture::camera::decode(format, &bytes, w, h, &mut frame).is_ok() {
-            prop_assert_eq!(frame.rgb.len(), frame.width as usize * frame.height as usize * 3);
+            prop_assert_eq!(frame.data().len(), frame.layout().bytes(frame.width, frame.height));
+            prop_assert_eq!(frame.to_rgb().len(), frame.width as usize * frame.height as usize * 3);
         }
     }
 
