@@ -971,7 +971,13 @@ impl FrameSource for SyntheticSource {
                 let v = v * gain + sigma * n;
                 // `+ 0.5` then truncate: f32::round is a libm call on baseline
                 // x86-64 and was a fifth of all generation work (callgrind).
-                *o = (v.clamp(0.0, 255.0) + 0.5) as u8;
+                // max/min (not clamp) map NaN to 0, so the value is always in
+                // 0.5..255.5 and the unchecked conversion (which vectorises;
+                // `as u8` saturates lane by lane) truncates it exactly as
+                // `as u8` would.
+                let v = v.max(0.0).min(255.0) + 0.5;
+                // SAFETY: `v` is finite and within 0.5..=255.5, inside i32.
+                *o = unsafe { v.to_int_unchecked::<i32>() } as u8;
             }
         }
         Ok(true)

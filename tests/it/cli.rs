@@ -635,7 +635,13 @@ fn bench_runs_in_a_short_mode_and_reports_every_stage() {
 
 #[test]
 fn eval_runs_in_a_short_mode_with_every_condition_and_the_robustness_verdicts() {
-    let r = run_bin(&["eval", "--quick", "--threads", "2"], None, 5 * MINUTE);
+    // Every row at the shortest length (`--quick` is 20 s a scan: twice the
+    // cost, the same code).
+    let r = run_bin(
+        &["eval", "--trials", "1", "--seconds", "10", "--threads", "2"],
+        None,
+        5 * MINUTE,
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
     for cond in rppg_agent::app::eval::CONDITIONS {
         assert!(
@@ -707,6 +713,8 @@ fn eval_runs_in_a_short_mode_with_every_condition_and_the_robustness_verdicts() 
         .iter()
         .flat_map(|r| r["trials"].as_array().unwrap())
         .all(|t| t["status"] == "cancelled" || t["locked_at_s"].is_number()));
+    let quick = run_bin(&["eval", "--quick", "--sweep", "none"], None, MINUTE);
+    assert_eq!(quick.code, 0, "{}", quick.stderr);
     // Bad arguments are usage errors.
     let bad = run_bin(&["eval", "--seconds", "7"], None, MINUTE);
     assert_eq!(bad.code, 2);
