@@ -975,6 +975,7 @@ impl FrameSource for SyntheticSource {
                 // 0.5..255.5 and the unchecked conversion (which vectorises;
                 // `as u8` saturates lane by lane) truncates it exactly as
                 // `as u8` would.
+                #[allow(clippy::manual_clamp)] // clamp keeps NaN, which is UB below
                 let v = v.max(0.0).min(255.0) + 0.5;
                 // SAFETY: `v` is finite and within 0.5..=255.5, inside i32.
                 *o = unsafe { v.to_int_unchecked::<i32>() } as u8;

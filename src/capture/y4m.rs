@@ -1,6 +1,8 @@
 //! YUV4MPEG2 reader: files and pipes (`ffmpeg ... -f yuv4mpegpipe -`).
 //!
-//! Owns: header parsing, frame framing and YCbCr -> RGB conversion.
+//! Owns: header parsing and frame framing (a frame keeps the stream's planar
+//! layout; [`super::frame`] converts what vision reads), and [`Y4mWriter`],
+//! which `rppg-agent synth` and the tests use to write generated video.
 //!
 //! Format (as written by ffmpeg and mjpegtools): a header line
 //! `YUV4MPEG2 W<w> H<h> F<num>:<den> [I..] [A..] [C<space>] [X..]\n`, then per
