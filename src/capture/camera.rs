@@ -147,12 +147,6 @@ pub fn decode(
     }
 }
 
-/// BT.601 limited-range YCbCr to RGB (what V4L2 webcams send).
-#[inline]
-pub fn yuv_to_rgb(y: u8, u: u8, v: u8) -> [u8; 3] {
-    super::frame::ycc_to_rgb(y, u, v, false)
-}
-
 /// Why a camera could not be used, as the kiosk backend should hear it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CameraFailure {
@@ -610,7 +604,9 @@ mod tests {
 
     #[test]
     fn yuyv_decodes_with_bt601_limited_range() {
-        // Black, white and a saturated red in limited-range YCbCr.
+        // Black, white and a saturated red in limited-range YCbCr (what
+        // V4L2 webcams send).
+        let yuv_to_rgb = |y, u, v| crate::capture::frame::ycc_to_rgb(y, u, v, false);
         assert_eq!(yuv_to_rgb(16, 128, 128), [0, 0, 0]);
         assert_eq!(yuv_to_rgb(235, 128, 128), [255, 255, 255]);
         let red = yuv_to_rgb(81, 90, 240);
