@@ -320,6 +320,7 @@ struct MqttEntry {
 pub struct ScanConfig {
     pub duration_s: f64,
     pub max_duration_s: f64,
+    pub extend_min_snr_db: f64,
     pub extended_low_snr_db: f64,
     pub min_duration_s: f64,
     pub face_init_timeout_s: f64,
@@ -1576,6 +1577,12 @@ impl Config {
             "use 60 (twice scan.duration_s), or 0 never to measure longer",
         );
         check(
+            s.extend_min_snr_db.is_finite() && (-30.0..=30.0).contains(&s.extend_min_snr_db),
+            "scan.extend_min_snr_db",
+            format!("must be within -30..30 dB, found {}", s.extend_min_snr_db),
+            "use -2 (config/default.toml says why); it is capped at scan.extended_low_snr_db",
+        );
+        check(
             s.extended_low_snr_db.is_finite() && (-30.0..=30.0).contains(&s.extended_low_snr_db),
             "scan.extended_low_snr_db",
             format!("must be within -30..30 dB, found {}", s.extended_low_snr_db),
@@ -1820,6 +1827,10 @@ impl Config {
             },
             // Never above the first judgement's bar.
             extended_low_snr_db: s.extended_low_snr_db.min(s.low_snr_db),
+            // Never above the bar the extension must clear.
+            extend_min_snr_db: s
+                .extend_min_snr_db
+                .min(s.extended_low_snr_db.min(s.low_snr_db)),
             min_duration_s: s.min_duration_s,
             face_init_timeout_s: s.face_init_timeout_s,
             face_lost_timeout_s: s.face_lost_timeout_s,

@@ -841,7 +841,12 @@ pub fn max_margin_threshold(items: impl Iterator<Item = (f64, bool)>) -> f64 {
 /// gets there). Those thresholds then judge the recording left out, which
 /// played no part in choosing them: the figures are what a new recording
 /// would see.
-pub fn cross_validate(trials: &[RealTrial]) -> Vec<CvFold> {
+///
+/// `no_pulse_snr_db` are the SNRs of traces with no pulse at all that still
+/// gave a heart rate ([`no_pulse_contact`]): every fold counts them as
+/// wrong, so no threshold lets such a trace complete. They are not
+/// recordings and are never left out.
+pub fn cross_validate(trials: &[RealTrial], no_pulse_snr_db: &[f64]) -> Vec<CvFold> {
     let hr_right = |t: &RealTrial| t.hr.is_some_and(|h| (h - t.hr_true).abs() <= HR_RIGHT_BPM);
     let rmssd_right = |t: &RealTrial| {
         t.rmssd_raw
@@ -861,7 +866,8 @@ pub fn cross_validate(trials: &[RealTrial]) -> Vec<CvFold> {
                 train
                     .iter()
                     .filter(|t| t.hr.is_some())
-                    .map(|t| (t.snr_db, hr_right(t))),
+                    .map(|t| (t.snr_db, hr_right(t)))
+                    .chain(no_pulse_snr_db.iter().map(|&s| (s, false))),
             );
             // The HRV confidence as this fold's threshold makes it (its HR
             // confidence is 0.5 at the threshold), so that nothing of the
@@ -932,6 +938,79 @@ pub fn plain_fft_hr(t_s: &[f64], red: &[f64], fs_hz: f64) -> Option<f64> {
     let df = est.df_hz();
     let power = est.periodogram(&centred);
     peak_in_band(power, df, 0.7, 4.0).map(|p| 60.0 * p.freq_hz)
+}
+
+/// How many seeded no-pulse traces `eval --welltory` adds to the
+/// recordings (seeds `0..NO_PULSE_TRACES`; tests use other seeds).
+pub const NO_PULSE_TRACES: u64 = 1000;
+
+/// A contact trace with no pulse in it, and what `analyze --method red`
+/// made of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NoPulseTrial {
+    pub seed: u64,
+    pub duration_s: f64,
+    /// The heart rate it reported, if any (any is wrong).
+    pub hr: Option<f64>,
+    pub snr_db: f64,
+    pub completed: bool,
+}
+
+/// A seeded contact-PPG trace with no pulse at all: what a lens sees with
+/// nothing on it, a finger that does not cover it, or a hand held near it.
+/// Red sits at a level of 120-240; it wanders as a random walk (light and
+/// exposure drifting, the hand moving; steps of 0.02-0.5 % of the level per
+/// frame) under white sensor noise (σ 0-1.5 levels), in a mix drawn per
+/// seed, for 50-120 s at 30 frames/s. The random walk is the hard case:
+/// its power rises towards low frequencies, so after the band-pass its
+/// spectrum has a broad hump just inside the heart-rate band that a gate
+/// must not take for a slow pulse.
+pub fn no_pulse_contact_trace(seed: u64) -> rgb_csv::RgbTrace {
+    let mut rng = crate::capture::synthetic::Rng::new(0x6e6f_7075_6c73_6500 ^ seed);
+    let level = 120.0 + 120.0 * rng.uniform();
+    let step = level * (0.0002 + 0.0048 * rng.uniform());
+    let sensor = 1.5 * rng.uniform();
+    let frames = (30.0 * (50.0 + 70.0 * rng.uniform())) as usize;
+    let mut walk = [level, 0.4 * level, 0.1 * level];
+    let mut t_s = Vec::with_capacity(frames);
+    let mut rgb = Vec::with_capacity(frames);
+    for i in 0..frames {
+        t_s.push(i as f64 / 30.0);
+        let mut px = [0.0; 3];
+        for (c, w) in walk.iter_mut().enumerate() {
+            *w += step * rng.normal();
+            px[c] = *w + sensor * rng.normal();
+        }
+        rgb.push(px);
+    }
+    rgb_csv::RgbTrace {
+        t_s,
+        rgb,
+        timed: true,
+    }
+}
+
+/// Analyses `count` no-pulse contact traces from `first_seed` on, as
+/// `analyze --method red` would with `config`.
+pub fn no_pulse_contact(
+    config: &Config,
+    first_seed: u64,
+    count: u64,
+) -> Result<Vec<NoPulseTrial>, AppError> {
+    let mut config = config.clone();
+    config.signal.method = crate::signal::Method::Red;
+    (first_seed..first_seed + count)
+        .map(|seed| {
+            let a = analyze_trace(&no_pulse_contact_trace(seed), &config)?;
+            Ok(NoPulseTrial {
+                seed,
+                duration_s: a.duration_s,
+                hr: a.hr_bpm,
+                snr_db: a.snr_db,
+                completed: !a.low_snr,
+            })
+        })
+        .collect()
 }
 
 /// Evaluates every `subject_*` folder under `dir` (PPG.csv + RR.txt).
@@ -1255,8 +1334,24 @@ fn dedup_counts(items: &[String]) -> String {
         .join(", ")
 }
 
-/// The real-recording results as Markdown.
-pub fn welltory_table(trials: &[RealTrial]) -> String {
+/// The SNRs (dB) of the no-pulse traces that gave a heart rate: what the
+/// contact SNR threshold must stay above.
+pub fn no_pulse_snrs(no_pulse: &[NoPulseTrial]) -> Vec<f64> {
+    no_pulse
+        .iter()
+        .filter(|t| t.hr.is_some())
+        .map(|t| t.snr_db)
+        .collect()
+}
+
+/// The real-recording results as Markdown, with the no-pulse traces the
+/// thresholds are also chosen against; `configured_snr_db` is the contact
+/// SNR threshold the run used (`signal.contact_snr_db`).
+pub fn welltory_table(
+    trials: &[RealTrial],
+    no_pulse: &[NoPulseTrial],
+    configured_snr_db: f64,
+) -> String {
     let done: Vec<&RealTrial> = trials.iter().filter(|t| t.completed).collect();
     let ours = stats_of(&done, |t| t.hr.map(|h| (t.hr_true, h)));
     let plain_same = stats_of(&done, |t| t.hr_plain_fft.map(|h| (t.hr_true, h)));
@@ -1305,7 +1400,31 @@ pub fn welltory_table(trials: &[RealTrial]) -> String {
         right.len(),
         wrong.len()
     ));
-    let folds = cross_validate(trials);
+    let negatives = no_pulse_snrs(no_pulse);
+    let np_done = no_pulse.iter().filter(|t| t.completed).count();
+    out.push_str(&format!(
+        "No-pulse contact traces ({} seeded random walks under sensor noise, `eval::no_pulse_contact_trace`): {} of them completed with a heart rate at the configured threshold ({:.2} dB); their highest SNR {}.\n",
+        no_pulse.len(),
+        np_done,
+        configured_snr_db,
+        negatives
+            .iter()
+            .copied()
+            .reduce(f64::max)
+            .map_or("— (none gave a heart rate)".into(), |m| format!("{m:.2} dB")),
+    ));
+    out.push_str(&format!(
+        "The same rule on all {} recordings and the no-pulse traces chooses an SNR threshold of {:.2} dB.\n",
+        trials.len(),
+        max_margin_threshold(
+            trials
+                .iter()
+                .filter(|t| t.hr.is_some())
+                .map(|t| (t.snr_db, t.hr.is_some_and(|h| (h - t.hr_true).abs() <= HR_RIGHT_BPM)))
+                .chain(negatives.iter().map(|&s| (s, false)))
+        )
+    ));
+    let folds = cross_validate(trials, &negatives);
     let cv_done: Vec<&RealTrial> = trials
         .iter()
         .zip(&folds)
@@ -1338,7 +1457,7 @@ pub fn welltory_table(trials: &[RealTrial]) -> String {
         }
     };
     out.push_str(&format!(
-        "\nLeave-one-recording-out cross-validation (each recording judged by thresholds the other {} chose: the SNR midway between their highest-SNR wrong heart rate and the lowest-SNR right one above it, then the lowest HRV floor under which every RMSSD they report is within {RMSSD_RIGHT_MS} ms):\n\n| completed | HR MAE | wrong HR | RMSSD reported | RMSSD MAE | SNR threshold chosen (dB) | HRV floor chosen |\n|---|---|---|---|---|---|---|\n| {} of {} | {} | {} | {} | {} | {} | {} |\n",
+        "\nLeave-one-recording-out cross-validation (each recording judged by thresholds the other {} and the no-pulse traces chose: the SNR midway between their highest-SNR wrong heart rate and the lowest-SNR right one above it, then the lowest HRV floor under which every RMSSD they report is within {RMSSD_RIGHT_MS} ms):\n\n| completed | HR MAE | wrong HR | RMSSD reported | RMSSD MAE | SNR threshold chosen (dB) | HRV floor chosen |\n|---|---|---|---|---|---|---|\n| {} of {} | {} | {} | {} | {} | {} | {} |\n",
         trials.len().saturating_sub(1),
         cv_done.len(),
         trials.len(),
@@ -1375,7 +1494,7 @@ pub fn welltory_table(trials: &[RealTrial]) -> String {
 }
 
 /// Everything as one JSON object (`eval --json`).
-pub fn to_json(trials: &[Trial], real: &[RealTrial]) -> Value {
+pub fn to_json(trials: &[Trial], real: &[RealTrial], no_pulse: &[NoPulseTrial]) -> Value {
     let conditions: Vec<Value> = CONDITIONS
         .iter()
         .chain(FRAMINGS)
@@ -1436,7 +1555,14 @@ pub fn to_json(trials: &[Trial], real: &[RealTrial]) -> Value {
                    "hr_plain_fft": t.hr_plain_fft})
         })
         .collect();
-    json!({"synthetic": conditions, "welltory": real})
+    let no_pulse: Vec<Value> = no_pulse
+        .iter()
+        .map(|t| {
+            json!({"seed": t.seed, "duration_s": t.duration_s, "completed": t.completed,
+                   "hr": t.hr, "snr_db": t.snr_db})
+        })
+        .collect();
+    json!({"synthetic": conditions, "welltory": real, "no_pulse_contact": no_pulse})
 }
 
 #[cfg(test)]
@@ -1500,6 +1626,27 @@ mod tests {
     }
 
     #[test]
+    fn contact_traces_without_a_pulse_are_refused_and_one_with_a_pulse_is_measured() {
+        // Seeds the eval's threshold choice never saw (it uses 0..1000).
+        let config = Config::default_config();
+        let trials = no_pulse_contact(&config, 50_000, 40).unwrap();
+        assert!(trials.iter().all(|t| !t.completed), "{trials:?}");
+        // The gate does the refusing: most of them do have a spectral peak.
+        assert!(trials.iter().filter(|t| t.hr.is_some()).count() >= 20);
+        // The same drift and noise with a 1 % pulse at 64/min under it.
+        let mut trace = no_pulse_contact_trace(50_000);
+        for (t, px) in trace.t_s.iter().zip(trace.rgb.iter_mut()) {
+            let phase = (t * 64.0 / 60.0).fract();
+            px[0] -= 2.0 * (-((phase - 0.2) / 0.08).powi(2)).exp();
+        }
+        let mut config = config;
+        config.signal.method = crate::signal::Method::Red;
+        let a = analyze_trace(&trace, &config).unwrap();
+        assert!(!a.low_snr, "{a:?}");
+        assert!((a.hr_bpm.unwrap() - 64.0).abs() < 1.0, "{a:?}");
+    }
+
+    #[test]
     fn cross_validation_judges_each_recording_by_thresholds_the_others_chose() {
         let rec = |name: &str, snr: f64, err: f64, hrv_conf: f64, hrv_err: f64| RealTrial {
             name: name.into(),
@@ -1527,7 +1674,7 @@ mod tests {
             rec("d", 2.0, 0.5, 0.8, 4.0),
             rec("e", 3.0, -0.5, 0.4, 25.0),
         ];
-        let folds = cross_validate(&trials);
+        let folds = cross_validate(&trials, &[]);
         // "c" left out: the others' wrong ones end at 0.2 dB and their next
         // right one is "d" at 2.0: midway, 1.1 dB, and "c" (0.8) is cancelled.
         assert!((folds[2].snr_db - 1.1).abs() < 1e-9);
@@ -1556,6 +1703,12 @@ mod tests {
         assert!(folds[3].rmssd_reported);
         assert_eq!(folds[4].hrv_confidence, 0.0);
         assert!(folds[4].rmssd_reported);
+        // A no-pulse trace that gave a heart rate at 1.5 dB is wrong in
+        // every fold: "c" and "e" left out are judged at midway from 1.5 to
+        // "d" (2.0), so "c" (0.8) is cancelled and "e" (3.0) completes.
+        let folds = cross_validate(&trials, &[1.5]);
+        assert!((folds[2].snr_db - 1.75).abs() < 1e-9 && !folds[2].completed);
+        assert!((folds[4].snr_db - 1.75).abs() < 1e-9 && folds[4].completed);
     }
 
     #[test]

@@ -573,14 +573,20 @@ fn eval_command(a: cli::EvalArgs) -> Result<i32, AppError> {
         eprintln!();
     }
     let sweep_s = started.elapsed().as_secs_f64();
-    let real = match &a.welltory {
+    let contact = match &a.welltory {
         Some(dir) => {
-            eval::run_welltory(dir, &load_exactly(None, crate::config::Secrets::Required)?)?
+            let config = load_exactly(None, crate::config::Secrets::Required)?;
+            let real = eval::run_welltory(dir, &config)?;
+            let no_pulse = eval::no_pulse_contact(&config, 0, eval::NO_PULSE_TRACES)?;
+            Some((real, no_pulse, config.signal.contact_snr_db))
         }
-        None => Vec::new(),
+        None => None,
     };
+    let (real, no_pulse) = contact
+        .as_ref()
+        .map_or((&[][..], &[][..]), |(r, n, _)| (&r[..], &n[..]));
     if a.json {
-        println!("{}", eval::to_json(&synthetic, &real));
+        println!("{}", eval::to_json(&synthetic, real, no_pulse));
         return Ok(0);
     }
     let conditions = synthetic
@@ -624,9 +630,9 @@ fn eval_command(a: cli::EvalArgs) -> Result<i32, AppError> {
         );
         print!("{}", eval::framing_table(&synthetic));
     }
-    if !real.is_empty() {
+    if let Some((real, no_pulse, snr_db)) = &contact {
         println!("\n# Welltory contact PPG vs Polar H10 chest strap (analyze --method red)\n");
-        print!("{}", eval::welltory_table(&real));
+        print!("{}", eval::welltory_table(real, no_pulse, *snr_db));
     }
     Ok(0)
 }

@@ -434,7 +434,7 @@ impl Rng {
     }
 
     /// Standard normal (Box-Muller), for the few per-beat draws.
-    fn normal(&mut self) -> f64 {
+    pub(crate) fn normal(&mut self) -> f64 {
         let u1 = self.uniform().max(1e-300);
         let u2 = self.uniform();
         (-2.0 * u1.ln()).sqrt() * (2.0 * PI * u2).cos()

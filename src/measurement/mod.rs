@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! created ──face ≥ min_face_px + skin──▶ measuring ──duration reached, HR trusted──▶ completed
-//!    │                      │ ├─ duration reached, HR not trusted but SNR ≥ extended_low_snr_db:
+//!    │                      │ ├─ duration reached, HR not trusted but SNR ≥ extend_min_snr_db:
 //!    │                      │ │  measure on to max_duration_s (WEAK_PULSE hint), judged there once
 //!    │                      │ │  against extended_low_snr_db ─▶ completed or LOW_SNR
 //!    │                      │ ├─ ~1 Hz: intermediate result
@@ -130,10 +130,18 @@ const MIN_REGION_PRESENCE: f64 = 0.9;
 pub struct MeasurementConfig {
     pub duration_s: f64,
     /// A scan whose heart rate is not trusted at `duration_s`, but whose
-    /// SNR reaches `extended_low_snr_db`, measures on to this length and is
+    /// SNR reaches `extend_min_snr_db`, measures on to this length and is
     /// judged once more there (see [`MeasurementConfig::extended_low_snr_db`]).
     /// At or below `duration_s`: never extended.
     pub max_duration_s: f64,
+    /// The SNR at `duration_s` from which a scan is worth extending (at
+    /// most `extended_low_snr_db`). Lower than the bar it must clear at
+    /// `max_duration_s`: a real weak pulse's SNR grows as the longer Welch
+    /// average narrows the noise (type VI skin at 180 bpm: -1.46 dB at 30 s,
+    /// -0.57 dB at 60 s), while a face without a pulse falls (2-3 dB), so
+    /// the second judgement, not this gate, keeps noise out; the gate only
+    /// decides who waits longer.
+    pub extend_min_snr_db: f64,
     /// The SNR threshold of that second judgement, over `max_duration_s`:
     /// a longer Welch average has a narrower noise distribution, so a lower
     /// SNR is as unlikely to come from noise alone (calibrated on faces
@@ -167,6 +175,7 @@ impl Default for MeasurementConfig {
         MeasurementConfig {
             duration_s: 30.0,
             max_duration_s: 60.0,
+            extend_min_snr_db: -2.0,
             extended_low_snr_db: -1.0,
             min_duration_s: 15.0,
             face_init_timeout_s: 10.0,
@@ -722,9 +731,9 @@ impl Measurement {
             let (result, raw_bpm) = self.judge(0.0);
             self.first_look_bpm = raw_bpm;
             let weak_but_promising = self.cfg.max_duration_s > self.cfg.duration_s
-                && result
-                    .snr_db
-                    .is_some_and(|s| s >= self.cfg.extended_low_snr_db);
+                && result.snr_db.is_some_and(|s| {
+                    s >= self.cfg.extend_min_snr_db.min(self.cfg.extended_low_snr_db)
+                });
             if self.trusted(&result, 0.0) || !weak_but_promising {
                 return self.finish(result, 0.0, out);
             }
@@ -1144,13 +1153,56 @@ mod tests {
     }
 
     #[test]
+    fn a_scan_is_extended_from_its_own_gate_which_sits_below_the_bar_it_must_clear_later() {
+        // SNR at duration_s above extend_min_snr_db but below every bar:
+        // the scan measures on (WEAK_PULSE) and is judged at max_duration_s,
+        // where this bar is out of reach too: LOW_SNR at 30 s, not 20 s.
+        let gate_below = MeasurementConfig {
+            low_snr_db: 60.0,
+            extended_low_snr_db: 50.0,
+            extend_min_snr_db: -10.0,
+            // No live LOW_SNR: only the two judgements decide here.
+            low_snr_timeout_s: 1000.0,
+            ..extending_cfg()
+        };
+        let out = run_all(gate_below.clone(), (0..1200).map(|i| obs(i, true)));
+        let Some(Update::Cancelled { reason, result, .. }) = out.last() else {
+            panic!("{:?}", out.last())
+        };
+        assert_eq!(*reason, CancelReason::LowSnr);
+        assert!(
+            (result.duration_s - 30.0).abs() < 0.1,
+            "{}",
+            result.duration_s
+        );
+        assert!(hints(&out)
+            .iter()
+            .any(|h| h.constraint == Constraint::WeakPulse && h.active));
+        // The same pulse below the gate is not kept waiting.
+        let gate_above = MeasurementConfig {
+            extend_min_snr_db: 45.0,
+            ..gate_below
+        };
+        let out = run(gate_above, (0..1200).map(|i| obs(i, true)));
+        let Some(Update::Cancelled { reason, result, .. }) = out.last() else {
+            panic!("{:?}", out.last())
+        };
+        assert_eq!(*reason, CancelReason::LowSnr);
+        assert!(result.duration_s < 20.5, "{}", result.duration_s);
+    }
+
+    #[test]
     fn a_second_judgement_that_finds_another_rate_than_the_first_is_not_trusted() {
         // 72/min for the first 20 s; then a far stronger colour wave at
-        // 120/min takes over the whole-scan spectrum by 30 s. The first
+        // 120/min for the 40 s after, which takes over the whole-scan
+        // spectrum (two thirds of its segments) by 60 s. The first
         // judgement (bar out of reach) saw 72, the second finds 120: two
         // looks that disagree are not evidence, so LOW_SNR, not 120.
-        let cfg = extending_cfg();
-        let frames = (0..1200).map(|i| {
+        let cfg = MeasurementConfig {
+            max_duration_s: 60.0,
+            ..extending_cfg()
+        };
+        let frames = (0..1800).map(|i| {
             let mut o = obs(i, i < 600);
             if i >= 600 {
                 let w = 0.02 * (2.0 * PI * 2.0 * i as f64 / 30.0).sin();
@@ -1168,7 +1220,7 @@ mod tests {
         };
         assert_eq!(*reason, CancelReason::LowSnr);
         assert!(
-            (result.duration_s - 30.0).abs() < 0.1,
+            (result.duration_s - 60.0).abs() < 0.1,
             "{}",
             result.duration_s
         );

@@ -8,7 +8,8 @@
 //! one-sided power `|X[k]|^2 / sum(w^2)` for `k = 0..=nfft/2`, bin `k` at
 //! `k * df_hz` with `df_hz = fs_hz / nfft`. Units are relative: only ratios
 //! and peak positions are meaningful. `welch` is the mean of periodograms of
-//! overlapping segments.
+//! overlapping segments; `welch_balanced` the mean of the same periodograms
+//! each scaled to unit power in a band.
 //!
 //! Plan once, process many: the FFT plan and all buffers are owned by the
 //! estimator and reused, so repeated estimates do not allocate.
@@ -109,23 +110,75 @@ impl SpectrumEstimator {
     /// stepping by `hop`. Falls back to one periodogram when `x` is shorter
     /// than a segment.
     pub fn welch(&mut self, x: &[f64], seg_len: usize, hop: usize) -> &[f64] {
+        self.welch_with(x, seg_len, hop, None)
+    }
+
+    /// Welch estimate in which every segment has one vote: each segment's
+    /// periodogram is scaled to the same power in `lo_hz..=hi_hz` before
+    /// the average (the result is then scaled back to the segments' mean
+    /// band power, so units stay those of [`SpectrumEstimator::welch`]).
+    ///
+    /// Why: the plain mean weighs each segment by its power, so a few
+    /// seconds of high-amplitude artefact (a finger pressing on the lens,
+    /// a head turning) out-vote a minute of clean pulse. Normalised, the
+    /// spectrum says at which frequency most *segments* have their power,
+    /// and a rhythm present throughout wins over a loud burst. Segments
+    /// with no power in the band (all zero or all NaN) are skipped.
+    pub fn welch_balanced(
+        &mut self,
+        x: &[f64],
+        seg_len: usize,
+        hop: usize,
+        lo_hz: f64,
+        hi_hz: f64,
+    ) -> &[f64] {
+        self.welch_with(x, seg_len, hop, Some((lo_hz, hi_hz)))
+    }
+
+    fn welch_with(
+        &mut self,
+        x: &[f64],
+        seg_len: usize,
+        hop: usize,
+        balance: Option<(f64, f64)>,
+    ) -> &[f64] {
         let seg_len = seg_len.min(self.nfft);
         if x.len() <= seg_len || hop == 0 {
             return self.periodogram(x);
         }
+        let df = self.df_hz();
         self.acc.iter_mut().for_each(|a| *a = 0.0);
         let mut segments = 0usize;
+        let mut band_total = 0.0;
         let mut start = 0;
         while start + seg_len <= x.len() {
             self.periodogram(&x[start..start + seg_len]);
+            let scale = match balance {
+                None => 1.0,
+                Some((lo, hi)) => {
+                    let band: f64 = self.power[band_bins(self.power.len(), df, lo, hi)]
+                        .iter()
+                        .sum();
+                    if !super::is_positive(band) {
+                        start += hop;
+                        continue;
+                    }
+                    band_total += band;
+                    1.0 / band
+                }
+            };
             for (a, p) in self.acc.iter_mut().zip(&self.power) {
-                *a += p;
+                *a += scale * p;
             }
             segments += 1;
             start += hop;
         }
+        let back = match balance {
+            Some(_) if segments > 0 => band_total / segments as f64,
+            _ => 1.0,
+        };
         for (p, a) in self.power.iter_mut().zip(&self.acc) {
-            *p = a / segments as f64;
+            *p = back * a / segments.max(1) as f64;
         }
         &self.power
     }
@@ -143,9 +196,39 @@ pub fn band_bins(len: usize, df_hz: f64, lo_hz: f64, hi_hz: f64) -> std::ops::Ra
 pub fn peak_in_band(power: &[f64], df_hz: f64, lo_hz: f64, hi_hz: f64) -> Option<Peak> {
     let range = band_bins(power.len(), df_hz, lo_hz, hi_hz);
     let k = range
-        .clone()
         .filter(|&k| power[k].is_finite())
         .max_by(|&a, &b| power[a].total_cmp(&power[b]))?;
+    refine(power, df_hz, k, lo_hz, hi_hz)
+}
+
+/// The highest *local maximum* in `lo_hz..=hi_hz`: a bin at least as high
+/// as both its neighbours, the neighbours looked at beyond the band's edges
+/// too. `None` when the band holds none.
+///
+/// Why not simply the highest bin: when power rises past a band edge (a
+/// slow drift or a finger-pressure wave below 0.7 Hz leaking through the
+/// window's side lobes), the edge bin is the band's highest without being a
+/// rhythm inside the band, and [`peak_in_band`] reports the edge frequency
+/// (42 bpm) as a heart rate.
+pub fn local_peak_in_band(power: &[f64], df_hz: f64, lo_hz: f64, hi_hz: f64) -> Option<Peak> {
+    let range = band_bins(power.len(), df_hz, lo_hz, hi_hz);
+    let at = |k: Option<usize>| {
+        k.and_then(|k| power.get(k))
+            .copied()
+            .filter(|v| v.is_finite())
+            .unwrap_or(f64::NEG_INFINITY)
+    };
+    let k = range
+        .filter(|&k| {
+            power[k].is_finite() && power[k] >= at(k.checked_sub(1)) && power[k] >= at(Some(k + 1))
+        })
+        .max_by(|&a, &b| power[a].total_cmp(&power[b]))?;
+    refine(power, df_hz, k, lo_hz, hi_hz)
+}
+
+/// Bin `k` as a [`Peak`], its frequency refined by a parabola through it
+/// and its neighbours. `None` when it holds no power.
+fn refine(power: &[f64], df_hz: f64, k: usize, lo_hz: f64, hi_hz: f64) -> Option<Peak> {
     if !super::is_positive(power[k]) {
         return None;
     }
@@ -336,5 +419,74 @@ mod tests {
         let a = est.periodogram(&x).to_vec();
         let b = est.welch(&x, 300, 30).to_vec();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn balanced_welch_gives_a_loud_brief_burst_one_vote_per_segment() {
+        // A steady 1.2 Hz pulse for 60 s, and for 6 s a ten times louder
+        // 0.8 Hz wave (a finger pressing on the lens): the plain mean
+        // follows the burst, the balanced one the rhythm that is always there.
+        let fs = 30.0;
+        let x: Vec<f64> = (0..1800)
+            .map(|i| {
+                let t = i as f64 / fs;
+                let burst = if (20.0..26.0).contains(&t) { 10.0 } else { 0.0 };
+                (2.0 * PI * 1.2 * t).sin() + burst * (2.0 * PI * 0.8 * t).sin()
+            })
+            .collect();
+        let mut est = SpectrumEstimator::new(fs, 0.005, 300);
+        let df = est.df_hz();
+        let plain = peak_in_band(est.welch(&x, 300, 30), df, 0.7, 4.0).unwrap();
+        assert!((plain.freq_hz - 0.8).abs() < 0.05, "{}", plain.freq_hz);
+        let balanced = est.welch_balanced(&x, 300, 30, 0.7, 4.0).to_vec();
+        let peak = peak_in_band(&balanced, df, 0.7, 4.0).unwrap();
+        assert!((peak.freq_hz - 1.2).abs() < 0.02, "{}", peak.freq_hz);
+        // Units stay those of the plain estimate (its mean band power).
+        let band = |p: &[f64]| p[band_bins(p.len(), df, 0.7, 4.0)].iter().sum::<f64>();
+        let plain_power = est.welch(&x, 300, 30).to_vec();
+        let ratio = band(&balanced) / band(&plain_power);
+        assert!((ratio - 1.0).abs() < 1e-9, "{ratio}");
+        // A steady signal is the same either way; silent segments are skipped.
+        let steady: Vec<f64> = (0..900)
+            .map(|i| (2.0 * PI * 1.5 * i as f64 / fs).sin())
+            .chain(std::iter::repeat_n(0.0, 600))
+            .collect();
+        let a = peak_in_band(est.welch(&steady[..900], 300, 30), df, 0.7, 4.0).unwrap();
+        let b = peak_in_band(est.welch_balanced(&steady, 300, 30, 0.7, 4.0), df, 0.7, 4.0).unwrap();
+        assert!(
+            (a.freq_hz - b.freq_hz).abs() < 0.01,
+            "{} {}",
+            a.freq_hz,
+            b.freq_hz
+        );
+        assert!(est
+            .welch_balanced(&[0.0; 900], 300, 30, 0.7, 4.0)
+            .iter()
+            .all(|p| *p == 0.0));
+    }
+
+    #[test]
+    fn a_band_edge_with_power_rising_beyond_it_is_not_a_peak() {
+        // A strong 0.65 Hz wave (drift, pressure) leaks over the 0.7 Hz
+        // edge and makes the edge bin the band's highest; the pulse at 1.5 Hz
+        // is the highest local maximum inside the band.
+        let fs = 30.0;
+        let x: Vec<f64> = (0..600)
+            .map(|i| {
+                let t = i as f64 / fs;
+                5.0 * (2.0 * PI * 0.65 * t).sin() + 0.3 * (2.0 * PI * 1.5 * t).sin()
+            })
+            .collect();
+        let mut est = SpectrumEstimator::new(fs, 0.005, 600);
+        let df = est.df_hz();
+        let p = est.periodogram(&x).to_vec();
+        let edge = peak_in_band(&p, df, 0.7, 4.0).unwrap();
+        assert!(edge.freq_hz < 0.71, "{}", edge.freq_hz);
+        let local = local_peak_in_band(&p, df, 0.7, 4.0).unwrap();
+        assert!((local.freq_hz - 1.5).abs() < 0.02, "{}", local.freq_hz);
+        // Nothing but a slope: no local maximum, no peak.
+        let slope: Vec<f64> = (0..2000).map(|k| 1.0 / (1.0 + k as f64)).collect();
+        assert!(local_peak_in_band(&slope, 0.01, 0.7, 4.0).is_none());
+        assert!(peak_in_band(&slope, 0.01, 0.7, 4.0).is_some());
     }
 }

@@ -20,7 +20,7 @@ use super::filter::Bandpass;
 use super::projection::{project, Method};
 use super::resample::resample_linear;
 use super::respiration::{RespirationEstimate, RespirationEstimator, RespirationInputs};
-use super::spectrum::{peak_in_band, snr_db, SpectrumEstimator};
+use super::spectrum::{local_peak_in_band, snr_db, SpectrumEstimator};
 use super::SignalError;
 use ndarray::{Array2, ArrayView2};
 
@@ -283,7 +283,14 @@ impl VitalsEstimator {
     fn power_of(&mut self, x: &[f64], kind: SpectrumKind) -> Vec<f64> {
         match kind {
             SpectrumKind::Periodogram => self.spec.periodogram(x).to_vec(),
-            SpectrumKind::Welch { seg, hop } => self.spec.welch(x, seg, hop).to_vec(),
+            // Each segment gets one vote: artefacts are loud and brief (a
+            // finger that presses or slips on the lens, a head that turns),
+            // and in a plain mean a few loud seconds out-vote a minute of
+            // pulse (two wrong heart rates of 21 Welltory recordings).
+            SpectrumKind::Welch { seg, hop } => {
+                let (lo, hi) = self.cfg.hr_band_hz;
+                self.spec.welch_balanced(x, seg, hop, lo, hi).to_vec()
+            }
         }
     }
 
@@ -331,7 +338,8 @@ impl VitalsEstimator {
                 .iter_mut()
                 .zip(sum.iter().zip(p))
                 .for_each(|(o, (s, v))| *o = s - v);
-            let Some(peak) = peak_in_band(self.weigh_spec.periodogram(&others), df, lo, hi) else {
+            let Some(peak) = local_peak_in_band(self.weigh_spec.periodogram(&others), df, lo, hi)
+            else {
                 continue;
             };
             let snr = snr_db(self.weigh_spec.periodogram(p), df, peak.freq_hz, lo, hi);
@@ -364,7 +372,7 @@ impl VitalsEstimator {
     fn heart_from_power(&self, power: &[f64]) -> HeartRate {
         let (lo, hi) = self.cfg.hr_band_hz;
         let df = self.spec.df_hz();
-        match peak_in_band(power, df, lo, hi) {
+        match local_peak_in_band(power, df, lo, hi) {
             Some(peak) => {
                 let snr = snr_db(power, df, peak.freq_hz, lo, hi);
                 HeartRate {
@@ -407,7 +415,10 @@ impl VitalsEstimator {
 
     /// All vitals over the whole of `traces` (the final result of a scan).
     /// The HR spectrum is a Welch average of `hr_window_s` segments stepping
-    /// by 1 s, which tolerates the heart rate wandering during the scan.
+    /// by 1 s, which tolerates the heart rate wandering during the scan;
+    /// each segment has one vote ([`SpectrumEstimator::welch_balanced`]), and
+    /// the heart rate is the highest local maximum in the band
+    /// ([`super::spectrum::local_peak_in_band`]).
     pub fn vitals(&mut self, traces: &Traces) -> Vitals {
         let fs = traces.fs_hz;
         let n = traces.len();
