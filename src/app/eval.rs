@@ -1131,10 +1131,14 @@ pub fn sweep_table(trials: &[Trial]) -> String {
                         (Some(c), _) => c.code().to_string(),
                         (None, h) => {
                             let right = h.is_some_and(|h| (h - t.hr_true).abs() <= HR_RIGHT_BPM);
+                            let truth = if t.hr_true.is_nan() {
+                                "a video without a pulse".to_string()
+                            } else {
+                                format!("true {:.1}", t.hr_true)
+                            };
                             format!(
-                                "completed HR {} for true {:.1}, {} (conf. {:.2})",
+                                "completed HR {} for {truth}, {} (conf. {:.2})",
                                 fmt(h, 1),
-                                t.hr_true,
                                 if right { "right" } else { "WRONG" },
                                 t.confidence
                             )

@@ -48,6 +48,8 @@ pub struct SourceInfo {
 /// Ground truth of a synthetic video.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Truth {
+    /// NaN (as is `rmssd_ms`) for a video without a pulse: no heart rate
+    /// measured on it is right.
     pub hr_bpm: f64,
     pub rr_bpm: f64,
     pub rmssd_ms: f64,

@@ -815,10 +815,13 @@ fn truth_between(p: &SyntheticParams, beats: &[f64], t0: f64, t1: f64) -> Truth 
     } else {
         (sd.iter().map(|d| d * d).sum::<f64>() / sd.len() as f64).sqrt()
     };
+    // Without a pulse there is no heart rate (or HRV) to be right about:
+    // NaN, so that every number measured on such a video counts as wrong.
+    let pulse = p.pulse > 0.0;
     Truth {
-        hr_bpm: hr,
+        hr_bpm: if pulse { hr } else { f64::NAN },
         rr_bpm: p.rr_bpm,
-        rmssd_ms: rmssd,
+        rmssd_ms: if pulse { rmssd } else { f64::NAN },
     }
 }
 
