@@ -1065,6 +1065,15 @@ mod tests {
     }
 
     #[test]
+    fn a_video_without_a_pulse_has_no_true_heart_rate_to_be_right_about() {
+        let params = SyntheticParams::parse("synthetic:pulse=0", "pulse=0").unwrap();
+        let t = SyntheticSource::new(params).unwrap().info().truth.unwrap();
+        assert!(t.hr_bpm.is_nan() && t.rmssd_ms.is_nan(), "{t:?}");
+        // The breathing is still there, and still true.
+        assert_eq!(t.rr_bpm, 15.0);
+    }
+
+    #[test]
     fn unknown_or_out_of_range_options_are_rejected_clearly() {
         let e = SyntheticParams::parse("synthetic:hz=3", "hz=3")
             .unwrap_err()

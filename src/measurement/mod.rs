@@ -138,7 +138,7 @@ pub struct MeasurementConfig {
     /// most `extended_low_snr_db`). Lower than the bar it must clear at
     /// `max_duration_s`: a real weak pulse's SNR grows as the longer Welch
     /// average narrows the noise (type VI skin at 180 bpm: -1.46 dB at 30 s,
-    /// -0.57 dB at 60 s), while a face without a pulse falls (1-2 dB), so
+    /// -0.57 dB at 60 s), while a face without a pulse falls (2-3 dB), so
     /// the second judgement, not this gate, keeps noise out; the gate only
     /// decides who waits longer.
     pub extend_min_snr_db: f64,

@@ -4,8 +4,7 @@
 //! objects: resampling irregular frame times to a uniform rate
 //! ([`resample`]), Butterworth band-passes ([`filter`]), the RGB-to-pulse
 //! projections POS/CHROM/GREEN ([`projection`]), spectra, peaks and SNR
-//! ([`spectrum`]), head-motion harmonics out of the pulse ([`motion`]),
-//! beats and HRV ([`beats`]), respiration by surrogate fusion
+//! ([`spectrum`]), beats and HRV ([`beats`]), respiration by surrogate fusion
 //! ([`respiration`]) and the whole chain that turns traces into [`Vitals`]
 //! ([`vitals`]).
 //!
@@ -14,7 +13,6 @@
 
 pub mod beats;
 pub mod filter;
-pub mod motion;
 pub mod projection;
 pub mod resample;
 pub mod respiration;

@@ -17,7 +17,6 @@
 
 use super::beats::{detect_beats, hrv, intervals_s, timing_sigma_ms, Beat, Hrv};
 use super::filter::Bandpass;
-use super::motion::MotionBasis;
 use super::projection::{project, Method};
 use super::resample::resample_linear;
 use super::respiration::{RespirationEstimate, RespirationEstimator, RespirationInputs};
@@ -211,9 +210,6 @@ pub struct VitalsEstimator {
     /// regions, two independent views of the same beats (their beat times
     /// measure the timing noise, see [`timing_sigma_ms`]).
     halves: Option<(Vec<f64>, Vec<f64>)>,
-    /// The window's head-motion basis, removed from every pulse wave
-    /// (see [`super::motion`]); empty without a measured displacement.
-    motion: MotionBasis,
 }
 
 impl VitalsEstimator {
@@ -239,7 +235,6 @@ impl VitalsEstimator {
             projected: Vec::new(),
             filtered: Vec::new(),
             halves: None,
-            motion: MotionBasis::default(),
             cfg,
         })
     }
@@ -283,7 +278,6 @@ impl VitalsEstimator {
             &mut self.projected,
         );
         self.hr_band.filtfilt(&self.projected, &mut self.filtered);
-        self.motion.remove_from(&mut self.filtered);
     }
 
     fn power_of(&mut self, x: &[f64], kind: SpectrumKind) -> Vec<f64> {
@@ -307,12 +301,8 @@ impl VitalsEstimator {
         &mut self,
         pooled: ArrayView2<f64>,
         regions: &[ArrayView2<f64>],
-        vertical_px: Option<&[f64]>,
         kind: SpectrumKind,
     ) -> Vec<f64> {
-        self.motion = vertical_px
-            .map(|v| MotionBasis::new(v, &self.hr_band))
-            .unwrap_or_default();
         self.pulse_wave(pooled);
         self.halves = None;
         if regions.len() < 2 {
@@ -415,11 +405,9 @@ impl VitalsEstimator {
             .iter()
             .map(|r| r.slice(ndarray::s![n - len.., ..]))
             .collect();
-        let vertical = traces.vertical_px.as_ref().map(|v| &v[n - len..]);
         let power = self.pulse_and_power(
             traces.rgb.slice(ndarray::s![n - len.., ..]),
             &regions,
-            vertical,
             SpectrumKind::Periodogram,
         );
         self.heart_from_power(&power)
@@ -457,8 +445,7 @@ impl VitalsEstimator {
             .iter()
             .map(|r| r.slice(ndarray::s![start.., ..]))
             .collect();
-        let vertical = traces.vertical_px.as_ref().map(|v| &v[start..]);
-        let power = self.pulse_and_power(rgb, &regions, vertical, SpectrumKind::Welch { seg, hop });
+        let power = self.pulse_and_power(rgb, &regions, SpectrumKind::Welch { seg, hop });
         let heart = self.heart_from_power(&power);
 
         let beats = heart
