@@ -184,6 +184,15 @@ pub const CONDITIONS: &[Condition] = &[
         options: "photo=032,width=640,height=480",
         expect: Expect::Vitals,
     },
+    // A breathing face without a pulse on the lightest skin, at 15 breaths
+    // a minute: the head motion's 4th harmonic is 60 /min, in the heart-rate
+    // band (docs/accuracy.md, "Known gap"). Not yet cancelled every time;
+    // the row keeps it in view. (The last `rr` of a spec wins.)
+    Condition {
+        name: "no pulse, skin type I, breathing 15 /min",
+        options: "pulse=0,tone=1,rr=15",
+        expect: Expect::Cancel(&[CancelReason::LowSnr]),
+    },
 ];
 
 /// True (HR, RR) of trial `k`: HR steps through 45..180 and RR through
