@@ -799,6 +799,28 @@ pub struct RealTrial {
     pub hr_plain_fft: Option<f64>,
 }
 
+impl RealTrial {
+    /// A heart rate within [`HR_RIGHT_BPM`] of the strap's.
+    pub fn hr_right(&self) -> bool {
+        self.hr
+            .is_some_and(|h| (h - self.hr_true).abs() <= HR_RIGHT_BPM)
+    }
+}
+
+/// The contact SNR threshold `recordings` and the no-pulse traces choose
+/// ([`max_margin_threshold`]; every no-pulse SNR counts as a wrong answer).
+pub fn contact_snr_threshold<'a>(
+    recordings: impl Iterator<Item = &'a RealTrial>,
+    no_pulse_snr_db: &[f64],
+) -> f64 {
+    max_margin_threshold(
+        recordings
+            .filter(|t| t.hr.is_some())
+            .map(|t| (t.snr_db, t.hr_right()))
+            .chain(no_pulse_snr_db.iter().map(|&s| (s, false))),
+    )
+}
+
 /// The thresholds one leave-one-recording-out fold chose on the other
 /// recordings, and what they gave on the one left out.
 #[derive(Debug, Clone, PartialEq)]
@@ -856,7 +878,6 @@ pub fn max_margin_threshold(items: impl Iterator<Item = (f64, bool)>) -> f64 {
 /// wrong, so no threshold lets such a trace complete. They are not
 /// recordings and are never left out.
 pub fn cross_validate(trials: &[RealTrial], no_pulse_snr_db: &[f64]) -> Vec<CvFold> {
-    let hr_right = |t: &RealTrial| t.hr.is_some_and(|h| (h - t.hr_true).abs() <= HR_RIGHT_BPM);
     let rmssd_right = |t: &RealTrial| {
         t.rmssd_raw
             .is_some_and(|r| (r - t.rmssd_true).abs() <= RMSSD_RIGHT_MS)
@@ -871,13 +892,7 @@ pub fn cross_validate(trials: &[RealTrial], no_pulse_snr_db: &[f64]) -> Vec<CvFo
                 .filter(|&(j, _)| j != i)
                 .map(|(_, t)| t)
                 .collect();
-            let snr_db = max_margin_threshold(
-                train
-                    .iter()
-                    .filter(|t| t.hr.is_some())
-                    .map(|t| (t.snr_db, hr_right(t)))
-                    .chain(no_pulse_snr_db.iter().map(|&s| (s, false))),
-            );
+            let snr_db = contact_snr_threshold(train.iter().copied(), no_pulse_snr_db);
             // The HRV confidence as this fold's threshold makes it (its HR
             // confidence is 0.5 at the threshold), so that nothing of the
             // left-out recording leaks in through the confidence map.
@@ -1429,13 +1444,7 @@ pub fn welltory_table(
     out.push_str(&format!(
         "The same rule on all {} recordings and the no-pulse traces chooses an SNR threshold of {:.2} dB.\n",
         trials.len(),
-        max_margin_threshold(
-            trials
-                .iter()
-                .filter(|t| t.hr.is_some())
-                .map(|t| (t.snr_db, t.hr.is_some_and(|h| (h - t.hr_true).abs() <= HR_RIGHT_BPM)))
-                .chain(negatives.iter().map(|&s| (s, false)))
-        )
+        contact_snr_threshold(trials.iter(), &negatives)
     ));
     let folds = cross_validate(trials, &negatives);
     let cv_done: Vec<&RealTrial> = trials
@@ -1447,7 +1456,7 @@ pub fn welltory_table(
     let cv_hr = stats_of(&cv_done, |t| t.hr.map(|h| (t.hr_true, h)));
     let cv_wrong = cv_done
         .iter()
-        .filter(|t| t.hr.is_some_and(|h| (h - t.hr_true).abs() > HR_RIGHT_BPM))
+        .filter(|t| t.hr.is_some() && !t.hr_right())
         .count();
     let cv_rmssd = stats_of(
         &trials
