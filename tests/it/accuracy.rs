@@ -109,3 +109,26 @@ fn a_face_without_a_pulse_ends_in_low_snr_never_in_a_number() {
         assert_eq!(names.last(), Some(&"MEASUREMENT_CANCELED"));
     }
 }
+
+#[test]
+fn a_pale_face_without_a_pulse_that_breathes_gets_no_heart_rate_from_its_breathing() {
+    // Type I skin sits on the skin rule's Cr bound, where a sub-pixel head
+    // motion changes which pixels count: with bilinear rendering these seeds
+    // completed at 60 bpm, four times the breathing rate (see
+    // `keys_weights` in the generator). 61 s, so the scan may be extended.
+    for seed in [84, 96] {
+        let (report, _) = scan(&format!(
+            "synthetic:pulse=0,seed={seed},tone=1,rr=15,width=320,height=240,seconds=61"
+        ));
+        assert_eq!(
+            report.result.hr_bpm, None,
+            "seed {seed}: {:?}",
+            report.result
+        );
+        assert_eq!(
+            report.cancelled.map(|c| c.code()),
+            Some("LOW_SNR"),
+            "seed {seed}"
+        );
+    }
+}
