@@ -2,8 +2,15 @@
 # CPU and memory of `rppg-agent run` in its three states, with the synthetic
 # source paced at 30 fps (run it on the device to size a kiosk):
 #   idle      API and delivery lanes only (no scan, no face watch)
-#   watching  auto-start on: the source is read and faces looked for at 30 fps
 #   scanning  one real-time scan (320x240 unless SIZE=WxH)
+#   watching  auto-start on: the source is read and faces looked for at 30 fps
+#   empty     auto-start on, an empty room: the face search rests
+#             (vision.idle_rescan_s) until the scene changes
+# The synthetic source renders every frame in the same process (about
+# 1 ms a frame at 640x480 here), so it inflates every state but idle. To
+# measure the agent alone, give y4m files made with `rppg-agent synth`
+# (read at 30 fps, as a camera delivers them):
+#   FACE=face.y4m EMPTY=empty.y4m cross/measure-run.sh
 # Each state is measured over SECONDS (default 10) from /proc: CPU % of one
 # core (utime + stime) and RSS; peak RSS (VmHWM) at the end.
 #
@@ -27,10 +34,13 @@ measure() { # $1 = pid, $2 = label
     'BEGIN { printf "%-9s CPU %5.1f %% of one core   RSS %6.1f MiB\n", l, 100 * (b - a) / hz / s, r / 1024 }'
 }
 
-start() { # $1 = extra config
+face_input=${FACE:-synthetic:width=$w,height=$h,seconds=3600}
+empty_input=${EMPTY:-synthetic:width=$w,height=$h,seconds=3600,face=0,clutter=1}
+
+start() { # $1 = extra config, $2 = input
   cat > "$dir/agent.toml" <<TOML
 [run]
-input = "synthetic:width=$w,height=$h,seconds=3600"
+input = "${2:-$face_input}"
 realtime = true
 $1
 [api]
@@ -46,7 +56,7 @@ TOML
   addr=$(grep -o "addr=[0-9.:]*" "$dir/log" | head -1 | cut -d= -f2)
 }
 
-echo "rppg-agent run, synthetic ${w}x${h} at 30 fps, ${secs} s per state ($(nproc) cores, $(uname -m))"
+echo "rppg-agent run, ${FACE:-synthetic ${w}x${h}} at 30 fps, ${secs} s per state ($(nproc) cores, $(uname -m))"
 start ""
 sleep 1
 measure $pid idle
@@ -58,4 +68,8 @@ kill -TERM $pid; wait $pid || true
 start "auto_start_steady_s = 3600.0"
 sleep 1
 measure $pid watching
+kill -TERM $pid; wait $pid || true
+start "auto_start_steady_s = 3600.0" "$empty_input"
+sleep 3
+measure $pid empty
 kill -TERM $pid; wait $pid || true

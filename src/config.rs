@@ -346,6 +346,7 @@ pub struct VisionSection {
     pub search_min_face_px: f64,
     pub search_width_px: u32,
     pub search_cycle_frames: u32,
+    pub idle_rescan_s: f64,
     pub track_face_px: u32,
     pub correction_time_s: f64,
     pub redetect_tolerance: f64,
@@ -1686,6 +1687,13 @@ impl Config {
             "use 24 (every scale of the whole frame in 0.8 s at 30 fps)",
         );
         check(
+            (0.0..=3600.0).contains(&v.idle_rescan_s),
+            "vision.idle_rescan_s",
+            format!("must be within 0..3600, found {}", v.idle_rescan_s),
+            "use 60 (an empty, still scene is searched again once a minute; any change \
+             in it starts the search at once), or 0 to search without rest",
+        );
+        check(
             (24..=256).contains(&v.track_face_px),
             "vision.track_face_px",
             format!("must be within 24..256, found {}", v.track_face_px),
@@ -1859,6 +1867,7 @@ impl Config {
             search_min_face_px: v.search_min_face_px,
             search_width_px: v.search_width_px,
             search_cycle_frames: v.search_cycle_frames,
+            idle_rescan_s: v.idle_rescan_s,
             track_face_px: v.track_face_px,
             correction_time_s: v.correction_time_s,
             redetect_tolerance: v.redetect_tolerance,

@@ -324,7 +324,10 @@ pub fn open(spec: &SourceSpec) -> Result<Box<dyn FrameSource>, CaptureError> {
             let input = path.display().to_string();
             let reader: Box<dyn std::io::BufRead + Send> = if kind.is_file() {
                 let file = std::fs::File::open(path).map_err(open_error)?;
-                Box::new(std::io::BufReader::with_capacity(1 << 20, file))
+                // Smaller than a frame (from 160x120 up): the frame lines go
+                // through the buffer, a frame's planes straight from the
+                // kernel into the frame (a larger buffer copied them twice).
+                Box::new(std::io::BufReader::with_capacity(1 << 14, file))
             } else if kind.is_dir() {
                 return Err(CaptureError::Spec {
                     spec: input,

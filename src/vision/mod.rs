@@ -36,6 +36,9 @@
 //!    two; for a face at the smallest measured size the coarse bands and
 //!    its own. A face too small to measure is reported at once: nothing
 //!    holds it, so the search goes on past it anyway.
+//!    With no face at all the search rests while the scene is still
+//!    ([`presence`]): a face cannot appear in a scene that did not change,
+//!    and an empty kiosk should not spend a core looking at it.
 //! 4. Average the skin pixels of forehead and cheeks, and count clipped ones.
 //!
 //! **The right person.** Among several faces the [selection rule](select)
@@ -61,6 +64,7 @@
 //! let go within a few frames, and the tracker never follows the wall).
 
 pub mod detector;
+pub mod presence;
 pub mod roi;
 pub mod search;
 pub mod tracker;
@@ -138,6 +142,9 @@ pub struct VisionConfig {
     pub search_width_px: u32,
     /// The whole scale space is searched once per this many frames.
     pub search_cycle_frames: u32,
+    /// With no face, a still scene is searched again after this long
+    /// ([`presence`]); 0 = search without rest.
+    pub idle_rescan_s: f64,
     pub track_face_px: u32,
     /// Time constant over which a detection's correction is applied.
     pub correction_time_s: f64,
@@ -158,6 +165,7 @@ impl Default for VisionConfig {
             search_min_face_px: 24.0,
             search_width_px: 0,
             search_cycle_frames: 24,
+            idle_rescan_s: 60.0,
             track_face_px: 64,
             correction_time_s: 1.0,
             redetect_tolerance: 0.1,
@@ -258,6 +266,10 @@ pub struct FaceRoiExtractor {
     shift_at_edge: bool,
     /// The re-detection of this frame snapped the box (set by `redetect`).
     snapped: bool,
+    /// Lets the search rest while no face is in a still scene.
+    idle: presence::IdleGate,
+    /// Search jobs run so far (each a detector run on one band or tile).
+    search_jobs: u64,
 }
 
 impl FaceRoiExtractor {
@@ -288,7 +300,14 @@ impl FaceRoiExtractor {
             vertical_px: 0.0,
             shift_at_edge: false,
             snapped: false,
+            idle: presence::IdleGate::default(),
+            search_jobs: 0,
         }
+    }
+
+    /// Search jobs run so far: what the search cost, for benchmarks and tests.
+    pub fn search_jobs(&self) -> u64 {
+        self.search_jobs
     }
 
     /// Holds the tracked face (a measurement is running): the search stops
@@ -347,7 +366,9 @@ impl FaceRoiExtractor {
         self.snapped = false;
         let mut detected = due && self.redetect_snapping(frame, sudden);
         let unsurveyed = self.track.is_some_and(|t| !t.surveyed);
-        if self.track.is_none() || !self.held || self.in_doubt() || unsurveyed {
+        if (self.track.is_none() || !self.held || self.in_doubt() || unsurveyed)
+            && self.search_due(frame)
+        {
             detected |= self.search(frame);
         }
         let confirmed = self
@@ -574,6 +595,25 @@ impl FaceRoiExtractor {
     }
 
     /// Runs this frame's share of the search; returns whether it took a face.
+    /// Whether the search runs on this frame: always while a face is
+    /// tracked or was just lost; with none, a cycle in progress finishes and
+    /// the [`presence::IdleGate`] decides whether the next one starts.
+    fn search_due(&mut self, frame: &Frame) -> bool {
+        let t = frame.t_s;
+        let just_lost = self
+            .last_lost
+            .is_some_and(|(_, lost_t, _)| (0.0..=REACQUIRE_S).contains(&(t - lost_t)));
+        if self.track.is_some() || just_lost {
+            self.idle.reset();
+            return true;
+        }
+        let cycle_done = self
+            .plan
+            .as_ref()
+            .is_none_or(|p| self.next_job >= p.jobs.len());
+        self.idle.search(frame, cycle_done, self.cfg.idle_rescan_s)
+    }
+
     fn search(&mut self, frame: &Frame) -> bool {
         self.plan_for(frame.width, frame.height);
         // Taken out while its jobs run (they borrow the detector), put back after.
@@ -598,6 +638,7 @@ impl FaceRoiExtractor {
         for i in jobs {
             let job = plan.jobs[i];
             let found = self.detect_in(frame, job.region, job.scale, (0, job.max_face_px));
+            self.search_jobs += 1;
             self.band_faces.extend(found);
             self.next_job = i + 1;
             if self.next_job >= self.survey_end {
@@ -745,6 +786,54 @@ mod tests {
         let [r, g, b] = o.mean_rgb;
         assert!(r > g && g > b, "skin colour {:?}", o.mean_rgb);
         assert!(obs[first..].iter().all(|o| o.face_id == obs[first].face_id));
+    }
+
+    #[test]
+    fn an_empty_still_room_rests_the_search_and_someone_stepping_in_is_found_at_once() {
+        // 20 s of an empty, cluttered room, then a person in it (the same
+        // room and the clock running on), at 320x240.
+        let params = |face: bool, seconds: f64| SyntheticParams {
+            face,
+            clutter: true,
+            width: 320,
+            height: 240,
+            seconds,
+            ..Default::default()
+        };
+        let watch = |rescan_s: f64| {
+            let cfg = VisionConfig {
+                idle_rescan_s: rescan_s,
+                ..VisionConfig::default()
+            };
+            let mut vision = FaceRoiExtractor::new(FaceDetector::builtin().unwrap(), cfg);
+            let mut frame = Frame::default();
+            let mut empty = SyntheticSource::new(params(false, 20.0)).unwrap();
+            while empty.next_frame(&mut frame).unwrap() {
+                assert!(vision.process(&frame).face.is_none());
+            }
+            let idle_jobs = vision.search_jobs();
+            let mut person = SyntheticSource::new(params(true, 3.0)).unwrap();
+            let mut found_after = None;
+            while person.next_frame(&mut frame).unwrap() {
+                let t = frame.t_s;
+                frame.t_s += 20.0;
+                if vision.process(&frame).face.is_some() {
+                    found_after = Some(t);
+                    break;
+                }
+            }
+            (idle_jobs, found_after)
+        };
+        let cycle = SearchPlan::new(320, 240, 24.0, 0, 24).jobs.len() as u64;
+        let (resting, found) = watch(60.0);
+        // Two looks at the still room, then rest.
+        assert_eq!(resting, 2 * cycle, "{resting} jobs, {cycle} a cycle");
+        let found = found.expect("the person is found");
+        assert!(found < 1.0, "found {found} s after stepping in");
+        // Without rest, the search runs all 20 s (a cycle every 0.8 s).
+        let (restless, found) = watch(0.0);
+        assert!(restless >= 20 * cycle, "{restless} jobs");
+        assert!(found.is_some());
     }
 
     #[test]
