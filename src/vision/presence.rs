@@ -55,25 +55,26 @@ pub struct Thumbnail([f32; CELLS_X * CELLS_Y]);
 impl Thumbnail {
     pub fn of(frame: &Frame) -> Thumbnail {
         let (w, h) = (frame.width as usize, frame.height as usize);
-        let mut sum = [0u32; CELLS_X * CELLS_Y];
-        let mut n = [0u32; CELLS_X * CELLS_Y];
         // About 6 samples per cell side.
         let step = (w / CELLS_X / 6).min(h / CELLS_Y / 6).max(1);
-        for y in (step / 2..h).step_by(step) {
-            let cy = y * CELLS_Y / h;
-            for x in (step / 2..w).step_by(step) {
-                let c = cy * CELLS_X + x * CELLS_X / w;
-                sum[c] += u32::from(frame.luma(x as u32, y as u32));
-                n[c] += 1;
+        let mut cells = [0.0f32; CELLS_X * CELLS_Y];
+        for (cy, row) in cells.chunks_exact_mut(CELLS_X).enumerate() {
+            let (y0, y1) = (cy * h / CELLS_Y, (cy + 1) * h / CELLS_Y);
+            for (cx, cell) in row.iter_mut().enumerate() {
+                let (x0, x1) = (cx * w / CELLS_X, (cx + 1) * w / CELLS_X);
+                let (mut sum, mut n) = (0u32, 0u32);
+                for y in (y0 + step / 2..y1).step_by(step) {
+                    for x in (x0 + step / 2..x1).step_by(step) {
+                        sum += u32::from(frame.luma(x as u32, y as u32));
+                        n += 1;
+                    }
+                }
+                if n > 0 {
+                    *cell = sum as f32 / n as f32;
+                }
             }
         }
-        Thumbnail(std::array::from_fn(|i| {
-            if n[i] == 0 {
-                0.0
-            } else {
-                sum[i] as f32 / n[i] as f32
-            }
-        }))
+        Thumbnail(cells)
     }
 
     /// Whether any cell moved by more than [`CHANGE_LEVELS`].
