@@ -17,9 +17,10 @@
 //! beat with respiratory sinus arrhythmia (`rsa`, relative HR swing) and
 //! random beat-to-beat jitter, so the true RMSSD is known. Breathing shows as
 //! a 0.3 % brightness swing and a vertical head motion of 1/150 of the face
-//! width. Head motion shifts the scene with cubic weights ([`keys_weights`]),
+//! width. Head motion shifts the scene with cubic weights (`keys_weights`),
 //! so the face is as sharp at every sub-pixel position as a camera's lens
-//! would keep it (rotation and zoom still resample bilinearly). The camera's auto-exposure keeps the measured face from clipping
+//! would keep it (rotation and zoom still resample bilinearly). The
+//! camera's auto-exposure keeps the measured face from clipping
 //! ([`AE_SKIN_CEILING`]). Then optional smooth head `motion` (px), lighting
 //! `light` drift (relative), a global `brightness` factor, Gaussian sensor
 //! `noise` (σ in 8-bit levels) and uint8 quantisation. `face=0` renders an

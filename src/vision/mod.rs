@@ -594,7 +594,6 @@ impl FaceRoiExtractor {
         }
     }
 
-    /// Runs this frame's share of the search; returns whether it took a face.
     /// Whether the search runs on this frame: always while a face is
     /// tracked or was just lost; with none, a cycle in progress finishes and
     /// the [`presence::IdleGate`] decides whether the next one starts.
@@ -614,6 +613,7 @@ impl FaceRoiExtractor {
         self.idle.search(frame, cycle_done, self.cfg.idle_rescan_s)
     }
 
+    /// Runs this frame's share of the search; returns whether it took a face.
     fn search(&mut self, frame: &Frame) -> bool {
         self.plan_for(frame.width, frame.height);
         // Taken out while its jobs run (they borrow the detector), put back after.

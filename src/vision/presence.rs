@@ -215,7 +215,8 @@ mod tests {
                 "x={x}"
             );
         }
-        // Standing still: two more looks, then rest.
+        // Still from 5.6 s on: the cycles started at 5.6 and 6.4 s look at
+        // the still scene, then the search rests.
         assert!(gate.start_cycle(&with_person(room(120, 6.4), 280), 60.0));
         assert!(!gate.start_cycle(&with_person(room(120, 7.2), 280), 60.0));
     }
