@@ -9,11 +9,23 @@
 //! | tree | key | value |
 //! |---|---|---|
 //! | `events` | outbox id, u64 big-endian | `[1] [meta length u32 BE] [meta JSON] [event bytes]` |
-//! | `pending` | destination name, `0x00`, outbox id BE | `[1] [JSON Attempts]` |
+//! | `lanes` | destination name, `0x00`, outbox id >> 6 BE | 64 ids' pending entries, see [`lanes`] |
 //! | `dead` | destination name, `0x00`, outbox id BE | `[1] [JSON DeadLetter]` |
 //! | `delivered` | destination name, `0x00`, outbox id BE | `[1] [JSON Delivered]` (audit trail) |
 //! | `meta` | `"shed"` | shed counter, u64 BE |
 //! | `meta` | `"appended"` | highest outbox id ever appended, u64 BE |
+//! | `meta` | `"bytes"` | stored event bytes, then the sheddable part of them, u64 BE each |
+//!
+//! Pending entries used to be one item each in a `pending` tree (key
+//! destination, `0x00`, outbox id; value `[1] [JSON Attempts]`). An outbox
+//! that still has that tree is moved to `lanes` when it is opened, in
+//! batches of one transaction each; the old entry goes in the transaction
+//! that writes the new one, so a crash mid-way loses nothing.
+//!
+//! The `"bytes"` counters change in the same transaction as the events they
+//! count, so opening never reads the events (a 1,000,000-event backlog
+//! would pull every page into memory); an outbox without them (written by
+//! an older version) is counted once at open.
 //!
 //! The leading byte of every value is the format version (1). The outbox id
 //! comes from sled's `generate_id` (monotonic, unique across restarts), so
@@ -68,12 +80,16 @@
 
 use crate::events::{EventKind, StampedEvent};
 use serde::{Deserialize, Serialize};
-use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::transaction::{
+    ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
+};
 use sled::Transactional;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
+
+mod lanes;
 
 /// Format version byte of every stored value.
 const VERSION: u8 = 1;
@@ -426,6 +442,60 @@ fn is_sheddable(value: &[u8]) -> bool {
     decode_meta(0, value).is_ok_and(|(m, _)| kind_is_sheddable(&m.kind))
 }
 
+/// The `meta` key of the stored-bytes counters (see "Storage").
+const BYTES_KEY: &str = "bytes";
+
+fn decode_counters(value: &[u8]) -> Option<(u64, u64)> {
+    let stored = u64::from_be_bytes(value.get(..8)?.try_into().ok()?);
+    let sheddable = u64::from_be_bytes(value.get(8..16)?.try_into().ok()?);
+    Some((stored, sheddable))
+}
+
+fn encode_counters(stored: u64, sheddable: u64) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&stored.to_be_bytes());
+    out[8..].copy_from_slice(&sheddable.to_be_bytes());
+    out
+}
+
+/// Bytes a transaction adds to (or removes from) the stored events.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct ByteDelta {
+    stored: i64,
+    sheddable: i64,
+}
+
+impl ByteDelta {
+    fn of(sheddable: bool, len: u64, added: bool) -> ByteDelta {
+        let len = if added { len as i64 } else { -(len as i64) };
+        ByteDelta {
+            stored: len,
+            sheddable: if sheddable { len } else { 0 },
+        }
+    }
+
+    fn add(&mut self, other: ByteDelta) {
+        self.stored += other.stored;
+        self.sheddable += other.sheddable;
+    }
+
+    /// Inside the transaction that changes the events: applies the delta to
+    /// the stored counters.
+    fn apply(self, meta: &TransactionalTree) -> Result<(), UnabortableTransactionError> {
+        if self == ByteDelta::default() {
+            return Ok(());
+        }
+        let (stored, sheddable) = meta
+            .get(BYTES_KEY)?
+            .and_then(|v| decode_counters(&v))
+            .unwrap_or((0, 0));
+        let stored = stored.saturating_add_signed(self.stored);
+        let sheddable = sheddable.saturating_add_signed(self.sheddable);
+        meta.insert(BYTES_KEY, &encode_counters(stored, sheddable))?;
+        Ok(())
+    }
+}
+
 /// Group commit: one flush covers every write made before it started.
 #[derive(Debug, Default)]
 struct GroupCommit {
@@ -448,6 +518,7 @@ struct CommitState {
 struct Store {
     db: sled::Db,
     events: sled::Tree,
+    /// Pending entries, packed ([`lanes`]; the `lanes` tree).
     pending: sled::Tree,
     dead: sled::Tree,
     delivered: sled::Tree,
@@ -573,18 +644,82 @@ impl Outbox {
             cfg,
         };
         outbox.count_stored()?;
+        if check {
+            outbox.migrate_pending()?;
+        }
         Ok(outbox)
     }
 
-    /// Counts the stored bytes (at open, and after a reopen).
+    /// Loads the stored-bytes counters (at open, and after a reopen); an
+    /// outbox without them is counted, once.
     fn count_stored(&self) -> Result<(), OutboxError> {
-        self.stored_bytes.store(0, Ordering::Relaxed);
-        self.sheddable_bytes.store(0, Ordering::Relaxed);
-        for item in self.s()?.events.iter() {
-            let (_, v) = item.map_err(|e| self.storage("reading events", e))?;
-            self.count_bytes(is_sheddable(&v), v.len() as u64, true);
-        }
+        let st = self.s()?;
+        let kept = st
+            .meta
+            .get(BYTES_KEY)
+            .map_err(|e| self.storage("reading counters", e))?
+            .and_then(|v| decode_counters(&v));
+        let (stored, sheddable) = match kept {
+            Some(counters) => counters,
+            None => {
+                let (mut stored, mut sheddable) = (0, 0);
+                for item in st.events.iter() {
+                    let (_, v) = item.map_err(|e| self.storage("reading events", e))?;
+                    stored += v.len() as u64;
+                    if is_sheddable(&v) {
+                        sheddable += v.len() as u64;
+                    }
+                }
+                st.meta
+                    .insert(BYTES_KEY, &encode_counters(stored, sheddable))
+                    .map_err(|e| self.storage("writing counters", e))?;
+                (stored, sheddable)
+            }
+        };
+        self.stored_bytes.store(stored, Ordering::SeqCst);
+        self.sheddable_bytes.store(sheddable, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Moves an older version's one-item-per-entry `pending` tree into
+    /// `lanes` (see "Storage"), 4,096 entries a transaction, then drops it.
+    fn migrate_pending(&self) -> Result<(), OutboxError> {
+        let st = self.s()?;
+        let exists = st.db.tree_names().iter().any(|n| n.as_ref() == b"pending");
+        if !exists {
+            return Ok(());
+        }
+        let legacy = st
+            .db
+            .open_tree("pending")
+            .map_err(|e| self.storage("opening the old pending tree", e))?;
+        loop {
+            let mut batch: Vec<(sled::IVec, String, u64, Vec<u8>)> = Vec::new();
+            for item in legacy.iter().take(4096) {
+                let (k, v) = item.map_err(|e| self.storage("reading old pending entries", e))?;
+                let state: Attempts = decode_json(&k, &v)?;
+                let name = String::from_utf8_lossy(&k[..k.len().saturating_sub(9)]).into_owned();
+                let id = id_of_lane_key(&k).unwrap_or_default();
+                batch.push((k, name, id, lanes::encode_state(&state)));
+            }
+            if batch.is_empty() {
+                break;
+            }
+            (&legacy, &st.pending)
+                .transaction(|(old, new)| {
+                    for (k, name, id, state) in &batch {
+                        old.remove(k)?;
+                        lanes::put(new, name, *id, state.clone())?;
+                    }
+                    Ok::<(), ConflictableTransactionError<String>>(())
+                })
+                .map_err(|e| self.tx_error("moving pending entries", e))?;
+        }
+        self.commit()?;
+        st.db
+            .drop_tree("pending")
+            .map_err(|e| self.storage("dropping the old pending tree", e))?;
+        self.commit()
     }
 
     /// Opens sled and the trees at `cfg.path`.
@@ -615,7 +750,7 @@ impl Outbox {
         let high_water = Self::check_high_water(&path, &events, &meta, check)?;
         Ok(Store {
             events,
-            pending: tree("pending")?,
+            pending: tree("lanes")?,
             dead: tree("dead")?,
             delivered: tree("delivered")?,
             meta,
@@ -812,13 +947,14 @@ impl Outbox {
         }
     }
 
-    fn tx_error(&self, context: &'static str, e: TransactionError<()>) -> OutboxError {
+    fn tx_error(&self, context: &'static str, e: TransactionError<String>) -> OutboxError {
         match e {
             TransactionError::Storage(source) => self.storage(context, source),
-            // Our transactions never abort; report it as a storage problem if sled says so.
-            TransactionError::Abort(()) => {
-                self.storage(context, sled::Error::Unsupported("aborted".into()))
-            }
+            // A transaction aborts only on a record it cannot read.
+            TransactionError::Abort(problem) => OutboxError::Corrupt {
+                key: context.to_string(),
+                problem,
+            },
         }
     }
 
@@ -937,18 +1073,33 @@ impl Outbox {
         if accepted.is_empty() {
             return results;
         }
-        let pending_value = encode_json(&Attempts::default());
         let highest = accepted.iter().map(|(_, id)| *id).max().unwrap_or(0);
+        // Each destination's new ids, ascending: one write per chunk touched.
+        let mut by_lane: Vec<(&str, Vec<u64>)> = Vec::new();
+        let mut delta = ByteDelta::default();
+        for (req, id) in &accepted {
+            delta.add(ByteDelta::of(req.kind.is_sheddable(), req.size, true));
+            for d in &req.destinations {
+                match by_lane.iter_mut().find(|(name, _)| name == d) {
+                    Some((_, ids)) => ids.push(*id),
+                    None => by_lane.push((d, vec![*id])),
+                }
+            }
+        }
+        for (_, ids) in &mut by_lane {
+            ids.sort_unstable();
+        }
         let written = (&store.events, &store.pending, &store.meta)
             .transaction(|(events, pending, meta)| {
                 for (req, id) in &accepted {
                     events.insert(&id.to_be_bytes(), req.value.as_slice())?;
-                    for d in &req.destinations {
-                        pending.insert(lane_key(d, *id), pending_value.as_slice())?;
-                    }
+                }
+                for (dest, ids) in &by_lane {
+                    lanes::put_fresh(pending, dest, ids)?;
                 }
                 meta.insert("appended", &highest.to_be_bytes())?;
-                Ok::<(), ConflictableTransactionError<()>>(())
+                delta.apply(meta)?;
+                Ok::<(), ConflictableTransactionError<String>>(())
             })
             .map_err(|e| self.tx_error("appending events", e).to_string())
             .and_then(|()| {
@@ -997,13 +1148,9 @@ impl Outbox {
             if !kind_is_sheddable(&meta.kind) {
                 continue;
             }
-            self.remove_everywhere(id, &meta)?;
-            self.s()?
-                .events
-                .remove(&k)
-                .map_err(|e| self.storage("shedding", e))?;
-            self.count_bytes(true, v.len() as u64, false);
-            shed += 1;
+            if self.remove_everywhere(id, &meta, v.len() as u64)? {
+                shed += 1;
+            }
         }
         if shed > 0 {
             self.add_shed(shed)?;
@@ -1019,16 +1166,29 @@ impl Outbox {
         Ok(())
     }
 
-    /// Removes an event's entries from every lane it was stored for (pending and dead).
-    fn remove_everywhere(&self, id: u64, meta: &EventMeta) -> Result<(), OutboxError> {
-        for dest in &meta.destinations {
-            let key = lane_key(dest, id);
-            for tree in [&self.s()?.pending, &self.s()?.dead] {
-                tree.remove(&key)
-                    .map_err(|e| self.storage("removing lane entries", e))?;
-            }
+    /// Deletes event `id` (stored as `len` bytes) and its entries in every
+    /// lane it was stored for (pending and dead), in one transaction;
+    /// whether it was still there.
+    fn remove_everywhere(&self, id: u64, meta: &EventMeta, len: u64) -> Result<bool, OutboxError> {
+        let st = self.s()?;
+        let delta = ByteDelta::of(kind_is_sheddable(&meta.kind), len, false);
+        let removed = (&st.events, &st.pending, &st.dead, &st.meta)
+            .transaction(|(events, pending, dead, counters)| {
+                for dest in &meta.destinations {
+                    lanes::remove(pending, dest, id)?;
+                    dead.remove(lane_key(dest, id))?;
+                }
+                let removed = events.remove(&id.to_be_bytes())?.is_some();
+                if removed {
+                    delta.apply(counters)?;
+                }
+                Ok::<_, ConflictableTransactionError<String>>(removed)
+            })
+            .map_err(|e| self.tx_error("shedding", e))?;
+        if removed {
+            self.count_bytes(kind_is_sheddable(&meta.kind), len, false);
         }
-        Ok(())
+        Ok(removed)
     }
 
     /// Intermediate results shed to respect the size cap, ever.
@@ -1131,18 +1291,16 @@ impl Outbox {
         skip: &HashSet<u64>,
     ) -> Result<Vec<PendingEvent>, OutboxError> {
         let mut out = Vec::new();
-        for item in self.s()?.pending.scan_prefix(lane_prefix(dest)) {
-            if out.len() >= limit {
-                break;
-            }
-            let (k, v) = item.map_err(|e| self.storage("reading pending events", e))?;
-            let id = id_of_lane_key(&k).unwrap_or_default();
+        if limit == 0 {
+            return Ok(out);
+        }
+        self.each_pending(dest, |id, state| {
             if skip.contains(&id) {
-                continue;
+                return Ok(true);
             }
-            let state: Attempts = decode_json(&k, &v)?;
+            let state = decode_state(dest, id, state)?;
             if bounded_due_ms(state.next_attempt_ms, now_ms, max_wait_ms) > now_ms {
-                continue;
+                return Ok(true);
             }
             // A lane needs neither the other lanes' names nor their cost: an
             // event for 3,000 destinations carries 3,000 names, and every
@@ -1154,8 +1312,52 @@ impl Outbox {
                 bytes,
                 state,
             });
-        }
+            Ok(out.len() < limit)
+        })?;
         Ok(out)
+    }
+
+    /// Visits `dest`'s pending entries `(outbox id, stored state)` in id
+    /// order, while `visit` returns true.
+    fn each_pending(
+        &self,
+        dest: &str,
+        mut visit: impl FnMut(u64, &[u8]) -> Result<bool, OutboxError>,
+    ) -> Result<(), OutboxError> {
+        for item in self.s()?.pending.scan_prefix(lane_prefix(dest)) {
+            let (k, v) = item.map_err(|e| self.storage("reading pending events", e))?;
+            let chunk = lanes::Chunk::decode(&v).map_err(|problem| OutboxError::Corrupt {
+                key: format!("{k:02x?}"),
+                problem,
+            })?;
+            for (id, state) in chunk.entries(&k) {
+                if !visit(id, state)? {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `dest`'s pending state of event `id`, if it is pending there.
+    fn pending_state(&self, dest: &str, id: u64) -> Result<Option<Attempts>, OutboxError> {
+        let key = lanes::chunk_key(dest, id);
+        let Some(v) = self
+            .s()?
+            .pending
+            .get(&key)
+            .map_err(|e| self.storage("reading lane state", e))?
+        else {
+            return Ok(None);
+        };
+        let chunk = lanes::Chunk::decode(&v).map_err(|problem| OutboxError::Corrupt {
+            key: format!("{key:02x?}"),
+            problem,
+        })?;
+        chunk
+            .get(id)
+            .map(|state| decode_state(dest, id, state))
+            .transpose()
     }
 
     /// Earliest next attempt among `dest`'s pending events, each bounded by
@@ -1167,21 +1369,29 @@ impl Outbox {
         max_wait_ms: u64,
     ) -> Result<Option<u64>, OutboxError> {
         let mut best = None;
-        for item in self.s()?.pending.scan_prefix(lane_prefix(dest)) {
-            let (k, v) = item.map_err(|e| self.storage("reading pending events", e))?;
-            let state: Attempts = decode_json(&k, &v)?;
+        self.each_pending(dest, |id, state| {
+            let state = decode_state(dest, id, state)?;
             let due = bounded_due_ms(state.next_attempt_ms, now_ms, max_wait_ms);
             best = Some(best.map_or(due, |b: u64| b.min(due)));
-        }
+            Ok(true)
+        })?;
         Ok(best)
     }
 
     /// Records a failed attempt and when to try next.
     pub fn reschedule(&self, dest: &str, id: u64, state: &Attempts) -> Result<(), OutboxError> {
+        let state = lanes::encode_state(state);
         self.s()?
             .pending
-            .insert(lane_key(dest, id), encode_json(state))
-            .map_err(|e| self.storage("rescheduling", e))?;
+            .transaction(|pending| {
+                // Only a pending entry is rescheduled: one settled meanwhile
+                // (acknowledged late, or shed) stays settled.
+                if lanes::get(pending, dest, id)?.is_some() {
+                    lanes::put(pending, dest, id, state.clone())?;
+                }
+                Ok::<(), ConflictableTransactionError<String>>(())
+            })
+            .map_err(|e| self.tx_error("rescheduling", e))?;
         Ok(())
     }
 
@@ -1193,24 +1403,21 @@ impl Outbox {
         meta: &EventMeta,
         stored_len: u64,
     ) -> Result<(), OutboxError> {
-        for dest in &meta.destinations {
-            let key = lane_key(dest, id);
-            for tree in [&self.s()?.pending, &self.s()?.dead] {
-                if tree
-                    .contains_key(&key)
-                    .map_err(|e| self.storage("checking lanes", e))?
-                {
-                    return Ok(());
+        let st = self.s()?;
+        let delta = ByteDelta::of(kind_is_sheddable(&meta.kind), stored_len, false);
+        let dropped = (&st.pending, &st.dead, &st.events, &st.meta)
+            .transaction(|(pending, dead, events, counters)| {
+                if held_by_a_lane(pending, dead, id, meta, None)? {
+                    return Ok(false);
                 }
-            }
-        }
-        if self
-            .s()?
-            .events
-            .remove(id.to_be_bytes())
-            .map_err(|e| self.storage("removing an event", e))?
-            .is_some()
-        {
+                let removed = events.remove(&id.to_be_bytes())?.is_some();
+                if removed {
+                    delta.apply(counters)?;
+                }
+                Ok::<_, ConflictableTransactionError<String>>(removed)
+            })
+            .map_err(|e| self.tx_error("removing an event", e))?;
+        if dropped {
             self.count_bytes(kind_is_sheddable(&meta.kind), stored_len, false);
         }
         Ok(())
@@ -1272,37 +1479,47 @@ impl Outbox {
             .all(|(_, meta, _)| meta.destinations.iter().all(|d| d == dest));
         let dropped = if only_this_lane {
             // The common case, one destination: nothing else to look up.
-            (&st.pending, &st.delivered, &st.events)
-                .transaction(|(pending, delivered, events)| {
+            (&st.pending, &st.delivered, &st.events, &st.meta)
+                .transaction(|(pending, delivered, events, counters)| {
                     let mut dropped = Vec::new();
+                    let mut delta = ByteDelta::default();
                     for ((key, record), (id, meta, len)) in writes.iter().zip(&done) {
-                        if pending.remove(key.as_slice())?.is_some() {
+                        if lanes::remove(pending, dest, *id)? {
                             delivered.insert(key.as_slice(), record.as_slice())?;
-                            events.remove(&id.to_be_bytes())?;
-                            dropped.push((kind_is_sheddable(&meta.kind), *len));
+                            if events.remove(&id.to_be_bytes())?.is_some() {
+                                let sheddable = kind_is_sheddable(&meta.kind);
+                                delta.add(ByteDelta::of(sheddable, *len, false));
+                                dropped.push((sheddable, *len));
+                            }
                         }
                     }
-                    Ok::<_, ConflictableTransactionError<()>>(dropped)
+                    delta.apply(counters)?;
+                    Ok::<_, ConflictableTransactionError<String>>(dropped)
                 })
                 .map_err(|e| self.tx_error("recording a delivery", e))?
         } else {
-            (&st.pending, &st.delivered, &st.dead, &st.events)
-                .transaction(|(pending, delivered, dead, events)| {
+            (&st.pending, &st.delivered, &st.dead, &st.events, &st.meta)
+                .transaction(|(pending, delivered, dead, events, counters)| {
                     let mut dropped = Vec::new();
+                    let mut delta = ByteDelta::default();
                     for ((key, record), (id, meta, len)) in writes.iter().zip(&done) {
-                        let settled = pending.remove(key.as_slice())?.is_some();
+                        let settled = lanes::remove(pending, dest, *id)?;
                         if settled {
                             delivered.insert(key.as_slice(), record.as_slice())?;
                         }
                         // A lane that settled just now holds it no more;
                         // otherwise its own dead letter may still hold it.
                         let except = settled.then_some(dest);
-                        if !held_by_a_lane(pending, dead, *id, meta, except)? {
-                            events.remove(&id.to_be_bytes())?;
-                            dropped.push((kind_is_sheddable(&meta.kind), *len));
+                        if !held_by_a_lane(pending, dead, *id, meta, except)?
+                            && events.remove(&id.to_be_bytes())?.is_some()
+                        {
+                            let sheddable = kind_is_sheddable(&meta.kind);
+                            delta.add(ByteDelta::of(sheddable, *len, false));
+                            dropped.push((sheddable, *len));
                         }
                     }
-                    Ok::<_, ConflictableTransactionError<()>>(dropped)
+                    delta.apply(counters)?;
+                    Ok::<_, ConflictableTransactionError<String>>(dropped)
                 })
                 .map_err(|e| self.tx_error("recording a delivery", e))?
         };
@@ -1329,9 +1546,9 @@ impl Outbox {
         });
         (&self.s()?.pending, &self.s()?.dead)
             .transaction(|(pending, dead)| {
-                pending.remove(key.as_slice())?;
+                lanes::remove(pending, dest, id)?;
                 dead.insert(key.as_slice(), record.as_slice())?;
-                Ok::<(), ConflictableTransactionError<()>>(())
+                Ok::<(), ConflictableTransactionError<String>>(())
             })
             .map_err(|e| self.tx_error("dead-lettering", e))?;
         Ok(())
@@ -1356,12 +1573,12 @@ impl Outbox {
             {
                 continue;
             }
-            let fresh = encode_json(&Attempts::default());
+            let lane = String::from_utf8_lossy(&k[..k.len().saturating_sub(9)]).into_owned();
             (&self.s()?.dead, &self.s()?.pending)
                 .transaction(|(dead, pending)| {
                     dead.remove(&k)?;
-                    pending.insert(&k, fresh.as_slice())?;
-                    Ok::<(), ConflictableTransactionError<()>>(())
+                    lanes::put(pending, &lane, id, Vec::new())?;
+                    Ok::<(), ConflictableTransactionError<String>>(())
                 })
                 .map_err(|e| self.tx_error("replaying", e))?;
             moved += 1;
@@ -1405,12 +1622,15 @@ impl Outbox {
         Ok(purged)
     }
 
-    /// Pending events of `dest` (keys only, but every one of them: with a
+    /// Pending events of `dest` (every chunk of the lane is read: with a
     /// large backlog, poll [`Outbox::has_pending`] instead).
     pub fn pending_count(&self, dest: &str) -> u64 {
-        self.s().map_or(0, |st| {
-            st.pending.scan_prefix(lane_prefix(dest)).keys().count() as u64
-        })
+        let mut n = 0;
+        let _ = self.each_pending(dest, |_, _| {
+            n += 1;
+            Ok(true)
+        });
+        n
     }
 
     /// Whether `dest` has any pending event (one key read). While storage
@@ -1428,14 +1648,13 @@ impl Outbox {
     /// Counts for `dest` at `now_ms`.
     pub fn stats(&self, dest: &str, now_ms: u64) -> Result<DestinationStats, OutboxError> {
         let mut s = DestinationStats::default();
-        for item in self.s()?.pending.scan_prefix(lane_prefix(dest)) {
-            let (k, v) = item.map_err(|e| self.storage("counting", e))?;
-            let state: Attempts = decode_json(&k, &v)?;
+        self.each_pending(dest, |id, state| {
+            // A never-tried entry (empty state) is due without decoding.
+            let due = state.is_empty() || decode_state(dest, id, state)?.next_attempt_ms <= now_ms;
             s.pending += 1;
-            if state.next_attempt_ms <= now_ms {
-                s.due_now += 1;
-            }
-        }
+            s.due_now += u64::from(due);
+            Ok(true)
+        })?;
         s.dead = self.s()?.dead.scan_prefix(lane_prefix(dest)).count() as u64;
         s.delivered = self.s()?.delivered.scan_prefix(lane_prefix(dest)).count() as u64;
         Ok(s)
@@ -1511,8 +1730,7 @@ impl Outbox {
             tree.get(&key)
                 .map_err(|e| self.storage("reading lane state", e))
         };
-        if let Some(v) = get(&self.s()?.pending)? {
-            let a: Attempts = decode_json(&key, &v)?;
+        if let Some(a) = self.pending_state(dest, id)? {
             return Ok(Some(
                 serde_json::json!({"status": "pending", "attempts": a}),
             ));
@@ -1554,16 +1772,19 @@ impl Outbox {
             };
             // The dead letter and, if it was the last lane's, the event go
             // together (see `ack_many`).
-            let dropped = (&st.pending, &st.dead, &st.events)
-                .transaction(|(pending, dead, events)| {
+            let dropped = (&st.pending, &st.dead, &st.events, &st.meta)
+                .transaction(|(pending, dead, events, counters)| {
                     dead.remove(k)?;
                     if let Some((meta, len)) = &meta {
-                        if !held_by_a_lane(pending, dead, id, meta, None)? {
-                            events.remove(&id.to_be_bytes())?;
-                            return Ok(Some((kind_is_sheddable(&meta.kind), *len)));
+                        if !held_by_a_lane(pending, dead, id, meta, None)?
+                            && events.remove(&id.to_be_bytes())?.is_some()
+                        {
+                            let sheddable = kind_is_sheddable(&meta.kind);
+                            ByteDelta::of(sheddable, *len, false).apply(counters)?;
+                            return Ok(Some((sheddable, *len)));
                         }
                     }
-                    Ok::<_, ConflictableTransactionError<()>>(None)
+                    Ok::<_, ConflictableTransactionError<String>>(None)
                 })
                 .map_err(|e| self.tx_error("purging dead letters", e))?;
             if let Some((sheddable, len)) = dropped {
@@ -1666,6 +1887,13 @@ impl Outbox {
                 })
             }
         };
+        let legacy = source_store
+            .db
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == b"pending")
+            .then(|| source_store.db.open_tree("pending").ok())
+            .flatten();
         let mut iter = source_store.events.iter();
         loop {
             // A damaged page can panic inside sled as well as return an error.
@@ -1677,9 +1905,16 @@ impl Outbox {
                     let mut lanes = Vec::new();
                     for dest in &meta.destinations {
                         let key = lane_key(dest, id);
-                        let p = source_store.pending.get(&key).map_err(|e| e.to_string())?;
+                        let mut p = source.pending_state(dest, id).map_err(|e| e.to_string())?;
+                        // An older version's outbox keeps one item per entry.
+                        if let (None, Some(old)) = (&p, &legacy) {
+                            if let Some(v) = old.get(&key).map_err(|e| e.to_string())? {
+                                p = Some(decode_json(&key, &v).map_err(|e| e.to_string())?);
+                            }
+                        }
                         let d = source_store.dead.get(&key).map_err(|e| e.to_string())?;
-                        lanes.push((dest.clone(), p.map(|v| v.to_vec()), d.map(|v| v.to_vec())));
+                        let p = p.map(|a| lanes::encode_state(&a));
+                        lanes.push((dest.clone(), p, d.map(|v| v.to_vec())));
                     }
                     Ok(SalvagedEvent {
                         value: v.to_vec(),
@@ -1724,6 +1959,11 @@ impl Outbox {
             );
         }
         let highest = ids.iter().copied().max().unwrap_or(0);
+        let mut delta = ByteDelta::default();
+        for event in &batch {
+            let len = event.value.len() as u64;
+            delta.add(ByteDelta::of(is_sheddable(&event.value), len, true));
+        }
         (
             &self.s()?.events,
             &self.s()?.pending,
@@ -1735,7 +1975,7 @@ impl Outbox {
                     events.insert(&id.to_be_bytes(), event.value.as_slice())?;
                     for (dest, p, d) in &event.lanes {
                         if let Some(p) = p {
-                            pending.insert(lane_key(dest, *id), p.as_slice())?;
+                            lanes::put(pending, dest, *id, p.clone())?;
                         }
                         if let Some(d) = d {
                             dead.insert(lane_key(dest, *id), d.as_slice())?;
@@ -1743,7 +1983,8 @@ impl Outbox {
                     }
                 }
                 meta.insert("appended", &highest.to_be_bytes())?;
-                Ok::<(), ConflictableTransactionError<()>>(())
+                delta.apply(meta)?;
+                Ok::<(), ConflictableTransactionError<String>>(())
             })
             .map_err(|e| self.tx_error("salvaging events", e))?;
         self.commit()?;
@@ -1764,7 +2005,8 @@ struct SalvagedEvent {
     lanes: Vec<SalvagedLane>,
 }
 
-/// `(destination, pending value, dead-letter value)` of a salvaged event.
+/// `(destination, pending state as [`lanes`] stores it, dead-letter value)`
+/// of a salvaged event.
 type SalvagedLane = (String, Option<Vec<u8>>, Option<Vec<u8>>);
 
 /// What [`Outbox::salvage_from`] recovered from a damaged outbox.
@@ -1854,23 +2096,32 @@ fn release_reserve(dir: &Path) -> bool {
 /// Inside a transaction: whether any of the event's destinations (but
 /// `except`, known not to) still holds it pending or dead.
 fn held_by_a_lane(
-    pending: &sled::transaction::TransactionalTree,
-    dead: &sled::transaction::TransactionalTree,
+    pending: &TransactionalTree,
+    dead: &TransactionalTree,
     id: u64,
     meta: &EventMeta,
     except: Option<&str>,
-) -> Result<bool, ConflictableTransactionError<()>> {
+) -> Result<bool, lanes::TxError> {
     for dest in meta
         .destinations
         .iter()
         .filter(|d| Some(d.as_str()) != except)
     {
-        let key = lane_key(dest, id);
-        if pending.get(key.as_slice())?.is_some() || dead.get(key.as_slice())?.is_some() {
+        if lanes::get(pending, dest, id)?.is_some()
+            || dead.get(lane_key(dest, id).as_slice())?.is_some()
+        {
             return Ok(true);
         }
     }
     Ok(false)
+}
+
+/// A pending entry's stored state, decoded.
+fn decode_state(dest: &str, id: u64, bytes: &[u8]) -> Result<Attempts, OutboxError> {
+    lanes::decode_state(bytes).map_err(|problem| OutboxError::Corrupt {
+        key: format!("pending entry {id} of {dest}"),
+        problem,
+    })
 }
 
 /// Deletes sled's snapshot files (`snap.*`) in `dir`; returns how many.
@@ -2118,7 +2369,14 @@ mod tests {
         let c = ob
             .append(&event(&mut st, EventKind::ScanCompleted, 2), &["x"], 0)
             .unwrap();
-        ob.s().unwrap().pending.remove(lane_key("x", c)).unwrap();
+        ob.s()
+            .unwrap()
+            .pending
+            .transaction(|p| {
+                lanes::remove(p, "x", c)?;
+                Ok::<(), ConflictableTransactionError<String>>(())
+            })
+            .unwrap();
         assert!(ob.stored_bytes() > 0);
         ob.purge_dead(None).unwrap();
         assert!(ob.events().unwrap().is_empty());
@@ -2263,6 +2521,170 @@ mod tests {
         assert!(matches!(err, OutboxError::Full { .. }), "{err}");
         assert!(err.to_string().contains("outbox.max_bytes"));
         assert!(ob.stored_bytes() <= 4 * one + one / 2);
+    }
+
+    /// `(stored, sheddable)` bytes by reading every event.
+    fn recount(ob: &Outbox) -> (u64, u64) {
+        let (mut stored, mut sheddable) = (0, 0);
+        for item in ob.s().unwrap().events.iter() {
+            let (_, v) = item.unwrap();
+            stored += v.len() as u64;
+            if is_sheddable(&v) {
+                sheddable += v.len() as u64;
+            }
+        }
+        (stored, sheddable)
+    }
+
+    /// The counters as stored, and as held in memory, must both equal a recount.
+    fn assert_counted(ob: &Outbox, when: &str) {
+        let truth = recount(ob);
+        let stored = ob.s().unwrap().meta.get(BYTES_KEY).unwrap().unwrap();
+        assert_eq!(decode_counters(&stored), Some(truth), "stored, {when}");
+        let held = (ob.stored_bytes(), ob.sheddable_bytes.load(Ordering::SeqCst));
+        assert_eq!(held, truth, "in memory, {when}");
+    }
+
+    #[test]
+    fn the_stored_byte_counters_equal_a_recount_after_every_kind_of_change_and_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = Stamper::new("d", "s");
+        let kinds = [
+            EventKind::IntermediateResults,
+            EventKind::ScanCompleted,
+            EventKind::IntermediateResults,
+            EventKind::MeasurementStarted,
+        ];
+        let one = open(dir.path(), 1 << 30);
+        let size = {
+            one.append(&event(&mut st, kinds[0], 0), &["a"], 0).unwrap();
+            one.stored_bytes()
+        };
+        drop(one);
+        std::fs::remove_dir_all(dir.path().join("outbox")).unwrap();
+        // Room for 120 events: appending 200 sheds intermediate results.
+        let ob = open(dir.path(), 120 * size + size / 2);
+        let mut ids = Vec::new();
+        for n in 0..200u64 {
+            let lanes: &[&str] = if n % 3 == 0 { &["a", "b"] } else { &["a"] };
+            let e = event(&mut st, kinds[n as usize % 4], n);
+            ids.push(ob.append(&e, lanes, n).unwrap());
+        }
+        assert!(ob.shed_count().unwrap() > 0, "the cap shed nothing");
+        assert_counted(&ob, "after appending and shedding");
+        let due_a = ob.due("a", 1_000, 1_000).unwrap();
+        let acks: Vec<Ack> = due_a
+            .iter()
+            .step_by(2)
+            .map(|p| Ack {
+                id: p.outbox_id,
+                attempts: 1,
+                status: "HTTP 200".into(),
+                created_ms: 0,
+            })
+            .collect();
+        ob.ack_many("a", &acks, 1_000).unwrap();
+        assert_counted(&ob, "after acknowledgements on one lane");
+        for p in ob.due("b", 1_000, 1_000).unwrap() {
+            let tried = Attempts {
+                attempts: 1,
+                next_attempt_ms: 5_000,
+                history: vec![AttemptRecord {
+                    at_ms: 1_000,
+                    result: "HTTP 503".into(),
+                }],
+            };
+            if p.outbox_id % 2 == 0 {
+                ob.dead_letter("b", p.outbox_id, "gone", &tried, 1_000)
+                    .unwrap();
+            } else {
+                ob.reschedule("b", p.outbox_id, &tried).unwrap();
+            }
+        }
+        for p in ob.due("a", 1_000, 1_000).unwrap() {
+            ob.ack("a", p.outbox_id, 1_000, "HTTP 200", 1).unwrap();
+        }
+        assert_counted(&ob, "after dead letters and acknowledging lane a");
+        assert!(ob.replay(Some("b"), None, None).unwrap() > 0);
+        for p in ob.due("b", 1_000, 1_000).unwrap().iter().take(5) {
+            ob.dead_letter("b", p.outbox_id, "gone", &p.state, 1_000)
+                .unwrap();
+        }
+        assert_eq!(ob.purge_dead(Some("b")).unwrap(), 5);
+        assert_counted(&ob, "after replaying and purging dead letters");
+        drop(ob);
+        let ob = open(dir.path(), 120 * size + size / 2);
+        assert_counted(&ob, "after reopening");
+        assert!(ob.stored_bytes() > 0);
+        for p in ob.due("b", 10_000, 1_000).unwrap() {
+            ob.ack("b", p.outbox_id, 10_000, "HTTP 200", 2).unwrap();
+        }
+        assert_counted(&ob, "after draining");
+        assert_eq!(ob.stored_bytes(), 0);
+    }
+
+    #[test]
+    fn an_outbox_with_one_item_per_pending_entry_is_packed_at_open_and_keeps_every_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = Stamper::new("d", "s");
+        let tried = Attempts {
+            attempts: 3,
+            next_attempt_ms: 77,
+            history: vec![AttemptRecord {
+                at_ms: 70,
+                result: "timed out".into(),
+            }],
+        };
+        let expected: Vec<(u64, Attempts)> = {
+            let ob = open(dir.path(), 1 << 30);
+            let ids: Vec<u64> = (0..150)
+                .map(|n| {
+                    let e = event(&mut st, EventKind::ScanCompleted, n);
+                    ob.append(&e, &["a", "b"], n).unwrap()
+                })
+                .collect();
+            // Rewrite the store as an older version left it: every entry an
+            // item of the `pending` tree, no stored counters.
+            let store = ob.s().unwrap();
+            let legacy = store.db.open_tree("pending").unwrap();
+            store.pending.clear().unwrap();
+            store.meta.remove(BYTES_KEY).unwrap();
+            let mut expected = Vec::new();
+            for id in &ids {
+                let state = if id % 7 == 0 {
+                    tried.clone()
+                } else {
+                    Attempts::default()
+                };
+                legacy
+                    .insert(lane_key("b", *id), encode_json(&state))
+                    .unwrap();
+                expected.push((*id, state));
+                if id % 5 != 0 {
+                    legacy
+                        .insert(lane_key("a", *id), encode_json(&Attempts::default()))
+                        .unwrap();
+                }
+            }
+            store.db.flush().unwrap();
+            expected
+        };
+        let ob = open(dir.path(), 1 << 30);
+        let names = ob.s().unwrap().db.tree_names();
+        assert!(!names.iter().any(|n| n.as_ref() == b"pending"));
+        let mut b = Vec::new();
+        ob.each_pending("b", |id, state| {
+            b.push((id, decode_state("b", id, state)?));
+            Ok(true)
+        })
+        .unwrap();
+        assert_eq!(b, expected);
+        assert_eq!(ob.pending_count("a"), 120);
+        assert_eq!(
+            ob.lane_names().unwrap(),
+            vec!["a".to_string(), "b".to_string()]
+        );
+        assert_counted(&ob, "after moving the old entries");
     }
 
     #[test]
