@@ -356,6 +356,73 @@ fn bench_acquisition(width: u32, height: u32, runs: usize) -> Result<Acquisition
     })
 }
 
+/// Per-frame cost of turning what a webcam delivers into a vision frame.
+struct CameraDecode {
+    image_us: f64,
+    mjpeg_us: f64,
+    yuyv_us: f64,
+}
+
+fn bench_camera_decode(width: u32, height: u32, runs: usize) -> Result<CameraDecode, AppError> {
+    use crate::capture::camera::{decode, PixelFormat};
+    let mut source = SyntheticSource::new(SyntheticParams {
+        width,
+        height,
+        seconds: 1.0,
+        ..Default::default()
+    })?;
+    let mut frame = Frame::default();
+    source.next_frame(&mut frame)?;
+    let rgb = frame.to_rgb();
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 85)
+        .encode(&rgb, width, height, image::ExtendedColorType::Rgb8)
+        .map_err(|e| AppError::Usage(format!("benchmark JPEG: {e}")))?;
+    // BT.601 limited range, as V4L2 YUYV cameras deliver.
+    let mut yuyv = Vec::with_capacity((width * height * 2) as usize);
+    for pair in rgb.chunks_exact(6) {
+        let ycc = |p: &[u8]| {
+            let (r, g, b) = (p[0] as f64, p[1] as f64, p[2] as f64);
+            let y = 16.0 + (65.481 * r + 128.553 * g + 24.966 * b) / 255.0;
+            let cb = 128.0 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255.0;
+            let cr = 128.0 + (112.0 * r - 93.786 * g - 18.214 * b) / 255.0;
+            (y, cb, cr)
+        };
+        let (y0, cb0, cr0) = ycc(&pair[..3]);
+        let (y1, cb1, cr1) = ycc(&pair[3..]);
+        for v in [y0, 0.5 * (cb0 + cb1), y1, 0.5 * (cr0 + cr1)] {
+            yuyv.push(v.round().clamp(0.0, 255.0) as u8);
+        }
+    }
+    const N: usize = 20;
+    let mut out = Frame::default();
+    let image_us = time_per_item(runs, N, || {
+        for _ in 0..N {
+            // The previous path: an image object, then a copy into the frame.
+            let img = image::load_from_memory_with_format(&jpeg, image::ImageFormat::Jpeg)
+                .expect("benchmark JPEG decodes")
+                .to_rgb8();
+            out.reshape_rgb(width, height);
+            out.rgb_mut().copy_from_slice(img.as_raw());
+        }
+    });
+    let mjpeg_us = time_per_item(runs, N, || {
+        for _ in 0..N {
+            decode(PixelFormat::Mjpeg, &jpeg, 0, 0, &mut out).expect("benchmark JPEG decodes");
+        }
+    });
+    let yuyv_us = time_per_item(runs, N, || {
+        for _ in 0..N {
+            decode(PixelFormat::Yuyv, &yuyv, width, height, &mut out).expect("valid YUYV");
+        }
+    });
+    Ok(CameraDecode {
+        image_us,
+        mjpeg_us,
+        yuyv_us,
+    })
+}
+
 /// The median over runs of the most expensive frame of each run of `n` frames.
 fn median_of_worst(per_frame: &[f64], n: usize) -> f64 {
     median(
@@ -408,6 +475,21 @@ pub fn run(frames: usize, runs: usize, out: &mut impl Write) -> Result<(), AppEr
             a.worst_searching_us,
             a.locked_us,
             a.lock_frames.map_or("not locked".into(), |n| n.to_string())
+        )?;
+        out.flush()?;
+    }
+
+    writeln!(
+        out,
+        "\n| camera frame → vision frame | MJPEG (quality 85) through `image` (before) | MJPEG into the frame | YUYV into the frame (kept as YUYV) |"
+    )?;
+    writeln!(out, "|---|---|---|---|")?;
+    for (w, h) in [(640, 480), (1280, 720)] {
+        let c = bench_camera_decode(w, h, runs)?;
+        writeln!(
+            out,
+            "| {w}x{h} | {:.0} µs | {:.0} µs | {:.0} µs |",
+            c.image_us, c.mjpeg_us, c.yuyv_us
         )?;
         out.flush()?;
     }

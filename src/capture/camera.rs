@@ -96,6 +96,40 @@ pub enum PixelFormat {
     Rgb24,
 }
 
+/// Largest MJPEG frame side accepted (a damaged header must not make the
+/// agent allocate gigabytes).
+const MJPEG_MAX_SIDE: usize = 8192;
+
+/// Decodes one JPEG straight into `frame`'s RGB buffer: no image object, no
+/// copy, and no allocation once the frame has its size (the decoder's own
+/// working rows aside). Lenient like webcams' decoders: a frame cut inside
+/// its scan data decodes with the rest grey.
+fn decode_mjpeg(bytes: &[u8], frame: &mut Frame) -> Result<(), String> {
+    use zune_core::bytestream::ZCursor;
+    use zune_core::colorspace::ColorSpace;
+    use zune_core::options::DecoderOptions;
+    let options = DecoderOptions::default()
+        .set_strict_mode(false)
+        .set_max_width(MJPEG_MAX_SIDE)
+        .set_max_height(MJPEG_MAX_SIDE)
+        .jpeg_set_out_colorspace(ColorSpace::RGB);
+    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), options);
+    let bad = |e: zune_jpeg::errors::DecodeErrors| format!("MJPEG frame does not decode: {e}");
+    decoder.decode_headers().map_err(bad)?;
+    let (w, h) = decoder
+        .dimensions()
+        .ok_or("MJPEG frame does not decode: no frame header")?;
+    frame.reshape_rgb(w as u32, h as u32);
+    let out = frame.rgb_mut();
+    if decoder.output_buffer_size() != Some(out.len()) {
+        return Err(format!(
+            "MJPEG frame does not decode to RGB ({w}x{h}, {:?} bytes)",
+            decoder.output_buffer_size()
+        ));
+    }
+    decoder.decode_into(out).map_err(bad)
+}
+
 /// Decodes one camera buffer into `frame` (its size comes from the data for
 /// MJPEG, from `width x height` otherwise).
 pub fn decode(
@@ -106,15 +140,7 @@ pub fn decode(
     frame: &mut Frame,
 ) -> Result<(), String> {
     match format {
-        PixelFormat::Mjpeg => {
-            let img = image::load_from_memory_with_format(bytes, image::ImageFormat::Jpeg)
-                .map_err(|e| format!("MJPEG frame does not decode: {e}"))?
-                .to_rgb8();
-            let (w, h) = img.dimensions();
-            frame.reshape_rgb(w, h);
-            frame.rgb_mut().copy_from_slice(img.as_raw());
-            Ok(())
-        }
+        PixelFormat::Mjpeg => decode_mjpeg(bytes, frame),
         PixelFormat::Yuyv => {
             let need = Layout::Yuyv.bytes(width, height);
             if !width.is_multiple_of(2) {
@@ -662,6 +688,25 @@ mod tests {
             .sum::<f64>()
             / out.data().len() as f64;
         assert!(err < 4.0, "mean abs error {err}");
+        // The same pixels as `image` decodes (the same decoder underneath),
+        // so decoding into the frame changes nothing that is measured.
+        let via_image = image::load_from_memory_with_format(&jpeg, image::ImageFormat::Jpeg)
+            .unwrap()
+            .to_rgb8();
+        assert_eq!(out.data(), via_image.as_raw().as_slice());
+        // A grey camera's JPEG becomes RGB, and a frame of another size
+        // reshapes the frame it is decoded into.
+        let grey: Vec<u8> = (0..32 * 16).map(|i| (i % 251) as u8).collect();
+        let mut grey_jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut grey_jpeg, 95)
+            .encode(&grey, 32, 16, image::ExtendedColorType::L8)
+            .unwrap();
+        decode(PixelFormat::Mjpeg, &grey_jpeg, 0, 0, &mut out).unwrap();
+        assert_eq!(
+            (out.width, out.height, out.data().len()),
+            (32, 16, 32 * 16 * 3)
+        );
+        assert!(out.data().chunks(3).all(|p| p[0] == p[1] && p[1] == p[2]));
         // Not a JPEG at all, or cut inside its header: an error, not a frame.
         // (A JPEG cut inside its scan data decodes, with the rest grey: the
         // decoder is lenient, as webcams' partial frames need.)

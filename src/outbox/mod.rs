@@ -2322,6 +2322,15 @@ mod tests {
         assert!(ob.due("a", 4999, 10).unwrap().is_empty());
         assert_eq!(ob.due("a", 5000, 10).unwrap()[0].state.attempts, 1);
         assert_eq!(ob.next_due_ms("a", 10, u64::MAX).unwrap(), Some(5000));
+        // A reschedule that arrives after the event was settled (here:
+        // acknowledged) leaves it settled: no pending entry without an event.
+        ob.ack("a", id, 6000, "HTTP 200", 2).unwrap();
+        ob.reschedule("a", id, &Attempts::default()).unwrap();
+        assert!(!ob.has_pending("a"));
+        assert_eq!(
+            ob.lane_state("a", id).unwrap().unwrap()["status"],
+            "delivered"
+        );
     }
 
     #[test]
