@@ -26,8 +26,10 @@
 //! `slot` is the outbox id's low 6 bits; entries are sorted by slot and a
 //! slot appears at most once. `state` is the JSON of [`Attempts`], or empty
 //! for a never-tried entry (`Attempts::default()`, the common case: three
-//! bytes per pending event). A chunk with no entry is deleted, never stored
-//! empty, so "has pending" is one key read.
+//! bytes per pending event). A state is at most 65,535 bytes: a longer
+//! history keeps its newest records (the attempt count stays exact; the
+//! dead letter, if it comes to that, has what was kept). A chunk with no
+//! entry is deleted, never stored empty, so "has pending" is one key read.
 //!
 //! # Invariants
 //!
@@ -120,6 +122,7 @@ impl Chunk {
     }
 
     pub(super) fn set(&mut self, id: u64, state: Vec<u8>) {
+        debug_assert!(state.len() <= MAX_STATE, "states come from encode_state");
         match self.find(slot(id)) {
             Ok(i) => self.entries[i].1 = state,
             Err(i) => self.entries.insert(i, (slot(id), state)),
@@ -152,13 +155,27 @@ impl Chunk {
     }
 }
 
+/// Largest stored state: an entry's length is a u16.
+const MAX_STATE: usize = u16::MAX as usize;
+
 /// The stored form of a pending entry's state: empty for a never-tried one.
+/// A history too long for an entry (a long retry schedule of long error
+/// texts) keeps its newest records; the attempt count stays exact.
 pub(super) fn encode_state(state: &Attempts) -> Vec<u8> {
     if *state == Attempts::default() {
-        Vec::new()
-    } else {
-        serde_json::to_vec(state).expect("plain records serialise")
+        return Vec::new();
     }
+    let json = |s: &Attempts| serde_json::to_vec(s).expect("plain records serialise");
+    let mut out = json(state);
+    if out.len() > MAX_STATE {
+        let mut kept = state.clone();
+        while out.len() > MAX_STATE && !kept.history.is_empty() {
+            let oldest = kept.history.len().div_ceil(2);
+            kept.history.drain(..oldest);
+            out = json(&kept);
+        }
+    }
+    out
 }
 
 pub(super) fn decode_state(bytes: &[u8]) -> Result<Attempts, String> {
@@ -316,6 +333,43 @@ mod tests {
         );
         assert_eq!(decode_state(back.get(8).unwrap()).unwrap(), tried);
         assert_eq!(back.get(9), None);
+    }
+
+    #[test]
+    fn a_history_too_long_for_an_entry_keeps_its_newest_records_and_the_attempt_count() {
+        let state = Attempts {
+            attempts: 3000,
+            next_attempt_ms: 1,
+            history: (0..3000)
+                .map(|i| crate::outbox::AttemptRecord {
+                    at_ms: i,
+                    result: format!("connection refused by a very long proxy message {i:>40}"),
+                })
+                .collect(),
+        };
+        let bytes = encode_state(&state);
+        assert!(bytes.len() <= MAX_STATE && bytes.len() > MAX_STATE / 4);
+        let back = decode_state(&bytes).unwrap();
+        assert_eq!((back.attempts, back.next_attempt_ms), (3000, 1));
+        assert_eq!(back.history.last(), state.history.last());
+        assert!(back.history.len() < state.history.len());
+        let mut chunk = Chunk::default();
+        chunk.set(1, bytes);
+        assert_eq!(
+            decode_state(Chunk::decode(&chunk.encode()).unwrap().get(1).unwrap()).unwrap(),
+            back
+        );
+        // One record longer than an entry on its own: no history, exact count.
+        let huge = Attempts {
+            attempts: 1,
+            next_attempt_ms: 0,
+            history: vec![crate::outbox::AttemptRecord {
+                at_ms: 0,
+                result: "x".repeat(100_000),
+            }],
+        };
+        let back = decode_state(&encode_state(&huge)).unwrap();
+        assert_eq!((back.attempts, back.history.len()), (1, 0));
     }
 
     #[test]
