@@ -5,6 +5,7 @@ use rppg_agent::app::{self, cli::Cli};
 use std::error::Error;
 
 fn main() {
+    app::limit_malloc_arenas();
     let cli = Cli::parse();
     let code = match app::run(cli) {
         Ok(code) => code,
