@@ -496,6 +496,22 @@ impl ByteDelta {
     }
 }
 
+/// Inside a transaction: deletes event `id` (stored as `len` bytes) and
+/// takes its bytes off the stored counters; whether it was there.
+fn delete_event(
+    events: &TransactionalTree,
+    counters: &TransactionalTree,
+    id: u64,
+    meta: &EventMeta,
+    len: u64,
+) -> Result<bool, UnabortableTransactionError> {
+    if events.remove(&id.to_be_bytes())?.is_none() {
+        return Ok(false);
+    }
+    ByteDelta::of(kind_is_sheddable(&meta.kind), len, false).apply(counters)?;
+    Ok(true)
+}
+
 /// Group commit: one flush covers every write made before it started.
 #[derive(Debug, Default)]
 struct GroupCommit {
@@ -1171,18 +1187,15 @@ impl Outbox {
     /// whether it was still there.
     fn remove_everywhere(&self, id: u64, meta: &EventMeta, len: u64) -> Result<bool, OutboxError> {
         let st = self.s()?;
-        let delta = ByteDelta::of(kind_is_sheddable(&meta.kind), len, false);
         let removed = (&st.events, &st.pending, &st.dead, &st.meta)
             .transaction(|(events, pending, dead, counters)| {
                 for dest in &meta.destinations {
                     lanes::remove(pending, dest, id)?;
                     dead.remove(lane_key(dest, id))?;
                 }
-                let removed = events.remove(&id.to_be_bytes())?.is_some();
-                if removed {
-                    delta.apply(counters)?;
-                }
-                Ok::<_, ConflictableTransactionError<String>>(removed)
+                Ok::<_, ConflictableTransactionError<String>>(delete_event(
+                    events, counters, id, meta, len,
+                )?)
             })
             .map_err(|e| self.tx_error("shedding", e))?;
         if removed {
@@ -1404,17 +1417,14 @@ impl Outbox {
         stored_len: u64,
     ) -> Result<(), OutboxError> {
         let st = self.s()?;
-        let delta = ByteDelta::of(kind_is_sheddable(&meta.kind), stored_len, false);
         let dropped = (&st.pending, &st.dead, &st.events, &st.meta)
             .transaction(|(pending, dead, events, counters)| {
                 if held_by_a_lane(pending, dead, id, meta, None)? {
                     return Ok(false);
                 }
-                let removed = events.remove(&id.to_be_bytes())?.is_some();
-                if removed {
-                    delta.apply(counters)?;
-                }
-                Ok::<_, ConflictableTransactionError<String>>(removed)
+                Ok::<_, ConflictableTransactionError<String>>(delete_event(
+                    events, counters, id, meta, stored_len,
+                )?)
             })
             .map_err(|e| self.tx_error("removing an event", e))?;
         if dropped {
@@ -1482,18 +1492,14 @@ impl Outbox {
             (&st.pending, &st.delivered, &st.events, &st.meta)
                 .transaction(|(pending, delivered, events, counters)| {
                     let mut dropped = Vec::new();
-                    let mut delta = ByteDelta::default();
                     for ((key, record), (id, meta, len)) in writes.iter().zip(&done) {
                         if lanes::remove(pending, dest, *id)? {
                             delivered.insert(key.as_slice(), record.as_slice())?;
-                            if events.remove(&id.to_be_bytes())?.is_some() {
-                                let sheddable = kind_is_sheddable(&meta.kind);
-                                delta.add(ByteDelta::of(sheddable, *len, false));
-                                dropped.push((sheddable, *len));
+                            if delete_event(events, counters, *id, meta, *len)? {
+                                dropped.push((kind_is_sheddable(&meta.kind), *len));
                             }
                         }
                     }
-                    delta.apply(counters)?;
                     Ok::<_, ConflictableTransactionError<String>>(dropped)
                 })
                 .map_err(|e| self.tx_error("recording a delivery", e))?
@@ -1501,7 +1507,6 @@ impl Outbox {
             (&st.pending, &st.delivered, &st.dead, &st.events, &st.meta)
                 .transaction(|(pending, delivered, dead, events, counters)| {
                     let mut dropped = Vec::new();
-                    let mut delta = ByteDelta::default();
                     for ((key, record), (id, meta, len)) in writes.iter().zip(&done) {
                         let settled = lanes::remove(pending, dest, *id)?;
                         if settled {
@@ -1511,14 +1516,11 @@ impl Outbox {
                         // otherwise its own dead letter may still hold it.
                         let except = settled.then_some(dest);
                         if !held_by_a_lane(pending, dead, *id, meta, except)?
-                            && events.remove(&id.to_be_bytes())?.is_some()
+                            && delete_event(events, counters, *id, meta, *len)?
                         {
-                            let sheddable = kind_is_sheddable(&meta.kind);
-                            delta.add(ByteDelta::of(sheddable, *len, false));
-                            dropped.push((sheddable, *len));
+                            dropped.push((kind_is_sheddable(&meta.kind), *len));
                         }
                     }
-                    delta.apply(counters)?;
                     Ok::<_, ConflictableTransactionError<String>>(dropped)
                 })
                 .map_err(|e| self.tx_error("recording a delivery", e))?
@@ -1777,11 +1779,9 @@ impl Outbox {
                     dead.remove(k)?;
                     if let Some((meta, len)) = &meta {
                         if !held_by_a_lane(pending, dead, id, meta, None)?
-                            && events.remove(&id.to_be_bytes())?.is_some()
+                            && delete_event(events, counters, id, meta, *len)?
                         {
-                            let sheddable = kind_is_sheddable(&meta.kind);
-                            ByteDelta::of(sheddable, *len, false).apply(counters)?;
-                            return Ok(Some((sheddable, *len)));
+                            return Ok(Some((kind_is_sheddable(&meta.kind), *len)));
                         }
                     }
                     Ok::<_, ConflictableTransactionError<String>>(None)
