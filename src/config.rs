@@ -343,6 +343,7 @@ pub struct ScanConfig {
 pub struct VisionSection {
     pub model_path: String,
     pub detect_interval_s: f64,
+    pub detect_interval_max_s: f64,
     pub search_min_face_px: f64,
     pub search_width_px: u32,
     pub search_cycle_frames: u32,
@@ -1681,6 +1682,19 @@ impl Config {
              search cost (faces down to about 36 px at 320 px wide)",
         );
         check(
+            v.detect_interval_max_s.is_finite()
+                && v.detect_interval_max_s >= v.detect_interval_s
+                && v.detect_interval_max_s <= 60.0,
+            "vision.detect_interval_max_s",
+            format!(
+                "must be within vision.detect_interval_s ({}) and 60 s, found {}",
+                show(v.detect_interval_s),
+                show(v.detect_interval_max_s)
+            ),
+            "use 2 (a still face is re-detected every 2 s), or vision.detect_interval_s \
+             for a fixed interval",
+        );
+        check(
             (1..=300).contains(&v.search_cycle_frames),
             "vision.search_cycle_frames",
             format!("must be within 1..300, found {}", v.search_cycle_frames),
@@ -1864,6 +1878,7 @@ impl Config {
         let v = &self.vision;
         VisionConfig {
             detect_interval_s: v.detect_interval_s,
+            detect_interval_max_s: v.detect_interval_max_s,
             search_min_face_px: v.search_min_face_px,
             search_width_px: v.search_width_px,
             search_cycle_frames: v.search_cycle_frames,
@@ -2075,7 +2090,7 @@ mod tests {
 
     #[test]
     fn out_of_range_values_are_explained() {
-        let text = "[signal]\nhr_band_hz = [4.0, 0.7]\nfilter_order = 3\n[scan]\nlow_snr_db = 99\n[vision]\nsearch_width_px = 5\n";
+        let text = "[signal]\nhr_band_hz = [4.0, 0.7]\nfilter_order = 3\n[scan]\nlow_snr_db = 99\n[vision]\nsearch_width_px = 5\ndetect_interval_max_s = 0.25\n";
         let msg = Config::load(Some(("r.toml", text)), env(&[]))
             .unwrap_err()
             .to_string();
@@ -2084,6 +2099,7 @@ mod tests {
             "signal.filter_order",
             "scan.low_snr_db",
             "vision.search_width_px",
+            "vision.detect_interval_max_s",
         ] {
             assert!(msg.contains(needle), "missing {needle} in:\n{msg}");
         }

@@ -289,7 +289,8 @@ fn bench_resolution(width: u32, height: u32, frames: usize, runs: usize) -> Resu
 /// Acquisition cost per frame at one resolution: searching a scene with
 /// no face (background clutter, every scale of the whole frame, spread over
 /// the search cycle) and following a locked face (tracking every frame,
-/// re-detection every `detect_interval_s`), both with the ROI statistics.
+/// re-detection every `detect_interval_s`, or up to `detect_interval_max_s`
+/// while the face is still), both with the ROI statistics.
 struct Acquisition {
     label: String,
     searching_us: f64,

@@ -203,6 +203,60 @@ fn rgb_luma(p: &[u8]) -> u8 {
     ((p[0] as u32 + 2 * p[1] as u32 + p[2] as u32) >> 2) as u8
 }
 
+/// One row of RGB as three planes (see [`Frame::rgb_planes_row`]); kept
+/// by the caller so a warm frame allocates nothing.
+#[derive(Debug, Clone, Default)]
+pub struct RgbPlanes {
+    pub r: Vec<u8>,
+    pub g: Vec<u8>,
+    pub b: Vec<u8>,
+}
+
+impl RgbPlanes {
+    fn resize(&mut self, n: usize) {
+        for p in [&mut self.r, &mut self.g, &mut self.b] {
+            p.clear();
+            p.resize(n, 0);
+        }
+    }
+}
+
+/// Fills `out[i]` with the chroma sample of pixel `x0 + i` from a chroma
+/// row subsampled by `2^shift` horizontally.
+#[inline]
+fn spread_chroma(row: &[u8], x0: usize, shift: u32, out: &mut [u8]) {
+    if shift == 0 {
+        out.copy_from_slice(&row[x0..x0 + out.len()]);
+        return;
+    }
+    if out.is_empty() {
+        return;
+    }
+    // An odd start shares its sample with the pixel before it.
+    let (head, rest) = out.split_at_mut(x0 & 1);
+    head.fill(row[x0 >> 1]);
+    let first = (x0 + head.len()) >> 1;
+    let last = first + rest.len() / 2;
+    let mut pairs = rest.chunks_exact_mut(2);
+    for (pair, &c) in (&mut pairs).zip(&row[first..]) {
+        pair.fill(c);
+    }
+    let tail = pairs.into_remainder();
+    if !tail.is_empty() {
+        tail.fill(row[last]);
+    }
+}
+
+/// Converts one row of planes in place: on entry `r` holds Cr, `g` Y' and
+/// `b` Cb; on return they hold R, G and B. One uniform loop, so it runs on
+/// vector lanes.
+#[inline]
+fn ycc_in_place(ycc: Ycc, r: &mut [u8], g: &mut [u8], b: &mut [u8]) {
+    for ((r, g), b) in r.iter_mut().zip(g.iter_mut()).zip(b.iter_mut()) {
+        [*r, *g, *b] = ycc.rgb(*g, *b, *r);
+    }
+}
+
 /// One video frame in its source's layout.
 #[derive(Debug, Clone, Default)]
 pub struct Frame {
@@ -380,6 +434,51 @@ impl Frame {
         }
     }
 
+    /// RGB of pixels `x0..x1` of row `y` as three planes (`out.r[i]` is
+    /// pixel `x0 + i`): the same bytes as [`Frame::rgb_row`], laid out so
+    /// the per-pixel loops that read them run on vector lanes.
+    pub fn rgb_planes_row(&self, y: u32, x0: u32, x1: u32, out: &mut RgbPlanes) {
+        debug_assert!(x0 <= x1 && x1 <= self.width && y < self.height);
+        let (w, h) = (self.width as usize, self.height as usize);
+        let (y, x0, x1) = (y as usize, x0 as usize, x1 as usize);
+        out.resize(x1 - x0);
+        let RgbPlanes { r, g, b } = out;
+        match self.layout {
+            Layout::Rgb => {
+                let px = &self.data[(y * w + x0) * 3..(y * w + x1) * 3];
+                let planes = r.iter_mut().zip(g.iter_mut()).zip(b.iter_mut());
+                for (p, ((r, g), b)) in px.chunks_exact(3).zip(planes) {
+                    (*r, *g, *b) = (p[0], p[1], p[2]);
+                }
+            }
+            Layout::Planar { chroma, full_range } => {
+                // Each plane first holds what its pixel is made from (G:
+                // Y', B: Cb, R: Cr), then one uniform pass converts.
+                g.copy_from_slice(&self.data[y * w + x0..y * w + x1]);
+                if chroma == Chroma::Mono {
+                    r.fill(128);
+                    b.fill(128);
+                } else {
+                    let (cw, ch) = chroma.plane(w, h);
+                    let row = w * h + chroma.row(y) * cw;
+                    let cb = &self.data[row..row + cw];
+                    let cr = &self.data[row + cw * ch..row + cw * ch + cw];
+                    spread_chroma(cb, x0, chroma.x_shift(), b);
+                    spread_chroma(cr, x0, chroma.x_shift(), r);
+                }
+                ycc_in_place(if full_range { FULL } else { LIMITED }, r, g, b);
+            }
+            Layout::Yuyv => {
+                let row = &self.data[y * w.div_ceil(2) * 4..(y + 1) * w.div_ceil(2) * 4];
+                for (i, x) in (x0..x1).enumerate() {
+                    let q = &row[(x / 2) * 4..(x / 2) * 4 + 4];
+                    (g[i], b[i], r[i]) = (q[(x & 1) * 2], q[1], q[3]);
+                }
+                ycc_in_place(LIMITED, r, g, b);
+            }
+        }
+    }
+
     /// Packed RGB of pixels `x0..x1` of row `y`: a slice of the frame when
     /// it is RGB, else those pixels (and only those) converted into
     /// `scratch`.
@@ -529,18 +628,26 @@ mod tests {
             for (w, h) in [(7u32, 5u32), (8, 6)] {
                 let fr = filled(w, h, layout, |i| (i * 37 % 251) as u8);
                 assert_eq!(fr.data().len(), layout.bytes(w, h));
-                let (mut s1, mut s2) = (Vec::new(), Vec::new());
+                let (mut s1, mut s2, mut planes) = (Vec::new(), Vec::new(), RgbPlanes::default());
                 for y in 0..h {
-                    for (x0, x1) in [(0, w), (1, w - 2), (3, 4), (2, 2)] {
+                    // Even and odd starts and ends, one pixel, none.
+                    for (x0, x1) in [(0, w), (1, w - 2), (1, w - 1), (3, 4), (2, 2), (0, 1)] {
                         let rgb = fr.rgb_row(y, x0, x1, &mut s1).to_vec();
                         let luma = fr.luma_row(y, x0, x1, &mut s2).to_vec();
+                        fr.rgb_planes_row(y, x0, x1, &mut planes);
                         assert_eq!(rgb.len(), (x1 - x0) as usize * 3);
+                        assert_eq!(planes.r.len(), (x1 - x0) as usize);
                         for x in x0..x1 {
                             let i = (x - x0) as usize;
                             assert_eq!(
                                 rgb[i * 3..i * 3 + 3],
                                 fr.pixel(x, y),
                                 "{layout:?} rgb ({x},{y})"
+                            );
+                            assert_eq!(
+                                [planes.r[i], planes.g[i], planes.b[i]],
+                                fr.pixel(x, y),
+                                "{layout:?} planes ({x},{y})"
                             );
                             assert_eq!(luma[i], fr.luma(x, y), "{layout:?} luma ({x},{y})");
                         }

@@ -21,9 +21,11 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Smallest face the detector looks for, in detector pixels (its window
-/// is 40 px: smaller faces are found by enlarging the image).
-pub const MIN_FACE_PX: u32 = 20;
+/// Smallest face the detector finds, in image pixels: its window. A smaller
+/// face is found by enlarging the image first (rustface 0.1.7 accepts a
+/// minimum face size but does not use it: its pyramid always starts at the
+/// image's own scale).
+pub const WINDOW_PX: u32 = 40;
 
 /// A verified, configured face detector.
 pub struct FaceDetector {
@@ -63,7 +65,6 @@ impl FaceDetector {
             }
         })?;
         let mut inner = rustface::create_detector_with_model(model);
-        inner.set_min_face_size(MIN_FACE_PX);
         inner.set_score_thresh(2.0);
         inner.set_pyramid_scale_factor(0.8);
         inner.set_slide_window_step(4, 4);
@@ -73,30 +74,27 @@ impl FaceDetector {
     /// Faces in a grayscale image (`width * height` bytes), highest score first.
     /// Images smaller than the detector's 40 px window have no faces.
     pub fn detect(&mut self, gray: &[u8], width: u32, height: u32) -> Vec<(FaceBox, f64)> {
-        self.detect_limited(gray, width, height, MIN_FACE_PX, None)
+        self.detect_limited(gray, width, height, None)
     }
 
-    /// [`detect`](Self::detect) for faces of `min_face_px` (at least
-    /// [`MIN_FACE_PX`]) up to `max_face_px` image pixels: the pyramid starts
-    /// at the smallest and stops once its window passes the largest. The
-    /// search schedule runs one octave of face sizes per band; a
-    /// re-detection looks only for the sizes the tracked face can have.
-    /// The smallest sizes are the costliest (the image is enlarged for them).
+    /// [`detect`](Self::detect) for faces from [`WINDOW_PX`] up to
+    /// `max_face_px` image pixels: the pyramid stops once its window passes
+    /// the largest. The search schedule runs one octave of face sizes per
+    /// band, scaling each band's image so its smallest face is the window.
     pub fn detect_limited(
         &mut self,
         gray: &[u8],
         width: u32,
         height: u32,
-        min_face_px: u32,
         max_face_px: Option<u32>,
     ) -> Vec<(FaceBox, f64)> {
-        if width < 40 || height < 40 || gray.len() < (width * height) as usize {
+        let w = WINDOW_PX;
+        if width < w || height < w || gray.len() < (width * height) as usize {
             return Vec::new();
         }
-        self.inner.set_min_face_size(min_face_px.max(MIN_FACE_PX));
         // rustface caps the pyramid at min(max_face, image side); u32::MAX = no cap.
         self.inner
-            .set_max_face_size(max_face_px.map_or(u32::MAX, |m| m.max(40)));
+            .set_max_face_size(max_face_px.map_or(u32::MAX, |m| m.max(w)));
         let mut faces: Vec<(FaceBox, f64)> = self
             .inner
             .detect(&ImageData::new(gray, width, height))

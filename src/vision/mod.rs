@@ -10,7 +10,8 @@
 //! 1. If a face is tracked, measure its displacement since the previous
 //!    frame from the box's luma profiles and move the box.
 //! 2. Every `detect_interval_s` (every frame while a new face is still
-//!    tentative) re-detect on a crop around the tracked face, scaled so the
+//!    tentative; see below for a still face) re-detect on a crop around
+//!    the tracked face, scaled so the
 //!    face is `track_face_px` wide (up- or down-scaled, so the smallest and
 //!    the largest faces are re-detected alike), and let the box glide
 //!    towards the detection over `correction_time_s` when it differs by
@@ -23,6 +24,17 @@
 //!    wrong skin for a second (a step and a ramp in the colour traces);
 //!    such frames are flagged ([`Observation::discontinuity`]) so the
 //!    measurement splices its traces there.
+//!    **A still face is re-detected less often:** each re-detection that
+//!    agrees with the box within half of `redetect_tolerance` doubles the
+//!    interval, up to `detect_interval_max_s`; a correction, a looser
+//!    agreement (a size drifting within the tolerance), a miss or a sudden
+//!    move sets it back to `detect_interval_s`, and so does a net tracked
+//!    move of more than `redetect_tolerance` face widths since the last
+//!    detection (the face is then due at once if `detect_interval_s` has
+//!    passed).
+//!    Re-detection was half of a scan's cost at 640×480; the tracker
+//!    follows a still face between detections, and what it cannot see
+//!    (a slow change of size) is corrected at the next one.
 //! 3. Without a face — or with one that is not yet **held** (see below) —
 //!    run this frame's share of the [`search::SearchPlan`]: coarse bands
 //!    first, so the largest face is seen first; when a band completes, its
@@ -134,7 +146,11 @@ pub const SUDDEN_MOVE_SHARE: f64 = 0.08;
 /// Vision settings (validated by the config loader).
 #[derive(Debug, Clone, PartialEq)]
 pub struct VisionConfig {
+    /// Re-detection interval of a tracked face after any change.
     pub detect_interval_s: f64,
+    /// While re-detections keep confirming a still face, the interval
+    /// doubles up to this (see [`FaceRoiExtractor::process`]).
+    pub detect_interval_max_s: f64,
     /// Smallest face (width, frame pixels) the search looks for.
     pub search_min_face_px: f64,
     /// When not 0: the frame is never searched wider than this (bounds the
@@ -162,6 +178,7 @@ impl Default for VisionConfig {
     fn default() -> Self {
         VisionConfig {
             detect_interval_s: 0.5,
+            detect_interval_max_s: 2.0,
             search_min_face_px: 24.0,
             search_width_px: 0,
             search_cycle_frames: 24,
@@ -251,6 +268,12 @@ pub struct FaceRoiExtractor {
     correction: [f64; 4],
     last_t: Option<f64>,
     last_detect_t: Option<f64>,
+    /// The re-detection interval now: `detect_interval_s`, doubled after
+    /// each re-detection that agreed closely with the box, up to
+    /// `detect_interval_max_s`.
+    interval_s: f64,
+    /// Net tracker displacement of the face since the last detection.
+    moved_since_detect: [f64; 2],
     misses: u32,
     prev: Option<(PixelRect, usize)>,
     prev_rows: Vec<f64>,
@@ -274,6 +297,7 @@ pub struct FaceRoiExtractor {
 
 impl FaceRoiExtractor {
     pub fn new(detector: FaceDetector, cfg: VisionConfig) -> Self {
+        let interval_s = cfg.detect_interval_s;
         FaceRoiExtractor {
             detector,
             cfg,
@@ -289,6 +313,8 @@ impl FaceRoiExtractor {
             correction: [0.0; 4],
             last_t: None,
             last_detect_t: None,
+            interval_s,
+            moved_since_detect: [0.0; 2],
             misses: 0,
             prev: None,
             prev_rows: Vec::new(),
@@ -342,6 +368,8 @@ impl FaceRoiExtractor {
     /// Processes one frame.
     pub fn process(&mut self, frame: &Frame) -> Observation {
         let motion_px = self.track_motion(frame);
+        self.moved_since_detect[0] += motion_px[0];
+        self.moved_since_detect[1] += motion_px[1];
         self.apply_correction(frame.t_s);
         let tentative = self.track.is_some_and(|t| !t.confirmed);
         let moved = motion_px[0].hypot(motion_px[1]);
@@ -356,12 +384,24 @@ impl FaceRoiExtractor {
             || self
                 .track
                 .is_some_and(|t| moved > SUDDEN_MOVE_SHARE * t.face.w);
+        if sudden || suspicious {
+            self.interval_s = self.cfg.detect_interval_s;
+        }
         let due = match (self.track, self.last_detect_t) {
             (None, _) | (_, None) => false,
             (Some(_), Some(t0)) if tentative || self.in_doubt() || suspicious || sudden => {
                 frame.t_s > t0
             }
-            (Some(_), Some(t0)) => frame.t_s - t0 >= self.cfg.detect_interval_s || frame.t_s < t0,
+            (Some(t), Some(t0)) => {
+                // A face that moved since its last detection is due at the
+                // base interval, however long its interval has grown.
+                let [dx, dy] = self.moved_since_detect;
+                let moved = dx.hypot(dy) > self.cfg.redetect_tolerance * t.face.w;
+                let since = frame.t_s - t0;
+                since >= self.interval_s
+                    || (moved && since >= self.cfg.detect_interval_s)
+                    || frame.t_s < t0
+            }
         };
         self.snapped = false;
         let mut detected = due && self.redetect_snapping(frame, sudden);
@@ -487,7 +527,7 @@ impl FaceRoiExtractor {
         frame: &Frame,
         region: PixelRect,
         scale: f64,
-        face_px: (u32, Option<u32>),
+        max_face_px: Option<u32>,
     ) -> Vec<FaceBox> {
         if region.is_empty() {
             return Vec::new();
@@ -505,7 +545,7 @@ impl FaceRoiExtractor {
         let sx = region.width() as f64 / out_w as f64;
         let sy = region.height() as f64 / out_h as f64;
         self.detector
-            .detect_limited(&self.gray, out_w, out_h, face_px.0, face_px.1)
+            .detect_limited(&self.gray, out_w, out_h, max_face_px)
             .into_iter()
             .map(|(f, _score)| FaceBox {
                 x: region.x0 as f64 + f.x * sx,
@@ -542,7 +582,7 @@ impl FaceRoiExtractor {
         let Some(track) = self.track else {
             return false;
         };
-        self.last_detect_t = Some(frame.t_s);
+        self.detected_at(frame.t_s);
         let f = track.face;
         let crop = FaceBox {
             x: f.x - 0.5 * f.w,
@@ -552,14 +592,10 @@ impl FaceRoiExtractor {
         };
         let region = PixelRect::clipped(&crop, frame.width, frame.height);
         // Up to 4x up for the smallest faces: the detector's box is most
-        // reliable well above its 20 px floor.
+        // reliable well above its 40 px window. At 64 px the crop holds
+        // faces from 0.625 of this one's width (the window) up to twice it.
         let scale = (self.cfg.track_face_px as f64 / f.w.max(1.0)).min(4.0);
-        // Only the sizes that can be taken for this face: a detection under
-        // half its width passes neither test below (its IoU is at most
-        // 0.25, and same_face needs two thirds), and skipping those sizes
-        // skips the enlarged, costliest levels of the pyramid.
-        let smallest = (0.5 * f.w * scale).floor() as u32;
-        let faces = self.detect_in(frame, region, scale, (smallest, None));
+        let faces = self.detect_in(frame, region, scale, None);
         // The detection that is this face: the best overlap, or one that is
         // plausibly the same face after a sudden move. Another face in the
         // crop (someone beside the user) is never taken.
@@ -569,6 +605,7 @@ impl FaceRoiExtractor {
             .max_by(|a, b| tracker::iou(&f, a).total_cmp(&tracker::iou(&f, b)));
         let found = best.filter(|d| tracker::iou(&f, d) >= 0.3 || tracker::same_face(&f, d));
         let Some(found) = found else {
+            self.interval_s = self.cfg.detect_interval_s;
             return self.missed(frame.t_s);
         };
         match tracker::reconcile(Some(f), found, self.cfg.redetect_tolerance) {
@@ -577,15 +614,36 @@ impl FaceRoiExtractor {
                 self.set_face(face);
                 self.correction = [0.0; 4];
                 self.prev = None;
+                self.interval_s = self.cfg.detect_interval_s;
             }
-            tracker::Reconcile::Glide(delta) => self.correction = delta,
-            tracker::Reconcile::Keep => {}
+            tracker::Reconcile::Glide(delta) => {
+                self.correction = delta;
+                self.interval_s = self.cfg.detect_interval_s;
+            }
+            tracker::Reconcile::Keep => {
+                // Only a close agreement (half the tolerance) lengthens the
+                // interval: a face whose size drifts (which the tracker
+                // cannot see) stays at the base interval until corrected.
+                let close = 0.5 * self.cfg.redetect_tolerance;
+                self.interval_s = match tracker::reconcile(Some(f), found, close) {
+                    tracker::Reconcile::Keep => 2.0 * self.interval_s,
+                    _ => self.cfg.detect_interval_s,
+                }
+                .clamp(self.cfg.detect_interval_s, self.cfg.detect_interval_max_s);
+            }
         }
         if let Some(t) = self.track.as_mut() {
             t.confirmed = true;
         }
         self.misses = 0;
         true
+    }
+
+    /// A detection ran (or a face was taken) at `t`: the re-detection
+    /// schedule and the displacement since count from here.
+    fn detected_at(&mut self, t: f64) {
+        self.last_detect_t = Some(t);
+        self.moved_since_detect = [0.0; 2];
     }
 
     fn set_face(&mut self, face: FaceBox) {
@@ -637,7 +695,7 @@ impl FaceRoiExtractor {
         self.credit = credit;
         for i in jobs {
             let job = plan.jobs[i];
-            let found = self.detect_in(frame, job.region, job.scale, (0, job.max_face_px));
+            let found = self.detect_in(frame, job.region, job.scale, job.max_face_px);
             self.search_jobs += 1;
             self.band_faces.extend(found);
             self.next_job = i + 1;
@@ -670,7 +728,8 @@ impl FaceRoiExtractor {
                 self.misses = 0;
                 self.prev = None;
                 self.correction = [0.0; 4];
-                self.last_detect_t = Some(t);
+                self.detected_at(t);
+                self.interval_s = self.cfg.detect_interval_s;
                 return true;
             }
             if self.held
@@ -716,7 +775,8 @@ impl FaceRoiExtractor {
         self.correction = [0.0; 4];
         self.prev = None;
         self.misses = 0;
-        self.last_detect_t = Some(t);
+        self.detected_at(t);
+        self.interval_s = self.cfg.detect_interval_s;
         // The next cycle starts from the coarsest band again.
         self.next_job = 0;
         self.band_faces.clear();
@@ -763,9 +823,12 @@ mod tests {
     use crate::capture::FrameSource;
 
     fn run(params: SyntheticParams, frames: usize) -> Vec<Observation> {
+        run_with(params, VisionConfig::default(), frames)
+    }
+
+    fn run_with(params: SyntheticParams, cfg: VisionConfig, frames: usize) -> Vec<Observation> {
         let mut src = SyntheticSource::new(params).unwrap();
-        let mut vision =
-            FaceRoiExtractor::new(FaceDetector::builtin().unwrap(), VisionConfig::default());
+        let mut vision = FaceRoiExtractor::new(FaceDetector::builtin().unwrap(), cfg);
         let mut frame = Frame::default();
         let mut out = Vec::new();
         while out.len() < frames && src.next_frame(&mut frame).unwrap() {
@@ -846,6 +909,94 @@ mod tests {
             30,
         );
         assert!(obs.iter().all(|o| o.face.is_none() && o.skin_pixels == 0));
+    }
+
+    /// Times (s) of the frames on which the tracked face was re-detected, after `from_s`.
+    fn detections(obs: &[Observation], from_s: f64) -> Vec<f64> {
+        obs.iter()
+            .filter(|o| o.detected && o.t_s >= from_s)
+            .map(|o| o.t_s)
+            .collect()
+    }
+
+    #[test]
+    fn a_still_face_is_re_detected_less_often_up_to_the_longest_interval() {
+        let p = || SyntheticParams {
+            width: 320,
+            height: 240,
+            seconds: 20.0,
+            ..Default::default()
+        };
+        let obs = run(p(), 600);
+        assert!(obs[30..].iter().all(|o| o.face.is_some()));
+        let times = detections(&obs, 8.0);
+        let gaps: Vec<f64> = times.windows(2).map(|w| w[1] - w[0]).collect();
+        // 0.5, 1, 2, 2, ... s: after 8 s every gap is the longest, 2 s.
+        assert!(
+            gaps.iter().all(|g| (g - 2.0).abs() < 0.05),
+            "gaps {gaps:?} at {times:?}"
+        );
+        // A fixed interval (the longest equal to the base) detects 4x as often.
+        let fixed = VisionConfig {
+            detect_interval_max_s: 0.5,
+            ..VisionConfig::default()
+        };
+        let obs = run_with(p(), fixed, 600);
+        let n = detections(&obs, 8.0).len();
+        assert!((22..=25).contains(&n), "{n} detections in 12 s");
+    }
+
+    #[test]
+    fn a_moving_face_is_re_detected_at_the_base_interval_and_a_changing_size_followed() {
+        // The head wanders by about 30 px and leans in and out by ±15 %
+        // (face 112 px wide): the tracker follows the move, the detector
+        // is asked again once it is more than 11 px, and the size (which
+        // the tracker cannot see) is corrected at each detection.
+        let p = SyntheticParams {
+            width: 320,
+            height: 240,
+            seconds: 20.0,
+            motion: 30.0,
+            zoom: 0.15,
+            ..Default::default()
+        };
+        let fixed = VisionConfig {
+            detect_interval_max_s: 0.5,
+            ..VisionConfig::default()
+        };
+        let obs = run(p.clone(), 600);
+        let obs_fixed = run_with(p.clone(), fixed, 600);
+        assert!(obs[30..].iter().all(|o| o.face.is_some()));
+        let times = detections(&obs, 4.0);
+        let gaps: Vec<f64> = times.windows(2).map(|w| w[1] - w[0]).collect();
+        let mean = gaps.iter().sum::<f64>() / gaps.len() as f64;
+        assert!(mean < 1.0, "mean gap {mean:.2} s: {gaps:?}");
+        // The box's width against a fresh detection of the whole frame
+        // once a second (itself uncertain by a pyramid step, ±10 %), beside
+        // the fixed interval's.
+        let mut src = SyntheticSource::new(p).unwrap();
+        let mut det = FaceDetector::builtin().unwrap();
+        let mut frame = Frame::default();
+        let (mut err, mut err_fixed, mut checked) = (0.0, 0.0, 0);
+        for i in 0..obs.len() {
+            assert!(src.next_frame(&mut frame).unwrap());
+            if i >= 60 && i % 30 == 0 {
+                let gray: Vec<u8> = (0..frame.height)
+                    .flat_map(|y| (0..frame.width).map(move |x| (x, y)))
+                    .map(|(x, y)| frame.luma(x, y))
+                    .collect();
+                let (truth, _) = det.detect(&gray, frame.width, frame.height)[0];
+                err += (obs[i].face.unwrap().w / truth.w - 1.0).abs();
+                err_fixed += (obs_fixed[i].face.unwrap().w / truth.w - 1.0).abs();
+                checked += 1;
+            }
+        }
+        let (err, err_fixed) = (err / checked as f64, err_fixed / checked as f64);
+        assert!(
+            err < 0.14 && err < err_fixed + 0.02,
+            "mean size error {err:.3}, with a fixed interval {err_fixed:.3}"
+        );
+        assert!(checked >= 15);
     }
 
     #[test]

@@ -21,6 +21,7 @@
 //! noises are independent.
 
 use super::FaceBox;
+use crate::capture::frame::RgbPlanes;
 use crate::capture::Frame;
 
 /// ROI rectangles as `(x0, y0, x1, y1)` fractions of the face box. Larger
@@ -112,11 +113,16 @@ pub const SKIN_RAMP: i32 = 16;
 /// pixels near the clipping bound) the SNR rose by 1.3-1.7 dB at full and
 /// 80 % brightness (e.g. 0.2 to 1.7 dB); elsewhere it moved by less than
 /// 0.3 dB.
-#[inline]
+///
+/// Computed in 16-bit integers (every intermediate fits: `77R + 150G +
+/// 29B` is at most 65,280 unsigned, the chroma sums stay within ±32,640),
+/// so a vector register holds twice the pixels it would in 32 bits; the
+/// tests check it against the 32-bit formula on all 2^24 colours.
+#[inline(always)]
 pub fn skin_weight(r: u8, g: u8, b: u8) -> i32 {
-    let max = r.max(g).max(b) as i32;
-    let (r, g, b) = (r as i32, g as i32, b as i32);
-    let y = (77 * r + 150 * g + 29 * b) >> 8;
+    let max = r.max(g).max(b) as i16;
+    let y = ((77 * r as u16 + 150 * g as u16 + 29 * b as u16) >> 8) as i16;
+    let (r, g, b) = (r as i16, g as i16, b as i16);
     let cr = ((128 * r - 107 * g - 21 * b) >> 8) + 128;
     let cb = ((-43 * r - 85 * g + 128 * b) >> 8) + 128;
     let margin = (y - 30)
@@ -125,8 +131,45 @@ pub fn skin_weight(r: u8, g: u8, b: u8) -> i32 {
         .min(173 - cr)
         .min(cb - 77)
         .min(127 - cb)
-        .min(CLIPPED_LEVEL as i32 - 1 - max);
-    (margin + SKIN_RAMP / 2).clamp(0, SKIN_RAMP)
+        .min(CLIPPED_LEVEL as i16 - 1 - max);
+    (margin + SKIN_RAMP as i16 / 2).clamp(0, SKIN_RAMP as i16) as i32
+}
+
+/// The skin rule's sums over a run of whole pixels given as planes:
+/// `weighted` is `[Σk·R, Σk·G, Σk·B, Σk]` with `k` the [`skin_weight`] in
+/// sixteenths; `clipped` and `dark` count the pixels with a channel at or
+/// above [`CLIPPED_LEVEL`] / at or below [`NEAR_BLACK_LEVEL`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RunSums {
+    pub weighted: [u32; 4],
+    pub clipped: u32,
+    pub dark: u32,
+}
+
+/// [`RunSums`] of pixels `(r[i], g[i], b[i])`: the inner loop of
+/// [`roi_stats`], in integers with no branch, so it runs on vector lanes.
+/// (Sums fit: a pixel adds at most 16 × 255, so a run of up to 1,000,000
+/// pixels cannot overflow.)
+pub fn run_sums(r: &[u8], g: &[u8], b: &[u8]) -> RunSums {
+    let n = r.len().min(g.len()).min(b.len());
+    let (r, g, b) = (&r[..n], &g[..n], &b[..n]);
+    let (mut sr, mut sg, mut sb, mut sk) = (0u32, 0u32, 0u32, 0u32);
+    let (mut clipped, mut dark) = (0u32, 0u32);
+    for i in 0..n {
+        let (pr, pg, pb) = (r[i], g[i], b[i]);
+        clipped += u32::from(pr.max(pg).max(pb) >= CLIPPED_LEVEL);
+        dark += u32::from(pr.min(pg).min(pb) <= NEAR_BLACK_LEVEL);
+        let k = skin_weight(pr, pg, pb) as u32;
+        sr += k * pr as u32;
+        sg += k * pg as u32;
+        sb += k * pb as u32;
+        sk += k;
+    }
+    RunSums {
+        weighted: [sr, sg, sb, sk],
+        clipped,
+        dark,
+    }
 }
 
 /// The skin rule as a yes/no: at least half weight.
@@ -163,6 +206,7 @@ pub struct RoiStats {
 pub struct Scratch {
     col_weight: Vec<f64>,
     row: Vec<u8>,
+    planes: RgbPlanes,
     col_sum: Vec<u32>,
     luma: Vec<u8>,
 }
@@ -200,7 +244,7 @@ pub fn roi_stats(frame: &Frame, face: &FaceBox) -> RoiStats {
 /// frame converts just those pixels).
 pub fn roi_stats_with(frame: &Frame, face: &FaceBox, scratch: &mut Scratch) -> RoiStats {
     let Scratch {
-        col_weight, row, ..
+        col_weight, planes, ..
     } = scratch;
     let mut out = RoiStats::default();
     let mut sum = [0f64; 3];
@@ -233,13 +277,14 @@ pub fn roi_stats_with(frame: &Frame, face: &FaceBox, scratch: &mut Scratch) -> R
             .map_or(inner_lo, |i| i + 1);
         for y in py0..py1 {
             let wy = coverage(y, y0, y1);
-            let px = frame.rgb_row(y, px0, px1, row);
+            frame.rgb_planes_row(y, px0, px1, planes);
+            let RgbPlanes { r, g, b } = &*planes;
             let mut row_sum = [0f64; 3];
             let mut row_skin = 0f64;
             let mut row_clipped = 0f64;
             let mut row_dark = 0f64;
-            let edges = (0..inner_lo).chain(inner_hi..col_weight.len());
-            for (p, &wx) in edges.map(|i| (&px[i * 3..i * 3 + 3], &col_weight[i])) {
+            for i in (0..inner_lo).chain(inner_hi..col_weight.len()) {
+                let (p, wx) = ([r[i], g[i], b[i]], col_weight[i]);
                 if pooled && p[0].max(p[1]).max(p[2]) >= CLIPPED_LEVEL {
                     row_clipped += wx;
                 }
@@ -255,16 +300,15 @@ pub fn roi_stats_with(frame: &Frame, face: &FaceBox, scratch: &mut Scratch) -> R
                     row_skin += w;
                 }
             }
-            let (mut inner, mut inner_clipped, mut inner_dark) = ([0u32; 4], 0u32, 0u32);
-            for p in px[inner_lo * 3..inner_hi * 3].chunks_exact(3) {
-                inner_clipped += u32::from(p[0].max(p[1]).max(p[2]) >= CLIPPED_LEVEL);
-                inner_dark += u32::from(p[0].min(p[1]).min(p[2]) <= NEAR_BLACK_LEVEL);
-                let k = skin_weight(p[0], p[1], p[2]) as u32;
-                inner[0] += k * p[0] as u32;
-                inner[1] += k * p[1] as u32;
-                inner[2] += k * p[2] as u32;
-                inner[3] += k;
-            }
+            let RunSums {
+                weighted: inner,
+                clipped: inner_clipped,
+                dark: inner_dark,
+            } = run_sums(
+                &r[inner_lo..inner_hi],
+                &g[inner_lo..inner_hi],
+                &b[inner_lo..inner_hi],
+            );
             let ramp = SKIN_RAMP as f64;
             for c in 0..3 {
                 row_sum[c] += inner[c] as f64 / ramp;
@@ -485,6 +529,69 @@ mod tests {
             [255, 219, 172],
         ] {
             assert!(!is_skin(other[0], other[1], other[2]), "{other:?}");
+        }
+    }
+
+    #[test]
+    fn the_16_bit_skin_rule_equals_the_32_bit_formula_on_every_colour() {
+        let reference = |r: u8, g: u8, b: u8| {
+            let max = r.max(g).max(b) as i32;
+            let (r, g, b) = (r as i32, g as i32, b as i32);
+            let y = (77 * r + 150 * g + 29 * b) >> 8;
+            let cr = ((128 * r - 107 * g - 21 * b) >> 8) + 128;
+            let cb = ((-43 * r - 85 * g + 128 * b) >> 8) + 128;
+            let margin = (y - 30)
+                .min(245 - y)
+                .min(cr - 133)
+                .min(173 - cr)
+                .min(cb - 77)
+                .min(127 - cb)
+                .min(CLIPPED_LEVEL as i32 - 1 - max);
+            (margin + SKIN_RAMP / 2).clamp(0, SKIN_RAMP)
+        };
+        let mut skin = 0u32;
+        for c in 0..1u32 << 24 {
+            let [r, g, b] = [(c >> 16) as u8, (c >> 8) as u8, c as u8];
+            let k = skin_weight(r, g, b);
+            assert_eq!(k, reference(r, g, b), "({r}, {g}, {b})");
+            skin += u32::from(k > 0);
+        }
+        // Not vacuous: the rule takes a real share of the colour cube.
+        assert!(skin > 100_000 && skin < 4_000_000, "{skin} colours");
+    }
+
+    #[test]
+    fn run_sums_add_up_what_the_per_pixel_rule_says() {
+        let mut x = 12345u32;
+        let mut next = || {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            (x >> 16) as u8
+        };
+        for n in [0usize, 1, 7, 16, 33, 1000] {
+            let px: Vec<[u8; 3]> = (0..n)
+                .map(|i| match i % 3 {
+                    // Skin, a random colour, an extreme one.
+                    0 => [200 - (i % 40) as u8, 150, 120],
+                    1 => [next(), next(), next()],
+                    _ => [255, 252, (i % 13) as u8],
+                })
+                .collect();
+            let plane = |c: usize| px.iter().map(|p| p[c]).collect::<Vec<u8>>();
+            let got = run_sums(&plane(0), &plane(1), &plane(2));
+            let mut want = RunSums::default();
+            for p in &px {
+                let k = skin_weight(p[0], p[1], p[2]) as u32;
+                for (sum, &v) in want.weighted.iter_mut().zip(p) {
+                    *sum += k * v as u32;
+                }
+                want.weighted[3] += k;
+                want.clipped += u32::from(*p.iter().max().unwrap() >= CLIPPED_LEVEL);
+                want.dark += u32::from(*p.iter().min().unwrap() <= NEAR_BLACK_LEVEL);
+            }
+            assert_eq!(got, want, "{n} pixels");
+            if n >= 33 {
+                assert!(got.weighted[3] > 0 && got.clipped > 0 && got.dark > 0);
+            }
         }
     }
 
