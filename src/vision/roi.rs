@@ -151,6 +151,24 @@ pub struct RunSums {
 /// (Sums fit: a pixel adds at most 16 × 255, so a run of up to 1,000,000
 /// pixels cannot overflow.)
 pub fn run_sums(r: &[u8], g: &[u8], b: &[u8]) -> RunSums {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, checked just above.
+        return unsafe { run_sums_avx2(r, g, b) };
+    }
+    run_sums_any(r, g, b)
+}
+
+/// [`run_sums`] compiled for AVX2 (16 pixels a step where the x86-64
+/// baseline, SSE2, takes 4).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn run_sums_avx2(r: &[u8], g: &[u8], b: &[u8]) -> RunSums {
+    run_sums_any(r, g, b)
+}
+
+#[inline(always)]
+fn run_sums_any(r: &[u8], g: &[u8], b: &[u8]) -> RunSums {
     let n = r.len().min(g.len()).min(b.len());
     let (r, g, b) = (&r[..n], &g[..n], &b[..n]);
     let (mut sr, mut sg, mut sb, mut sk) = (0u32, 0u32, 0u32, 0u32);
