@@ -202,7 +202,7 @@ static LIMITED_LUMA: [u8; 256] = {
 /// checks), so a row converts on vector lanes instead of one table load a
 /// pixel.
 fn stretch_limited_row(src: &[u8], out: &mut Vec<u8>) {
-    out.clear();
+    // Every byte is overwritten below: only a longer row zero-fills.
     out.resize(src.len(), 0);
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
@@ -241,9 +241,10 @@ pub struct RgbPlanes {
 }
 
 impl RgbPlanes {
+    /// `n` bytes a plane; [`Frame::rgb_planes_row`] overwrites every one,
+    /// so only a longer row zero-fills.
     fn resize(&mut self, n: usize) {
         for p in [&mut self.r, &mut self.g, &mut self.b] {
-            p.clear();
             p.resize(n, 0);
         }
     }

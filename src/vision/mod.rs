@@ -583,17 +583,17 @@ impl FaceRoiExtractor {
 
     /// Re-detects the tracked face on a crop around it; returns whether it was found.
     ///
-    /// The crop reaches half a face width beyond the box on every side. (A
-    /// tighter first look, 1.5 widths, halves the detector's windows and
-    /// saved about a tenth of a scan, but its slightly different boxes
-    /// moved the eval's heavy-motion row: HR MAE 0.16 -> 0.22 bpm.)
+    /// (A tighter first look than [`Self::detect_around`]'s crop, 1.5
+    /// widths, halves the detector's windows and saved about a tenth of a
+    /// scan, but its slightly different boxes moved the eval's heavy-motion
+    /// row: HR MAE 0.16 -> 0.22 bpm.)
     fn redetect(&mut self, frame: &Frame) -> bool {
         let Some(track) = self.track else {
             return false;
         };
         self.detected_at(frame.t_s);
         let f = track.face;
-        let Some(found) = self.detect_around(frame, &f, 0.5) else {
+        let Some(found) = self.detect_around(frame, &f) else {
             self.interval_s = self.cfg.detect_interval_s;
             return self.missed(frame.t_s);
         };
@@ -628,19 +628,19 @@ impl FaceRoiExtractor {
         true
     }
 
-    /// The detection of the tracked face `f` on a crop reaching `margin`
-    /// face widths beyond its box on every side, if there is one.
-    fn detect_around(&mut self, frame: &Frame, f: &FaceBox, margin: f64) -> Option<FaceBox> {
+    /// The detection of the tracked face `f` on a crop reaching half a
+    /// face width beyond its box on every side, if there is one.
+    fn detect_around(&mut self, frame: &Frame, f: &FaceBox) -> Option<FaceBox> {
         let crop = FaceBox {
-            x: f.x - margin * f.w,
-            y: f.y - margin * f.h,
-            w: (1.0 + 2.0 * margin) * f.w,
-            h: (1.0 + 2.0 * margin) * f.h,
+            x: f.x - 0.5 * f.w,
+            y: f.y - 0.5 * f.h,
+            w: 2.0 * f.w,
+            h: 2.0 * f.h,
         };
         let region = PixelRect::clipped(&crop, frame.width, frame.height);
         // Up to 4x up for the smallest faces: the detector's box is most
-        // reliable well above its 40 px window. At 64 px a crop holds faces
-        // from 0.625 of this one's width (the window) up to the crop's.
+        // reliable well above its 40 px window. At 64 px the crop holds faces
+        // from 0.625 of this one's width (the window) up to twice it.
         let scale = (self.cfg.track_face_px as f64 / f.w.max(1.0)).min(4.0);
         let faces = self.detect_in(frame, region, scale, None);
         // The detection that is this face: the best overlap, or one that is

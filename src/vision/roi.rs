@@ -140,17 +140,17 @@ pub fn skin_weight(r: u8, g: u8, b: u8) -> i32 {
 /// sixteenths; `clipped` and `dark` count the pixels with a channel at or
 /// above [`CLIPPED_LEVEL`] / at or below [`NEAR_BLACK_LEVEL`].
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct RunSums {
-    pub weighted: [u32; 4],
-    pub clipped: u32,
-    pub dark: u32,
+struct RunSums {
+    weighted: [u32; 4],
+    clipped: u32,
+    dark: u32,
 }
 
 /// [`RunSums`] of pixels `(r[i], g[i], b[i])`: the inner loop of
 /// [`roi_stats`], in integers with no branch, so it runs on vector lanes.
 /// (Sums fit: a pixel adds at most 16 × 255, so a run of up to 1,000,000
 /// pixels cannot overflow.)
-pub fn run_sums(r: &[u8], g: &[u8], b: &[u8]) -> RunSums {
+fn run_sums(r: &[u8], g: &[u8], b: &[u8]) -> RunSums {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2, checked just above.
