@@ -1,5 +1,7 @@
-//! One video frame, kept in the layout its source delivered, and the two
-//! ways the vision stage reads it: luma rows and RGB rows.
+//! One video frame, kept in the layout its source delivered, and the ways
+//! the vision stage reads it: luma rows, RGB rows, and runs of Y'CbCr
+//! pixel pairs that share chroma ([`Frame::pair_row`], for loops that
+//! convert as they sum).
 //!
 //! Owns: [`Frame`], its [`Layout`]s, and every Y'CbCr -> RGB conversion of
 //! the capture stage ([`ycc_to_rgb`], BT.601, limited or full range).
@@ -122,15 +124,26 @@ impl Layout {
 }
 
 /// Fixed-point (16.16) BT.601 Y'CbCr -> RGB coefficients for one range.
+///
+/// A conversion is a luma term plus a chroma term per channel; the chroma
+/// term ([`Ycc::chroma`]) can be computed once for the pixels that share a
+/// chroma sample and finished per pixel with [`Ycc::rgb_with`], which gives
+/// the same bytes as converting each pixel whole (integer arithmetic, no
+/// step is rounded twice).
+///
+/// The fields are public for vector code that does the same arithmetic
+/// in its own lanes (`vision::roi`); `ys` is 65536 plus a fraction below
+/// 32768, so that fraction fits a 16-bit lane.
 #[derive(Debug, Clone, Copy)]
-struct Ycc {
+pub struct Ycc {
     /// Luma scale and offset: `(Y - yo) * ys`.
-    ys: i32,
-    yo: i32,
-    rv: i32,
-    gu: i32,
-    gv: i32,
-    bu: i32,
+    pub ys: i32,
+    pub yo: i32,
+    /// Cr's share of R, Cb's and Cr's of G (subtracted), Cb's of B.
+    pub rv: i32,
+    pub gu: i32,
+    pub gv: i32,
+    pub bu: i32,
 }
 
 impl Ycc {
@@ -160,14 +173,27 @@ impl Ycc {
 
     #[inline(always)]
     fn rgb(&self, y: u8, cb: u8, cr: u8) -> [u8; 3] {
-        let l = (y as i32 - self.yo) * self.ys;
+        self.rgb_with(y, self.chroma(cb, cr))
+    }
+
+    /// The chroma terms of `(cb, cr)` for R, G and B, with the rounding
+    /// half folded in (the sums stay far inside `i32`: at most about
+    /// 18.2 M luma plus 16.8 M chroma).
+    #[inline(always)]
+    pub fn chroma(&self, cb: u8, cr: u8) -> [i32; 3] {
         let (u, v) = (cb as i32 - 128, cr as i32 - 128);
-        let clamp = |v: i32| ((v + 32768) >> 16).clamp(0, 255) as u8;
         [
-            clamp(l + self.rv * v),
-            clamp(l - self.gu * u - self.gv * v),
-            clamp(l + self.bu * u),
+            self.rv * v + 32768,
+            32768 - self.gu * u - self.gv * v,
+            self.bu * u + 32768,
         ]
+    }
+
+    /// RGB of luma `y` with the chroma terms `c` of [`Ycc::chroma`].
+    #[inline(always)]
+    pub fn rgb_with(&self, y: u8, c: [i32; 3]) -> [u8; 3] {
+        let l = (y as i32 - self.yo) * self.ys;
+        c.map(|c| ((l + c) >> 16).clamp(0, 255) as u8)
     }
 }
 
@@ -225,10 +251,110 @@ fn stretch_limited_any(src: &[u8], out: &mut [u8]) {
     }
 }
 
+/// `col_sum[i] += row[i]`; returns the row's sum.
+#[inline]
+fn add_row(row: &[u8], col_sum: &mut [u32]) -> u32 {
+    let mut sum = 0u32;
+    for (c, &l) in col_sum.iter_mut().zip(row) {
+        sum += l as u32;
+        *c += l as u32;
+    }
+    sum
+}
+
+/// [`add_row`] of `src` stretched from limited to full range (the values
+/// of [`stretch_limited_row`]).
+fn add_limited_row(src: &[u8], col_sum: &mut [u32]) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, checked just above.
+        return unsafe { add_limited_avx2(src, col_sum) };
+    }
+    add_limited_any(src, col_sum)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn add_limited_avx2(src: &[u8], col_sum: &mut [u32]) -> u32 {
+    add_limited_any(src, col_sum)
+}
+
+#[inline(always)]
+fn add_limited_any(src: &[u8], col_sum: &mut [u32]) -> u32 {
+    let mut sum = 0u32;
+    for (c, &v) in col_sum.iter_mut().zip(src) {
+        let l = (((v as i32 - 16) * LIMITED.ys + 32768) >> 16).clamp(0, 255) as u32;
+        sum += l;
+        *c += l;
+    }
+    sum
+}
+
 /// The RGB rule's luma, `(R + 2G + B) / 4`.
 #[inline(always)]
 fn rgb_luma(p: &[u8]) -> u8 {
     ((p[0] as u32 + 2 * p[1] as u32 + p[2] as u32) >> 2) as u8
+}
+
+/// A run of Y'CbCr pixels whose neighbours share chroma in pairs (see
+/// [`Frame::pair_row`]).
+#[derive(Debug, Clone, Copy)]
+pub struct PairRow<'a> {
+    /// The conversion of this frame's range.
+    pub ycc: Ycc,
+    pub pixels: PairPixels<'a>,
+}
+
+impl<'a> PairRow<'a> {
+    /// Pairs in the run.
+    pub fn pairs(&self) -> usize {
+        match self.pixels {
+            PairPixels::Planar { luma, cb, cr } => (luma.len() / 2).min(cb.len()).min(cr.len()),
+            PairPixels::Yuyv(quads) => quads.len() / 4,
+        }
+    }
+
+    /// Pairs `j0..j1` of the run.
+    pub fn sub(&self, j0: usize, j1: usize) -> PairRow<'a> {
+        let pixels = match self.pixels {
+            PairPixels::Planar { luma, cb, cr } => PairPixels::Planar {
+                luma: &luma[2 * j0..2 * j1],
+                cb: &cb[j0..j1],
+                cr: &cr[j0..j1],
+            },
+            PairPixels::Yuyv(quads) => PairPixels::Yuyv(&quads[4 * j0..4 * j1]),
+        };
+        PairRow {
+            ycc: self.ycc,
+            pixels,
+        }
+    }
+
+    /// RGB of pixel `i` of the run.
+    #[inline(always)]
+    pub fn rgb(&self, i: usize) -> [u8; 3] {
+        let (y, cb, cr) = match self.pixels {
+            PairPixels::Planar { luma, cb, cr } => (luma[i], cb[i / 2], cr[i / 2]),
+            PairPixels::Yuyv(quads) => {
+                let q = &quads[(i / 2) * 4..(i / 2) * 4 + 4];
+                (q[(i & 1) * 2], q[1], q[3])
+            }
+        };
+        self.ycc.rgb_with(y, self.ycc.chroma(cb, cr))
+    }
+}
+
+/// The bytes of a [`PairRow`], as the frame stores them.
+#[derive(Debug, Clone, Copy)]
+pub enum PairPixels<'a> {
+    /// Pixels `luma[2j]` and `luma[2j + 1]` have chroma `cb[j]`, `cr[j]`.
+    Planar {
+        luma: &'a [u8],
+        cb: &'a [u8],
+        cr: &'a [u8],
+    },
+    /// `Y0 Cb Y1 Cr`, four bytes a pair.
+    Yuyv(&'a [u8]),
 }
 
 /// One row of RGB as three planes (see [`Frame::rgb_planes_row`]); kept
@@ -475,6 +601,33 @@ impl Frame {
         }
     }
 
+    /// Adds the luma of pixels `x0..x1` of row `y` to `col_sum` (one
+    /// entry a pixel) and returns their sum: [`Frame::luma_row`]'s values,
+    /// but a limited-range row is stretched as it is summed instead of
+    /// being written out first (the tracker's profiles and the detector's
+    /// downscaling read every pixel of a face box this way each frame).
+    pub fn add_luma_row(
+        &self,
+        y: u32,
+        x0: u32,
+        x1: u32,
+        col_sum: &mut [u32],
+        scratch: &mut Vec<u8>,
+    ) -> u32 {
+        debug_assert!(x0 <= x1 && x1 <= self.width && y < self.height);
+        debug_assert_eq!(col_sum.len(), (x1 - x0) as usize);
+        let w = self.width as usize;
+        match self.layout {
+            Layout::Planar {
+                full_range: false, ..
+            } => {
+                let (y, x0, x1) = (y as usize, x0 as usize, x1 as usize);
+                add_limited_row(&self.data[y * w + x0..y * w + x1], col_sum)
+            }
+            _ => add_row(self.luma_row(y, x0, x1, scratch), col_sum),
+        }
+    }
+
     /// RGB of pixels `x0..x1` of row `y` as three planes (`out.r[i]` is
     /// pixel `x0 + i`): the same bytes as [`Frame::rgb_row`], laid out so
     /// the per-pixel loops that read them run on vector lanes.
@@ -517,6 +670,44 @@ impl Frame {
                 }
                 ycc_in_place(LIMITED, r, g, b);
             }
+        }
+    }
+
+    /// Pixels `x0..x1` of row `y` as Y'CbCr in pairs that share one chroma
+    /// sample (pixels `2j` and `2j + 1`), for loops that convert as they
+    /// go: `None` unless the layout pairs chroma this way (4:2:0 and 4:2:2
+    /// planar, YUYV) and `x0` and `x1` are even. Each pixel's RGB is
+    /// `ycc.rgb_with(y, ycc.chroma(cb, cr))`, the bytes [`Frame::rgb_row`]
+    /// gives.
+    pub fn pair_row(&self, y: u32, x0: u32, x1: u32) -> Option<PairRow<'_>> {
+        debug_assert!(x0 <= x1 && x1 <= self.width && y < self.height);
+        if !x0.is_multiple_of(2) || !x1.is_multiple_of(2) {
+            return None;
+        }
+        let (w, h) = (self.width as usize, self.height as usize);
+        let (y, x0, x1) = (y as usize, x0 as usize, x1 as usize);
+        match self.layout {
+            Layout::Planar { chroma, full_range } if chroma.x_shift() == 1 => {
+                let (cw, ch) = chroma.plane(w, h);
+                let row = w * h + chroma.row(y) * cw;
+                let (c0, c1) = (x0 / 2, x1 / 2);
+                Some(PairRow {
+                    ycc: if full_range { FULL } else { LIMITED },
+                    pixels: PairPixels::Planar {
+                        luma: &self.data[y * w + x0..y * w + x1],
+                        cb: &self.data[row + c0..row + c1],
+                        cr: &self.data[row + cw * ch + c0..row + cw * ch + c1],
+                    },
+                })
+            }
+            Layout::Yuyv => {
+                let row = y * w.div_ceil(2) * 4;
+                Some(PairRow {
+                    ycc: LIMITED,
+                    pixels: PairPixels::Yuyv(&self.data[row + x0 * 2..row + x1 * 2]),
+                })
+            }
+            Layout::Planar { .. } | Layout::Rgb => None,
         }
     }
 
@@ -680,6 +871,10 @@ mod tests {
                     for (x0, x1) in [(0, w), (1, w - 2), (1, w - 1), (3, 4), (2, 2), (0, 1)] {
                         let rgb = fr.rgb_row(y, x0, x1, &mut s1).to_vec();
                         let luma = fr.luma_row(y, x0, x1, &mut s2).to_vec();
+                        let mut cols = vec![7u32; (x1 - x0) as usize];
+                        let sum = fr.add_luma_row(y, x0, x1, &mut cols, &mut s2);
+                        assert_eq!(sum, luma.iter().map(|&l| l as u32).sum::<u32>());
+                        assert!(cols.iter().zip(&luma).all(|(&c, &l)| c == 7 + l as u32));
                         fr.rgb_planes_row(y, x0, x1, &mut planes);
                         assert_eq!(rgb.len(), (x1 - x0) as usize * 3);
                         assert_eq!(planes.r.len(), (x1 - x0) as usize);
@@ -700,6 +895,41 @@ mod tests {
                     }
                 }
                 assert_eq!(fr.to_rgb().len(), (w * h * 3) as usize);
+            }
+        }
+    }
+
+    #[test]
+    fn pair_runs_read_the_per_pixel_accessors_pixels_where_chroma_comes_in_pairs() {
+        for layout in all_layouts() {
+            let fr = filled(10, 4, layout, |i| (i * 53 % 241) as u8);
+            let pairs = matches!(
+                layout,
+                Layout::Yuyv
+                    | Layout::Planar {
+                        chroma: Chroma::C420 | Chroma::C422,
+                        ..
+                    }
+            );
+            for y in 0..4 {
+                assert!(fr.pair_row(y, 1, 4).is_none() && fr.pair_row(y, 2, 5).is_none());
+                let Some(run) = fr.pair_row(y, 2, 10) else {
+                    assert!(!pairs, "{layout:?}");
+                    continue;
+                };
+                assert!(pairs, "{layout:?}");
+                assert_eq!(run.pairs(), 4);
+                for x in 2..10 {
+                    assert_eq!(
+                        run.rgb(x as usize - 2),
+                        fr.pixel(x, y),
+                        "{layout:?} ({x},{y})"
+                    );
+                }
+                let sub = run.sub(1, 3);
+                assert_eq!(sub.pairs(), 2);
+                assert_eq!(sub.rgb(0), fr.pixel(4, y), "{layout:?}");
+                assert_eq!(sub.rgb(3), fr.pixel(7, y), "{layout:?}");
             }
         }
     }

@@ -21,8 +21,11 @@
 //! noises are independent.
 
 use super::FaceBox;
-use crate::capture::frame::RgbPlanes;
+use crate::capture::frame::{PairPixels, PairRow, RgbPlanes};
 use crate::capture::Frame;
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 
 /// ROI rectangles as `(x0, y0, x1, y1)` fractions of the face box. Larger
 /// cheeks and a nose region were tried for small faces: they add skin
@@ -146,10 +149,44 @@ struct RunSums {
     dark: u32,
 }
 
+/// The running sums of a run loop, one scalar each (so the vectoriser
+/// keeps them in registers).
+#[derive(Debug, Default, Clone, Copy)]
+struct Acc {
+    r: u32,
+    g: u32,
+    b: u32,
+    k: u32,
+    clipped: u32,
+    dark: u32,
+}
+
+impl Acc {
+    /// Adds one pixel (the per-pixel step of every run loop).
+    #[inline(always)]
+    fn add(&mut self, r: u8, g: u8, b: u8) {
+        self.clipped += u32::from(r.max(g).max(b) >= CLIPPED_LEVEL);
+        self.dark += u32::from(r.min(g).min(b) <= NEAR_BLACK_LEVEL);
+        let k = skin_weight(r, g, b) as u32;
+        self.r += k * r as u32;
+        self.g += k * g as u32;
+        self.b += k * b as u32;
+        self.k += k;
+    }
+
+    fn sums(self) -> RunSums {
+        RunSums {
+            weighted: [self.r, self.g, self.b, self.k],
+            clipped: self.clipped,
+            dark: self.dark,
+        }
+    }
+}
+
 /// [`RunSums`] of pixels `(r[i], g[i], b[i])`: the inner loop of
-/// [`roi_stats`], in integers with no branch, so it runs on vector lanes.
-/// (Sums fit: a pixel adds at most 16 × 255, so a run of up to 1,000,000
-/// pixels cannot overflow.)
+/// [`roi_stats`] for RGB rows, in integers with no branch, so it runs on
+/// vector lanes. (Sums fit: a pixel adds at most 16 × 255, so a run of up
+/// to 1,000,000 pixels cannot overflow.)
 fn run_sums(r: &[u8], g: &[u8], b: &[u8]) -> RunSums {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
@@ -169,24 +206,104 @@ fn run_sums_avx2(r: &[u8], g: &[u8], b: &[u8]) -> RunSums {
 
 #[inline(always)]
 fn run_sums_any(r: &[u8], g: &[u8], b: &[u8]) -> RunSums {
-    let n = r.len().min(g.len()).min(b.len());
-    let (r, g, b) = (&r[..n], &g[..n], &b[..n]);
-    let (mut sr, mut sg, mut sb, mut sk) = (0u32, 0u32, 0u32, 0u32);
-    let (mut clipped, mut dark) = (0u32, 0u32);
-    for i in 0..n {
-        let (pr, pg, pb) = (r[i], g[i], b[i]);
-        clipped += u32::from(pr.max(pg).max(pb) >= CLIPPED_LEVEL);
-        dark += u32::from(pr.min(pg).min(pb) <= NEAR_BLACK_LEVEL);
-        let k = skin_weight(pr, pg, pb) as u32;
-        sr += k * pr as u32;
-        sg += k * pg as u32;
-        sb += k * pb as u32;
-        sk += k;
+    let mut acc = Acc::default();
+    for ((&r, &g), &b) in r.iter().zip(g).zip(b) {
+        acc.add(r, g, b);
     }
-    RunSums {
-        weighted: [sr, sg, sb, sk],
-        clipped,
-        dark,
+    acc.sums()
+}
+
+/// [`RunSums`] of a run of Y'CbCr pixel pairs ([`Frame::pair_row`]),
+/// converted to RGB as they are summed: the chroma terms once a pair, no
+/// row of RGB written and read back. On x86-64 with AVX2 the run goes to
+/// [`avx2`] (16-bit lanes, 16 pixels a step); the sums are the same as
+/// converting first either way (the tests check).
+fn pair_sums(row: &PairRow) -> Acc {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, checked just above.
+        return unsafe {
+            match row.pixels {
+                PairPixels::Planar { luma, cb, cr } => avx2::planar(&row.ycc, luma, cb, cr),
+                PairPixels::Yuyv(quads) => avx2::yuyv(&row.ycc, quads),
+            }
+        };
+    }
+    pair_sums_any(row)
+}
+
+#[inline(always)]
+fn pair_sums_any(row: &PairRow) -> Acc {
+    let ycc = row.ycc;
+    let mut acc = Acc::default();
+    // (One pair a step, not one pixel: a stride-2 walk over luma does not
+    // run on vector lanes, a pair of adjacent loads does.)
+    match row.pixels {
+        PairPixels::Planar { luma, cb, cr } => {
+            for ((y, &cb), &cr) in luma.chunks_exact(2).zip(cb).zip(cr) {
+                let c = ycc.chroma(cb, cr);
+                let [r, g, b] = ycc.rgb_with(y[0], c);
+                acc.add(r, g, b);
+                let [r, g, b] = ycc.rgb_with(y[1], c);
+                acc.add(r, g, b);
+            }
+        }
+        PairPixels::Yuyv(quads) => {
+            for q in quads.chunks_exact(4) {
+                let c = ycc.chroma(q[1], q[3]);
+                let [r, g, b] = ycc.rgb_with(q[0], c);
+                acc.add(r, g, b);
+                let [r, g, b] = ycc.rgb_with(q[2], c);
+                acc.add(r, g, b);
+            }
+        }
+    }
+    acc
+}
+
+/// One region row's pixels, as [`roi_stats_with`] reads them.
+enum RowPixels<'a> {
+    /// Pixel `off + i` of a run of chroma pairs is the row's pixel `i`
+    /// (the run starts at the even pixel at or before the row's first).
+    Pairs(PairRow<'a>, usize),
+    /// The row converted to RGB planes.
+    Planes(&'a RgbPlanes),
+}
+
+impl RowPixels<'_> {
+    /// RGB of the row's pixel `i`.
+    #[inline(always)]
+    fn rgb(&self, i: usize) -> [u8; 3] {
+        match self {
+            RowPixels::Pairs(run, off) => run.rgb(off + i),
+            RowPixels::Planes(p) => [p.r[i], p.g[i], p.b[i]],
+        }
+    }
+
+    /// [`RunSums`] of the row's pixels `lo..hi`: pair by pair
+    /// ([`pair_sums`]) where the frame pairs chroma, else [`run_sums`].
+    fn sums(&self, lo: usize, hi: usize) -> RunSums {
+        if lo >= hi {
+            return RunSums::default();
+        }
+        match self {
+            RowPixels::Planes(p) => run_sums(&p.r[lo..hi], &p.g[lo..hi], &p.b[lo..hi]),
+            RowPixels::Pairs(run, off) => {
+                // The whole pairs inside (`a <= b` since `s < e`); an odd
+                // end pixel shares its chroma with one outside and is
+                // added alone.
+                let (s, e) = (off + lo, off + hi);
+                let (a, b) = (s.next_multiple_of(2), e & !1);
+                let mut acc = pair_sums(&run.sub(a / 2, b / 2));
+                for (i, lone) in [(s, s < a), (b, b < e)] {
+                    if lone {
+                        let [r, g, b] = run.rgb(i);
+                        acc.add(r, g, b);
+                    }
+                }
+                acc.sums()
+            }
+        }
     }
 }
 
@@ -293,16 +410,27 @@ pub fn roi_stats_with(frame: &Frame, face: &FaceBox, scratch: &mut Scratch) -> R
             .iter()
             .rposition(|&w| w == 1.0)
             .map_or(inner_lo, |i| i + 1);
+        // Pair runs start and end on even pixels; at the right edge of an
+        // odd-width frame the planes take the row instead.
+        let (ax0, ax1) = (px0 & !1, (px1 + 1) & !1);
         for y in py0..py1 {
             let wy = coverage(y, y0, y1);
-            frame.rgb_planes_row(y, px0, px1, planes);
-            let RgbPlanes { r, g, b } = &*planes;
+            let px = match (ax1 <= frame.width)
+                .then(|| frame.pair_row(y, ax0, ax1))
+                .flatten()
+            {
+                Some(run) => RowPixels::Pairs(run, (px0 - ax0) as usize),
+                None => {
+                    frame.rgb_planes_row(y, px0, px1, planes);
+                    RowPixels::Planes(planes)
+                }
+            };
             let mut row_sum = [0f64; 3];
             let mut row_skin = 0f64;
             let mut row_clipped = 0f64;
             let mut row_dark = 0f64;
             for i in (0..inner_lo).chain(inner_hi..col_weight.len()) {
-                let (p, wx) = ([r[i], g[i], b[i]], col_weight[i]);
+                let (p, wx) = (px.rgb(i), col_weight[i]);
                 if pooled && p[0].max(p[1]).max(p[2]) >= CLIPPED_LEVEL {
                     row_clipped += wx;
                 }
@@ -322,11 +450,7 @@ pub fn roi_stats_with(frame: &Frame, face: &FaceBox, scratch: &mut Scratch) -> R
                 weighted: inner,
                 clipped: inner_clipped,
                 dark: inner_dark,
-            } = run_sums(
-                &r[inner_lo..inner_hi],
-                &g[inner_lo..inner_hi],
-                &b[inner_lo..inner_hi],
-            );
+            } = px.sums(inner_lo, inner_hi);
             let ramp = SKIN_RAMP as f64;
             for c in 0..3 {
                 row_sum[c] += inner[c] as f64 / ramp;
@@ -387,12 +511,7 @@ pub fn profiles(
     col_sum.resize(w, 0);
     let mut total = 0u64;
     for y in rect.y0..rect.y1 {
-        let px = frame.luma_row(y, rect.x0, rect.x1, row);
-        let mut row_sum = 0u32;
-        for (c, &l) in col_sum.iter_mut().zip(px) {
-            row_sum += l as u32;
-            *c += l as u32;
-        }
+        let row_sum = frame.add_luma_row(y, rect.x0, rect.x1, col_sum, row);
         total += row_sum as u64;
         rows.push(row_sum as f64 / w as f64);
     }
@@ -441,10 +560,7 @@ pub fn downscale_gray(
         col_sum.clear();
         col_sum.resize(rw, 0);
         for y in sy0..sy1 {
-            let px = frame.luma_row(y as u32, rect.x0, rect.x1, row);
-            for (c, &l) in col_sum.iter_mut().zip(px) {
-                *c += l as u32;
-            }
+            frame.add_luma_row(y as u32, rect.x0, rect.x1, col_sum, row);
         }
         for ox in 0..ow {
             let sx0 = ox * rw / ow;
@@ -512,6 +628,7 @@ pub fn resample_gray(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::capture::{Chroma, Layout};
 
     fn frame(w: u32, h: u32, f: impl Fn(u32, u32) -> [u8; 3]) -> Frame {
         let mut fr = Frame::default();
@@ -609,6 +726,127 @@ mod tests {
             assert_eq!(got, want, "{n} pixels");
             if n >= 33 {
                 assert!(got.weighted[3] > 0 && got.clipped > 0 && got.dark > 0);
+            }
+        }
+    }
+
+    /// Frames of every layout whose chroma comes in pairs, filled from a
+    /// seeded generator: random bytes (every clamp and edge of the skin
+    /// rule is hit) or, with `skin`, skin-like Y'CbCr with noise.
+    fn pair_frames(w: u32, h: u32, skin: bool) -> Vec<Frame> {
+        let mut layouts = vec![Layout::Yuyv];
+        for chroma in [Chroma::C420, Chroma::C422] {
+            for full_range in [false, true] {
+                layouts.push(Layout::Planar { chroma, full_range });
+            }
+        }
+        let mut x = 99u32;
+        layouts
+            .into_iter()
+            .map(|layout| {
+                let mut fr = Frame::default();
+                fr.reshape(w, h, layout);
+                for b in fr.data_mut() {
+                    x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                    let r = (x >> 16) as u8;
+                    // Skin: Y' 100..164, Cb 100..116, Cr 145..161 (a YUYV
+                    // byte is either; the middle band suits both).
+                    *b = if skin { 105 + r % 48 } else { r };
+                }
+                fr
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pair_sums_equal_converting_then_summing_for_every_run_length_and_layout() {
+        let frames = pair_frames(160, 3, false);
+        let mut planes = RgbPlanes::default();
+        let mut checked = 0;
+        for fr in &frames {
+            for y in 0..fr.height {
+                // Around the vector step (16 pixels) and its padded tail.
+                for (x0, x1) in [
+                    (0, 0),
+                    (0, 2),
+                    (2, 16),
+                    (0, 30),
+                    (4, 36),
+                    (0, 160),
+                    (10, 44),
+                ] {
+                    let run = fr.pair_row(y, x0, x1).expect("pairs");
+                    fr.rgb_planes_row(y, x0, x1, &mut planes);
+                    let want = run_sums(&planes.r, &planes.g, &planes.b);
+                    assert_eq!(pair_sums(&run).sums(), want, "{:?} {x0}..{x1}", fr.layout());
+                    assert_eq!(pair_sums_any(&run).sums(), want, "{:?}", fr.layout());
+                    checked += u32::from(want.weighted[3] > 0 && want.clipped > 0 && want.dark > 0);
+                }
+            }
+        }
+        // Not vacuous: random bytes give skin, clipped and dark pixels.
+        assert!(checked > 20, "{checked}");
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_vector_paths_padding_pixel_adds_nothing_in_either_range() {
+        for full_range in [false, true] {
+            let mut fr = Frame::default();
+            let layout = Layout::Planar {
+                chroma: Chroma::C422,
+                full_range,
+            };
+            fr.reshape(2, 1, layout);
+            let (y, cb, cr) = avx2::PAD;
+            fr.data_mut().copy_from_slice(&[y, y, cb, cr]);
+            let mut acc = Acc::default();
+            let [r, g, b] = fr.pixel(0, 0);
+            acc.add(r, g, b);
+            assert_eq!(acc.sums(), RunSums::default(), "full range {full_range}");
+        }
+    }
+
+    #[test]
+    fn the_roi_of_a_ycc_frame_is_the_roi_of_its_rgb_conversion() {
+        // Odd and even box edges, sub-pixel boxes, an odd-width frame
+        // (whose last column has no pair) and a box past the frame's edge.
+        for (w, h) in [(96u32, 80u32), (97, 81)] {
+            for fr in pair_frames(w, h, true) {
+                let rgb = Frame::from_rgb(w, h, fr.to_rgb());
+                for face in [
+                    FaceBox {
+                        x: 10.0,
+                        y: 8.0,
+                        w: 60.0,
+                        h: 60.0,
+                    },
+                    FaceBox {
+                        x: 11.3,
+                        y: 7.6,
+                        w: 57.9,
+                        h: 61.2,
+                    },
+                    FaceBox {
+                        x: 50.5,
+                        y: 30.25,
+                        w: 60.0,
+                        h: 60.0,
+                    },
+                    FaceBox {
+                        x: 37.0,
+                        y: 20.0,
+                        w: 3.0,
+                        h: 3.0,
+                    },
+                ] {
+                    let (a, b) = (
+                        roi_stats_with(&fr, &face, &mut Scratch::default()),
+                        roi_stats(&rgb, &face),
+                    );
+                    assert_eq!(a, b, "{:?} {w}x{h} {face:?}", fr.layout());
+                    assert!(face.w < 10.0 || a.skin_pixels > 20, "{a:?}");
+                }
             }
         }
     }
