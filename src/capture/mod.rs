@@ -22,6 +22,7 @@
 pub mod camera;
 pub mod frame;
 pub mod frames_dir;
+pub mod readahead;
 pub mod rgb_csv;
 pub mod scene;
 pub mod stall;
@@ -327,7 +328,16 @@ pub fn open(spec: &SourceSpec) -> Result<Box<dyn FrameSource>, CaptureError> {
                 // Smaller than a frame (from 160x120 up): the frame lines go
                 // through the buffer, a frame's planes straight from the
                 // kernel into the frame (a larger buffer copied them twice).
-                Box::new(std::io::BufReader::with_capacity(1 << 14, file))
+                // With a second core, the next frame is read while this one
+                // is processed (see `readahead` for what that costs).
+                let reader = std::io::BufReader::with_capacity(1 << 14, file);
+                let source = Box::new(y4m::Y4mSource::new(Box::new(reader), input)?);
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                return Ok(if cores > 1 {
+                    Box::new(readahead::ReadAhead::spawn(source)?)
+                } else {
+                    source
+                });
             } else if kind.is_dir() {
                 return Err(CaptureError::Spec {
                     spec: input,
