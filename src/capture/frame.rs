@@ -307,6 +307,7 @@ pub struct PairRow<'a> {
 
 impl<'a> PairRow<'a> {
     /// Pairs in the run.
+    #[inline]
     pub fn pairs(&self) -> usize {
         match self.pixels {
             PairPixels::Planar { luma, cb, cr } => (luma.len() / 2).min(cb.len()).min(cr.len()),
@@ -315,6 +316,7 @@ impl<'a> PairRow<'a> {
     }
 
     /// Pairs `j0..j1` of the run.
+    #[inline]
     pub fn sub(&self, j0: usize, j1: usize) -> PairRow<'a> {
         let pixels = match self.pixels {
             PairPixels::Planar { luma, cb, cr } => PairPixels::Planar {
@@ -679,6 +681,7 @@ impl Frame {
     /// planar, YUYV) and `x0` and `x1` are even. Each pixel's RGB is
     /// `ycc.rgb_with(y, ycc.chroma(cb, cr))`, the bytes [`Frame::rgb_row`]
     /// gives.
+    #[inline]
     pub fn pair_row(&self, y: u32, x0: u32, x1: u32) -> Option<PairRow<'_>> {
         debug_assert!(x0 <= x1 && x1 <= self.width && y < self.height);
         if !x0.is_multiple_of(2) || !x1.is_multiple_of(2) {

@@ -62,14 +62,6 @@ fn consts(ycc: &Ycc) -> Consts {
     }
 }
 
-#[target_feature(enable = "avx2")]
-fn sum_i32(v: __m256i) -> u32 {
-    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
-    _mm_cvtsi128_si32(s) as u32
-}
-
 impl Lanes {
     #[target_feature(enable = "avx2")]
     fn new() -> Lanes {
@@ -89,8 +81,18 @@ impl Lanes {
     #[target_feature(enable = "avx2")]
     fn flush_counts(&mut self, acc: &mut Acc) {
         let ones = _mm256_set1_epi16(1);
-        acc.clipped += sum_i32(_mm256_madd_epi16(self.clipped, ones));
-        acc.dark += sum_i32(_mm256_madd_epi16(self.dark, ones));
+        let c = _mm256_madd_epi16(self.clipped, ones);
+        let d = _mm256_madd_epi16(self.dark, ones);
+        // Lane sums of both at once: [c, c, d, d | c, c, d, d] pairwise,
+        // then once more, then the two halves.
+        let cd = _mm256_hadd_epi32(c, d);
+        let cd = _mm256_hadd_epi32(cd, cd);
+        let cd = _mm_add_epi32(
+            _mm256_castsi256_si128(cd),
+            _mm256_extracti128_si256::<1>(cd),
+        );
+        acc.clipped += _mm_cvtsi128_si32(cd) as u32;
+        acc.dark += _mm_extract_epi32::<1>(cd) as u32;
         self.clipped = _mm256_setzero_si256();
         self.dark = _mm256_setzero_si256();
         self.steps = 0;
@@ -99,10 +101,15 @@ impl Lanes {
     #[target_feature(enable = "avx2")]
     fn finish(mut self, acc: &mut Acc) {
         self.flush_counts(acc);
-        acc.r += sum_i32(self.r);
-        acc.g += sum_i32(self.g);
-        acc.b += sum_i32(self.b);
-        acc.k += sum_i32(self.k);
+        // [r, g, b, k] lane sums in one tree of pairwise additions.
+        let rg = _mm256_hadd_epi32(self.r, self.g);
+        let bk = _mm256_hadd_epi32(self.b, self.k);
+        let s = _mm256_hadd_epi32(rg, bk);
+        let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
+        acc.r += _mm_cvtsi128_si32(s) as u32;
+        acc.g += _mm_extract_epi32::<1>(s) as u32;
+        acc.b += _mm_extract_epi32::<2>(s) as u32;
+        acc.k += _mm_extract_epi32::<3>(s) as u32;
     }
 
     /// One step: luma of 16 pixels in 16-bit lanes, and the Cb and Cr of
