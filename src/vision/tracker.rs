@@ -76,11 +76,14 @@ pub fn profile_shift(prev: &[f64], cur: &[f64]) -> Option<f64> {
         }
         s / k as f64
     };
-    let costs: Vec<f64> = (-max_shift..=max_shift).map(cost).collect();
-    let best = (0..costs.len()).min_by(|&a, &b| costs[a].total_cmp(&costs[b]))?;
-    let mut d = best as f64 - max_shift as f64;
-    if best > 0 && best + 1 < costs.len() {
-        let (a, b, c) = (costs[best - 1], costs[best], costs[best + 1]);
+    // The first smallest cost, then its neighbours again for the parabola
+    // (no list of costs: this runs twice a frame and allocates nothing).
+    let (best, b) = (-max_shift..=max_shift)
+        .map(|d| (d, cost(d)))
+        .reduce(|m, x| if x.1.total_cmp(&m.1).is_lt() { x } else { m })?;
+    let mut d = best as f64;
+    if best > -max_shift && best < max_shift {
+        let (a, c) = (cost(best - 1), cost(best + 1));
         let denom = a - 2.0 * b + c;
         if denom > 0.0 {
             d += (0.5 * (a - c) / denom).clamp(-0.5, 0.5);

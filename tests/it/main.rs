@@ -1,6 +1,7 @@
 //! The integration tests: one binary, real inputs, the real executable.
 
 mod accuracy;
+mod alloc;
 mod badinput;
 mod cli;
 mod daemon;
